@@ -1,0 +1,46 @@
+"""Checkpoint writing shared by all nnunet-mim trainers: nnU-Net's format, written atomically."""
+import os
+
+import torch
+from batchgenerators.utilities.file_and_folder_operations import isfile
+
+
+class AtomicCheckpointMixin:
+    """Write nnU-Net's checkpoint to a temporary file, then rename it over the target.
+
+    A run killed while saving leaves the previous checkpoint intact instead of a truncated file.
+    ``checkpoint_extras`` lets a trainer store more state under the ``"nnunet_mim"`` key.
+    """
+
+    def checkpoint_extras(self) -> dict:
+        return {}
+
+    def save_checkpoint(self, filename: str) -> None:
+        temporary = filename + ".partial"
+        super().save_checkpoint(temporary)
+        if not isfile(temporary):  # not rank 0, or checkpointing disabled
+            return
+        extras = self.checkpoint_extras()
+        if extras:
+            checkpoint = torch.load(temporary, map_location="cpu", weights_only=False)
+            checkpoint["nnunet_mim"] = extras
+            torch.save(checkpoint, temporary)
+        os.replace(temporary, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if isinstance(filename_or_checkpoint, str):
+            try:
+                checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
+            except Exception as e:
+                raise RuntimeError(f"cannot read checkpoint {filename_or_checkpoint}: {e}. The file is corrupt or "
+                                   "truncated; delete it to start over, or restore a copy") from e
+            trainer = checkpoint.get("trainer_name")
+            if trainer != self.__class__.__name__:
+                raise RuntimeError(f"{filename_or_checkpoint} was written by trainer {trainer!r}, not "
+                                   f"{self.__class__.__name__!r}: --c only continues a run of the same trainer. "
+                                   "Nothing was overwritten.")
+            self.restore_checkpoint_extras(checkpoint.get("nnunet_mim", {}))
+        super().load_checkpoint(filename_or_checkpoint)
+
+    def restore_checkpoint_extras(self, extras: dict) -> None:
+        pass

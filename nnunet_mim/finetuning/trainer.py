@@ -1,0 +1,106 @@
+"""``nnUNetTrainerMiMFinetune`` and ``nnUNetTrainerMiMScratch``: the hybrid network in nnU-Net's
+auto-configured pipeline, with and without pre-trained weights. Both differ from each other only
+in where the initial weights come from.
+
+What changes against ``nnUNetTrainer``:
+  __init__              the dataset's plan with the hybrid network (``plans.adapt_plans``); the
+                        adapted plan is what training saves, so prediction needs no extra flag
+  configure_optimizers  AdamW with a linear warm-up (10% of the epochs), then cosine
+  initialize            remembers the random initialisation, to tell later what was loaded
+  on_train_start        load report; fails loudly if the pre-trained encoder did not load
+"""
+import warnings
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join, save_json
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_mim.checkpointing import AtomicCheckpointMixin
+from nnunet_mim.finetuning.load_report import LoadReport, pretrained_weights_from_argv, snapshot
+from nnunet_mim.plans import adapt_plans
+from nnunet_mim.schedule import WarmupCosineLR, adamw_param_groups
+
+
+class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
+    encoder_preset = "B"
+    min_encoder_loaded_fraction = 0.95
+    epochs = 1000
+    iterations_per_epoch = 250
+    val_iterations_per_epoch = 50
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        plans = adapt_plans(plans, configuration, self.encoder_preset)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = self.epochs
+        self.num_iterations_per_epoch = self.iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+        self.initial_lr = 3e-4
+        self.weight_decay = 0.05
+        self.warmup_fraction = 0.1
+        self._initial_weights = None
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(adamw_param_groups(self.network, self.weight_decay), lr=self.initial_lr,
+                                      betas=(0.9, 0.999))
+        warmup = max(1, round(self.warmup_fraction * self.num_epochs))
+        return optimizer, WarmupCosineLR(optimizer, self.initial_lr, warmup, self.num_epochs)
+
+    @property
+    def segmentation_network(self):
+        mod = self.network.module if self.is_ddp else self.network
+        return getattr(mod, "_orig_mod", mod)
+
+    def initialize(self):
+        super().initialize()
+        self._initial_weights = snapshot(self.segmentation_network.state_dict())
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.current_epoch == 0:  # a continued run (--c) reported when it started
+            self.check_initial_weights()
+
+    def check_initial_weights(self) -> None:
+        network = self.segmentation_network
+        record = network.get_pretraining_record()
+        checkpoint_file = pretrained_weights_from_argv()
+        checkpoint_keys = None
+        if checkpoint_file is not None:
+            checkpoint_keys = list(torch.load(checkpoint_file, map_location="cpu",
+                                              weights_only=False)["network_weights"].keys())
+        report = LoadReport(self._initial_weights, network.state_dict(), record, checkpoint_keys)
+        self.print_to_log_file(report.text(), add_timestamp=False)
+        if self.local_rank == 0:
+            with open(join(self.output_folder, "pretrained_weights_report.txt"), "w") as f:
+                f.write(report.text() + "\n")
+            save_json({"pretraining": None if record is None else record.__dict__,
+                       "loaded": report.loaded, "not_loaded": report.unchanged,
+                       "encoder_fraction": report.encoder_fraction,
+                       "unused_checkpoint_keys": report.unused_checkpoint_keys},
+                      join(self.output_folder, "pretrained_weights_report.json"), sort_keys=False)
+        self.validate_initial_weights(report)
+
+    def validate_initial_weights(self, report: LoadReport) -> None:
+        if report.record is None or report.encoder_fraction < self.min_encoder_loaded_fraction:
+            raise RuntimeError(
+                f"{self.__class__.__name__} needs pre-trained weights, but only {report.encoder_fraction:.0%} of "
+                f"the encoder was loaded (threshold {self.min_encoder_loaded_fraction:.0%}). Pass the pre-training "
+                "checkpoint with `-pretrained_weights .../checkpoint_final.pth`, or train from scratch with "
+                "nnUNetTrainerMiMScratch. See pretrained_weights_report.txt in the output folder.")
+        record, cm = report.record, self.configuration_manager
+        spacing_ratio = np.array(cm.spacing) / np.array(record.spacing)
+        if np.any(spacing_ratio > 2) or np.any(spacing_ratio < 0.5):
+            warnings.warn(f"pre-training spacing {record.spacing} differs from this plan's {tuple(cm.spacing)} by "
+                          f"more than 2x on some axis (ratio {np.round(spacing_ratio, 2).tolist()})")
+            self.print_to_log_file(f"WARNING: spacing differs widely: pre-training {record.spacing}, "
+                                   f"fine-tuning {tuple(cm.spacing)}")
+
+
+class nnUNetTrainerMiMScratch(nnUNetTrainerMiMFinetune):
+    """Same network, plan and schedule as fine-tuning, from random weights."""
+
+    def validate_initial_weights(self, report: LoadReport) -> None:
+        if report.record is not None:
+            raise RuntimeError("nnUNetTrainerMiMScratch trains from random weights, but pre-trained weights were "
+                               "loaded; use nnUNetTrainerMiMFinetune for that")

@@ -1,0 +1,137 @@
+"""Token masks and the three MiM levels, built on the training device from one batch of crops.
+
+    crop (B, C, 2P)  --avg-pool 2-->  L1 (B volumes of size P), 4 of its 8 token-grid octants hidden
+                     --cut-------->  L2: the native-resolution crop under each hidden L1 octant
+                                      (B*4 volumes of size P), 60% of tokens hidden
+    each L2 volume   --cut+upsample->  L3: 4 hidden L2 tokens, each upsampled to P (B*16 volumes),
+                                      50% of tokens hidden
+
+Masks are boolean on the token grid, True = hidden. Each child volume records its parent volume
+and the parent tokens that cover it, which the cross-level alignment loss pairs them by.
+With ``num_levels=1`` this is MAE: the crop is the patch and tokens are hidden at random.
+"""
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from nnunet_mim.architecture.encoder import TOKEN_SIZE
+from nnunet_mim.architecture.network import check_patch_size
+
+
+@dataclass(frozen=True)
+class LevelConfig:
+    num_levels: int = 3
+    l1_hidden_octants: int = 4       # of 8; L1 mask ratio 0.5
+    l1_mask_ratio: float = 0.75      # only used with num_levels == 1 (MAE, per-token masking)
+    l2_mask_ratio: float = 0.6
+    l3_per_l2: int = 4               # hidden L2 tokens cut out per L2 volume
+    l3_mask_ratio: float = 0.5
+    token_size: int = TOKEN_SIZE
+
+    @property
+    def crop_factor(self) -> int:
+        """Crop size / patch size: MiM's L2 needs native-resolution octants of a 2x crop."""
+        return 2 if self.num_levels > 1 else 1
+
+    def check_patch_size(self, patch_size: Sequence[int]) -> None:
+        # octants of the token grid need an even number of tokens per axis
+        check_patch_size(patch_size, self.token_size * (2 if self.num_levels > 1 else 1))
+
+
+@dataclass
+class Level:
+    volumes: torch.Tensor                    # (N, C, *P)
+    hidden: torch.Tensor                     # (N, gz, gy, gx) bool
+    parent_index: Optional[torch.Tensor]     # (N,) index into the previous level's volumes
+    parent_tokens: Optional[torch.Tensor]    # (N, gz, gy, gx) bool over the parent's token grid
+
+
+def random_token_mask(batch: int, grid: Sequence[int], ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """Hide exactly ``round(ratio * N)`` random tokens per sample."""
+    n = int(torch.tensor(grid).prod())
+    n_hidden = int(round(ratio * n))
+    order = torch.rand(batch, n, generator=generator).argsort(dim=1)
+    hidden = torch.zeros(batch, n, dtype=torch.bool)
+    hidden.scatter_(1, order[:, :n_hidden], True)
+    return hidden.view(batch, *grid)
+
+
+def octant_masks(grid: Sequence[int]) -> torch.Tensor:
+    """(8, *grid) bool: octant o = (oz, oy, ox) bits covers half the grid along each axis."""
+    masks = torch.zeros(8, *grid, dtype=torch.bool)
+    hz, hy, hx = (g // 2 for g in grid)
+    for o in range(8):
+        oz, oy, ox = (o >> 2) & 1, (o >> 1) & 1, o & 1
+        masks[o, oz * hz:(oz + 1) * hz, oy * hy:(oy + 1) * hy, ox * hx:(ox + 1) * hx] = True
+    return masks
+
+
+def random_octants(batch: int, n_hidden: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, n_hidden) distinct octant indices in [0, 8)."""
+    return torch.rand(batch, 8, generator=generator).argsort(dim=1)[:, :n_hidden]
+
+
+def octant_offset(octant: int, half: Sequence[int]) -> Tuple[int, int, int]:
+    return tuple(((octant >> (2 - axis)) & 1) * half[axis] for axis in range(3))
+
+
+def _cut(volume: torch.Tensor, start: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+    return volume[..., start[0]:start[0] + size[0], start[1]:start[1] + size[1], start[2]:start[2] + size[2]]
+
+
+def build_levels(crops: torch.Tensor, cfg: LevelConfig, generator: torch.Generator) -> List[Level]:
+    """Turn a batch of crops (B, C, crop_factor * P) into the levels of one training step."""
+    device = crops.device
+    patch = [s // cfg.crop_factor for s in crops.shape[2:]]
+    cfg.check_patch_size(patch)
+    grid = [p // cfg.token_size for p in patch]
+    batch = crops.shape[0]
+
+    if cfg.num_levels == 1:
+        hidden = random_token_mask(batch, grid, cfg.l1_mask_ratio, generator)
+        return [Level(crops, hidden.to(device), None, None)]
+
+    # L1: the whole crop at half resolution, whole octants hidden
+    l1 = F.avg_pool3d(crops, 2)
+    octants = random_octants(batch, cfg.l1_hidden_octants, generator)     # (B, k)
+    all_octants = octant_masks(grid)
+    l1_hidden = all_octants[octants].any(dim=1)                           # (B, *grid)
+    levels = [Level(l1, l1_hidden.to(device), None, None)]
+
+    # L2: the native-resolution crop under each hidden L1 octant, exactly
+    l2_volumes = [_cut(crops[b], octant_offset(int(o), patch), patch)
+                  for b in range(batch) for o in octants[b]]
+    l2_parent = torch.arange(batch).repeat_interleave(cfg.l1_hidden_octants)
+    l2_parent_tokens = all_octants[octants.flatten()]
+    l2_hidden = random_token_mask(len(l2_volumes), grid, cfg.l2_mask_ratio, generator)
+    levels.append(Level(torch.stack(l2_volumes), l2_hidden.to(device), l2_parent.to(device),
+                        l2_parent_tokens.to(device)))
+    if cfg.num_levels == 2:
+        return levels
+
+    # L3: hidden L2 tokens at native resolution, upsampled to the patch size
+    l2 = levels[1].volumes
+    n_tokens = l2_hidden[0].numel()
+    if int(l2_hidden.flatten(1).sum(1).min()) < cfg.l3_per_l2:
+        raise ValueError(f"L2 hides {int(round(cfg.l2_mask_ratio * n_tokens))} tokens, fewer than the "
+                         f"{cfg.l3_per_l2} L3 volumes per L2 volume; raise l2_mask_ratio or the patch size")
+    # pick l3_per_l2 of each volume's hidden tokens at random
+    scores = torch.rand(l2_hidden.shape[0], n_tokens, generator=generator) + l2_hidden.flatten(1).float() * 2
+    chosen = scores.argsort(dim=1, descending=True)[:, :cfg.l3_per_l2]      # (N2, k), all hidden
+    t = cfg.token_size
+    tokens = []
+    for i in range(l2.shape[0]):
+        for flat in chosen[i].tolist():
+            z, rem = divmod(flat, grid[1] * grid[2])
+            y, x = divmod(rem, grid[2])
+            tokens.append(_cut(l2[i], (z * t, y * t, x * t), (t, t, t)))
+    l3 = F.interpolate(torch.stack(tokens), size=patch, mode="trilinear", align_corners=False)
+    l3_parent = torch.arange(l2.shape[0]).repeat_interleave(cfg.l3_per_l2)
+    l3_parent_tokens = torch.zeros(len(tokens), n_tokens, dtype=torch.bool)
+    l3_parent_tokens[torch.arange(len(tokens)), chosen.flatten()] = True
+    l3_hidden = random_token_mask(len(tokens), grid, cfg.l3_mask_ratio, generator)
+    levels.append(Level(l3, l3_hidden.to(device), l3_parent.to(device),
+                        l3_parent_tokens.view(len(tokens), *grid).to(device)))
+    return levels

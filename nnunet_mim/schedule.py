@@ -1,0 +1,43 @@
+"""Optimiser pieces shared by pre-training and fine-tuning: AdamW groups and warm-up + cosine."""
+import math
+from typing import List
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import _LRScheduler
+
+
+def adamw_param_groups(network: nn.Module, weight_decay: float) -> List[dict]:
+    """Weight decay on weight matrices and kernels only: none on norms, biases, tokens, scales."""
+    decay, no_decay = [], []
+    for _, param in network.named_parameters():
+        if not param.requires_grad:
+            continue
+        (decay if param.ndim > 1 and param.shape[:2] != (1, 1) else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class WarmupCosineLR(_LRScheduler):
+    """Linear warm-up over ``warmup_epochs``, then cosine to zero at ``max_epochs``.
+
+    Stepped with the epoch number, as nnU-Net steps its own schedulers.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, peak_lr: float, warmup_epochs: int, max_epochs: int):
+        self.peak_lr = peak_lr
+        self.warmup_epochs = warmup_epochs
+        self.max_epochs = max_epochs
+        super().__init__(optimizer)
+
+    def lr_at(self, epoch: int) -> float:
+        if epoch < self.warmup_epochs:
+            return self.peak_lr * (epoch + 1) / self.warmup_epochs
+        progress = (epoch - self.warmup_epochs) / max(1, self.max_epochs - self.warmup_epochs)
+        return self.peak_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def step(self, epoch: int = None):
+        epoch = self.last_epoch + 1 if epoch is None else epoch
+        self.last_epoch = epoch
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(epoch)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

@@ -1,0 +1,8 @@
+"""Fine-tuning and matched from-scratch trainers and their variants, for ``nnUNetv2_train -tr``
+and for ``nnUNetv2_predict``, which looks the trainer up by name."""
+from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch  # noqa: F401
+from nnunet_mim.variants import (  # noqa: F401
+    nnUNetTrainerMiMFinetune_100ep, nnUNetTrainerMiMFinetune_250ep, nnUNetTrainerMiMFinetune_S,
+    nnUNetTrainerMiMFinetune_T_CPUdemo, nnUNetTrainerMiMFinetune_T_CPUsmoke, nnUNetTrainerMiMScratch_100ep,
+    nnUNetTrainerMiMScratch_250ep, nnUNetTrainerMiMScratch_S, nnUNetTrainerMiMScratch_T_CPUdemo,
+    nnUNetTrainerMiMScratch_T_CPUsmoke)
