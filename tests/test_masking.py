@@ -1,0 +1,94 @@
+"""The MiM levels: ratios, geometry (L2 under hidden L1 octants, L3 under hidden L2 tokens), seeds."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnunet_mim.masking import LevelConfig, build_levels, octant_masks, random_token_mask
+
+
+def levels_for(crops, seed=0, cfg=LevelConfig()):
+    return build_levels(crops, cfg, torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def crops():
+    # every voxel distinct, so a cut can be located in the crop exactly
+    return torch.arange(2 * 128 * 128 * 64, dtype=torch.float64).reshape(2, 1, 128, 128, 64)
+
+
+def test_counts_and_shapes(crops):
+    l1, l2, l3 = levels_for(crops)
+    assert l1.volumes.shape == (2, 1, 64, 64, 32)
+    assert l2.volumes.shape == (8, 1, 64, 64, 32)
+    assert l3.volumes.shape == (32, 1, 64, 64, 32)
+
+
+def test_mask_ratios_exact(crops):
+    l1, l2, l3 = levels_for(crops)
+    n = 4 * 4 * 2
+    assert (l1.hidden.flatten(1).sum(1) == n // 2).all()
+    assert (l2.hidden.flatten(1).sum(1) == round(0.6 * n)).all()
+    assert (l3.hidden.flatten(1).sum(1) == round(0.5 * n)).all()
+
+
+def test_l1_hidden_regions_are_whole_octants(crops):
+    l1, _, _ = levels_for(crops)
+    octants = octant_masks((4, 4, 2))
+    for hidden in l1.hidden:
+        covered = [bool((hidden & o).any()) for o in octants]
+        assert sum(covered) == 4
+        assert all(torch.equal(hidden & o, o) for o, c in zip(octants, covered) if c)  # whole octants
+
+
+def test_l2_volumes_lie_exactly_under_hidden_l1_octants(crops):
+    """The defect of the authors' code (slabs of 27 raster indices) would fail this."""
+    l1, l2, _ = levels_for(crops)
+    for i, volume in enumerate(l2.volumes):
+        b = int(l2.parent_index[i])
+        parent = l2.parent_tokens[i]
+        assert torch.equal(parent & l1.hidden[b], parent), "L2 parent region is not hidden in L1"
+        # locate the cut: its first voxel value gives its offset in the crop
+        z, y, x = torch.nonzero(crops[b, 0] == volume[0, 0, 0, 0])[0].tolist()
+        assert torch.equal(crops[b, :, z:z + 64, y:y + 64, x:x + 32], volume)
+        # the parent tokens of L1 (token = 16 voxels at half resolution = 32 crop voxels) cover it
+        idx = torch.nonzero(parent)
+        assert idx.min(0).values.tolist() == [z // 32, y // 32, x // 32]
+        assert (idx.max(0).values + 1).tolist() == [(z + 64) // 32, (y + 64) // 32, (x + 32) // 32]
+
+
+def test_l3_volumes_are_hidden_l2_tokens_upsampled(crops):
+    _, l2, l3 = levels_for(crops)
+    for i, volume in enumerate(l3.volumes):
+        parent = int(l3.parent_index[i])
+        token = l3.parent_tokens[i]
+        assert token.sum() == 1 and bool((token & l2.hidden[parent]).any()), "L3 must come from a hidden L2 token"
+        z, y, x = (torch.nonzero(token)[0] * 16).tolist()
+        source = l2.volumes[parent:parent + 1, :, z:z + 16, y:y + 16, x:x + 16]
+        expected = F.interpolate(source, size=(64, 64, 32), mode="trilinear", align_corners=False)[0]
+        assert torch.allclose(volume, expected)
+
+
+def test_seeded_and_reproducible(crops):
+    a, b, c = levels_for(crops, 1), levels_for(crops, 1), levels_for(crops, 2)
+    assert all(torch.equal(x.hidden, y.hidden) for x, y in zip(a, b))
+    assert not all(torch.equal(x.hidden, y.hidden) for x, y in zip(a, c))
+
+
+def test_mae_level():
+    crops = torch.randn(3, 1, 32, 48, 64)
+    (level,) = levels_for(crops, cfg=LevelConfig(num_levels=1, l1_mask_ratio=0.75))
+    assert torch.equal(level.volumes, crops)
+    assert (level.hidden.flatten(1).sum(1) == round(0.75 * 2 * 3 * 4)).all()
+
+
+def test_anisotropic_patch_and_bad_patch():
+    crops = torch.randn(1, 1, 64, 128, 192)  # patch 32x64x96
+    l1, l2, l3 = levels_for(crops)
+    assert l3.volumes.shape[2:] == (32, 64, 96)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        levels_for(torch.randn(1, 1, 96, 64, 64))  # patch 48: L1 octants need an even token grid
+
+
+def test_random_token_mask_exact():
+    mask = random_token_mask(5, (3, 4, 5), 0.3, torch.Generator().manual_seed(0))
+    assert (mask.flatten(1).sum(1) == 18).all()
