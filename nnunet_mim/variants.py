@@ -76,15 +76,19 @@ class nnUNetTrainerMiMScratch_S(nnUNetTrainerMiMScratch):
 
 class nnUNetTrainerMiMFinetune_T_CPUdemo(nnUNetTrainerMiMFinetune):
     encoder_preset, epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 10, 20, 2
+    test_time_mirroring = False
 
 
 class nnUNetTrainerMiMScratch_T_CPUdemo(nnUNetTrainerMiMScratch):
     encoder_preset, epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 10, 20, 2
+    test_time_mirroring = False
 
 
 class nnUNetTrainerMiMFinetune_T_CPUsmoke(nnUNetTrainerMiMFinetune):
     encoder_preset, epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 1, 2, 1
+    test_time_mirroring = False
 
 
 class nnUNetTrainerMiMScratch_T_CPUsmoke(nnUNetTrainerMiMScratch):
     encoder_preset, epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 1, 2, 1
+    test_time_mirroring = False

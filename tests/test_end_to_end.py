@@ -1,0 +1,105 @@
+"""End to end through nnU-Net's own commands, as a user runs them (tiny data, CPU, seconds per step).
+
+One module-scoped dataset: plan and preprocess -> MiM pre-training -> fine-tuning with stock
+-pretrained_weights -> nnUNetv2_predict; plus the loud failures.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nnunet_mim.demo import nnunet_command
+from nnunet_mim.environment import trainers_path
+
+PRETRAIN = "nnUNetTrainerMiMPretrain_T_CPUsmoke"
+FINETUNE = "nnUNetTrainerMiMFinetune_T_CPUsmoke"
+SCRATCH = "nnUNetTrainerMiMScratch_T_CPUsmoke"
+
+
+def run(args, env, check=True):
+    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    if check and result.returncode:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def nnunet_env(tmp_path_factory):
+    from nnunet_mim.data.example import write_example_dataset
+    root = tmp_path_factory.mktemp("nnunet")
+    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
+               nnUNet_results=str(root / "res"), nnUNet_extTrainer=trainers_path())
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.makedirs(env[key])
+    write_example_dataset(env["nnUNet_raw"], 991, num_train=4, num_test=1, spacing_mm=5.0, name="E2E")
+    run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "991", "-c", "3d_fullres", "-np", "1"], env)
+    env["nnUNet_n_proc_DA"] = "0"
+    return env
+
+
+def train(env, trainer, *extra, check=True):
+    return run([nnunet_command("nnUNetv2_train"), "991", "3d_fullres", "all", "-tr", trainer, "-device", "cpu",
+                *extra], env, check)
+
+
+def output_folder(env, trainer):
+    return os.path.join(env["nnUNet_results"], "Dataset991_E2E", f"{trainer}__nnUNetPlans__3d_fullres", "fold_all")
+
+
+@pytest.fixture(scope="module")
+def pretrained(nnunet_env):
+    train(nnunet_env, PRETRAIN)
+    return os.path.join(output_folder(nnunet_env, PRETRAIN), "checkpoint_final.pth")
+
+
+def test_pretraining_outputs(nnunet_env, pretrained):
+    import torch
+    folder = output_folder(nnunet_env, PRETRAIN)
+    for name in ("checkpoint_final.pth", "progress.png", "reconstruction_final.png"):
+        assert os.path.isfile(os.path.join(folder, name)), name
+    checkpoint = torch.load(pretrained, map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == PRETRAIN
+    assert checkpoint["nnunet_mim"]["method"] == "MiM" and checkpoint["nnunet_mim"]["token_size"] == 16
+    log = checkpoint["logging"]
+    assert len(log["train_rec_l3"]) == 2 and len(log["val_align_l1_l2"]) == 2
+    assert not any(f.endswith(".partial") for f in os.listdir(folder))
+
+
+def test_finetune_loads_and_predicts(nnunet_env, pretrained, tmp_path):
+    result = train(nnunet_env, FINETUNE, "-pretrained_weights", pretrained)
+    assert "encoder tensors loaded: 100.0%" in result.stdout
+    folder = output_folder(nnunet_env, FINETUNE)
+    report = json.load(open(os.path.join(folder, "pretrained_weights_report.json")))
+    assert report["pretraining"]["method"] == "MiM"
+    assert not any(".seg_layers." in k for k in report["loaded"])
+    assert any(k.startswith("reconstruction.") for k in report["unused_checkpoint_keys"])
+    plans = json.load(open(os.path.join(os.path.dirname(folder), "plans.json")))
+    assert plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"].endswith("MiMHybridUNet")
+    out = tmp_path / "pred"
+    run([nnunet_command("nnUNetv2_predict"), "-i", os.path.join(nnunet_env["nnUNet_raw"], "Dataset991_E2E",
+         "imagesTs"), "-o", str(out), "-d", "991", "-c", "3d_fullres", "-tr", FINETUNE, "-f", "all",
+         "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], nnunet_env)
+    assert sorted(os.listdir(out)) == ["dataset.json", "mni_004.nii.gz", "plans.json", "predict_from_raw_data_args.json"]
+
+
+def test_finetune_without_weights_fails_loudly(nnunet_env):
+    # another variant than the one that trained above, so that its results folder stays untouched
+    result = train(nnunet_env, "nnUNetTrainerMiMFinetune_T_CPUdemo", check=False)
+    assert result.returncode != 0
+    assert "needs pre-trained weights" in result.stderr + result.stdout
+
+
+def test_scratch_refuses_pretrained_weights(nnunet_env, pretrained):
+    result = train(nnunet_env, SCRATCH, "-pretrained_weights", pretrained, check=False)
+    assert result.returncode != 0 and "trains from random weights" in result.stderr + result.stdout
+
+
+def test_wrong_trainer_path_is_explained(nnunet_env):
+    env = dict(nnunet_env, nnUNet_extTrainer="/nonexistent/trainers")
+    result = run([sys.executable, "-m", "nnunet_mim.cli", "check"], env, check=False)
+    assert result.returncode == 1
+    assert 'eval "$(nnunet-mim env)"' in result.stderr and trainers_path() in result.stderr
+    ok = run([sys.executable, "-m", "nnunet_mim.cli", "check"], nnunet_env)
+    assert "ok: nnU-Net finds the nnunet-mim trainers" in ok.stdout
