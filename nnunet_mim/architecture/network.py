@@ -80,7 +80,3 @@ class MiMHybridUNet(AbstractDynamicNetworkArchitectures):
 
     def get_pretraining_record(self):
         return PretrainingRecord.from_tensor(self.pretraining_record)
-
-    def compute_conv_feature_map_size(self, input_size):
-        """Rough activation count for nnU-Net's planner (decoder only; the encoder is not conv-planned)."""
-        return self.decoder.compute_conv_feature_map_size(input_size)

@@ -176,7 +176,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     def validation_step(self, batch: dict) -> dict:
         generator = torch.Generator().manual_seed(VALIDATION_SEED + self._val_counter)  # fixed masks
         self._val_counter += 1
-        levels, terms = self._objective(batch["data"], generator)
+        _, terms = self._objective(batch["data"], generator)
         return {k: v.detach().float().cpu().numpy() for k, v in terms.items()}
 
     def _mean_over_ranks(self, outputs: List[dict], key: str) -> float:
