@@ -27,6 +27,22 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_adapt_checkpoint(args) -> int:
+    import os
+
+    import torch
+    from nnunet_mim.finetuning.checkpoint import adapt_input_channels, load_checkpoint
+    if os.path.exists(args.output):
+        print(f"{args.output} exists; choose another --output (nothing is overwritten)", file=sys.stderr)
+        return 1
+    checkpoint = load_checkpoint(args.checkpoint)
+    for line in adapt_input_channels(checkpoint, args.input_channels):
+        print(line)
+    torch.save(checkpoint, args.output)
+    print(f"wrote {args.output}; pass it to nnUNetv2_train ... -pretrained_weights {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-mim", description="MiM / MAE self-supervised pre-training for "
                                      "nnU-Net v2. Training itself runs through nnUNetv2_train -tr <trainer>.")
@@ -41,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Exit status 1 and one line per problem when nnUNetv2_train would not find "
                                    "or could not load the nnunet-mim trainers.")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("adapt-checkpoint", help="adapt a pre-training checkpoint to another number of input "
+                       "channels", description="Rewrite the input projections of a pre-training checkpoint for "
+                       "N input channels (each new kernel = mean of the source kernels x source/N channels) and "
+                       "write a new file for nnUNetv2_train -pretrained_weights. The source is only read.")
+    p.add_argument("checkpoint")
+    p.add_argument("--input-channels", type=int, required=True)
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_adapt_checkpoint)
 
     p = sub.add_parser("demo", help="pre-train, fine-tune, predict and report Dice on a built-in example (CPU)",
                        description="Builds a small labelled dataset from the MNI152 template shipped with "

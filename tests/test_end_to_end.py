@@ -30,7 +30,8 @@ def nnunet_env(tmp_path_factory):
     from nnunet_mim.data.example import write_example_dataset
     root = tmp_path_factory.mktemp("nnunet")
     env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
-               nnUNet_results=str(root / "res"), nnUNet_extTrainer=trainers_path())
+               nnUNet_results=str(root / "res"), nnUNet_extTrainer=trainers_path(),
+               nnUNet_def_n_proc="1")  # export workers: spawning 8 on a 2-core machine costs a minute
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.makedirs(env[key])
     write_example_dataset(env["nnUNet_raw"], 991, num_train=4, num_test=1, spacing_mm=5.0, name="E2E")
@@ -54,6 +55,12 @@ def pretrained(nnunet_env):
     return os.path.join(output_folder(nnunet_env, PRETRAIN), "checkpoint_final.pth")
 
 
+@pytest.fixture(scope="module")
+def finetuned(nnunet_env, pretrained):
+    """stdout of the fine-tuning run from the pre-trained weights."""
+    return train(nnunet_env, FINETUNE, "-pretrained_weights", pretrained).stdout
+
+
 def test_pretraining_outputs(nnunet_env, pretrained):
     import torch
     folder = output_folder(nnunet_env, PRETRAIN)
@@ -67,9 +74,8 @@ def test_pretraining_outputs(nnunet_env, pretrained):
     assert not any(f.endswith(".partial") for f in os.listdir(folder))
 
 
-def test_finetune_loads_and_predicts(nnunet_env, pretrained, tmp_path):
-    result = train(nnunet_env, FINETUNE, "-pretrained_weights", pretrained)
-    assert "encoder tensors loaded: 100.0%" in result.stdout
+def test_finetune_loads_and_predicts(nnunet_env, finetuned, tmp_path):
+    assert "encoder tensors loaded: 100.0%" in finetuned
     folder = output_folder(nnunet_env, FINETUNE)
     report = json.load(open(os.path.join(folder, "pretrained_weights_report.json")))
     assert report["pretraining"]["method"] == "MiM"
@@ -82,6 +88,54 @@ def test_finetune_loads_and_predicts(nnunet_env, pretrained, tmp_path):
          "imagesTs"), "-o", str(out), "-d", "991", "-c", "3d_fullres", "-tr", FINETUNE, "-f", "all",
          "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], nnunet_env)
     assert sorted(os.listdir(out)) == ["dataset.json", "mni_004.nii.gz", "plans.json", "predict_from_raw_data_args.json"]
+
+
+def test_scratch_differs_from_finetune_only_in_initial_weights(nnunet_env, finetuned):
+    train(nnunet_env, SCRATCH)
+    debug = {t: json.load(open(os.path.join(output_folder(nnunet_env, t), "debug.json"))) for t in (FINETUNE, SCRATCH)}
+    # nnU-Net dumps every trainer attribute: all settings agree, only names, paths and objects differ
+    differing = {k for k in debug[FINETUNE] if debug[FINETUNE][k] != debug[SCRATCH].get(k)}
+    settings = {k for k in differing if " at 0x" not in str(debug[FINETUNE][k]) and FINETUNE not in str(debug[FINETUNE][k])}
+    assert settings == set(), settings
+    assert "<weights snapshot" in debug[FINETUNE]["_initial_weights"]
+    plans = [json.load(open(os.path.join(os.path.dirname(output_folder(nnunet_env, t)), "plans.json")))
+             for t in (FINETUNE, SCRATCH)]
+    assert plans[0] == plans[1]
+
+
+def test_finetune_on_another_dataset_with_other_channels_classes_spacing(nnunet_env, pretrained, tmp_path):
+    from nnunet_mim.data.example import write_example_dataset
+    env = dict(nnunet_env)
+    env.pop("nnUNet_n_proc_DA")
+    write_example_dataset(env["nnUNet_raw"], 992, num_train=4, num_test=1, spacing_mm=6.0, name="Other",
+                          channels=2, binary=True, seed=1)
+    run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "992", "-c", "3d_fullres", "-np", "1"], env)
+    env["nnUNet_n_proc_DA"] = "0"
+    args = [nnunet_command("nnUNetv2_train"), "992", "3d_fullres", "all", "-tr", FINETUNE, "-device", "cpu"]
+    refused = run(args + ["-pretrained_weights", pretrained], env, check=False)
+    assert refused.returncode != 0 and "nnunet-mim adapt-checkpoint" in refused.stderr
+    adapted = str(tmp_path / "adapted.pth")
+    run([sys.executable, "-m", "nnunet_mim.cli", "adapt-checkpoint", pretrained, "--input-channels", "2",
+         "-o", adapted], env)
+    result = run(args + ["-pretrained_weights", adapted], env)
+    assert "encoder tensors loaded: 100.0%" in result.stdout
+    assert "adapted to 2" in result.stdout
+    folder = os.path.join(env["nnUNet_results"], "Dataset992_Other", f"{FINETUNE}__nnUNetPlans__3d_fullres")
+    plans = json.load(open(os.path.join(folder, "plans.json")))["configurations"]["3d_fullres"]
+    assert plans["spacing"] == [6.0, 6.0, 6.0] and plans["patch_size"] != [32, 32, 32]
+
+
+def test_not_a_pretraining_checkpoint_is_refused(nnunet_env, pretrained, tmp_path):
+    import torch
+    checkpoint = torch.load(pretrained, map_location="cpu", weights_only=False)
+    del checkpoint["network_weights"]["pretraining_record"]
+    foreign = str(tmp_path / "foreign.pth")
+    torch.save(checkpoint, foreign)
+    corrupt = str(tmp_path / "corrupt.pth")
+    open(corrupt, "wb").write(open(pretrained, "rb").read()[:1000])
+    for path, message in [(foreign, "not an nnunet-mim pre-training checkpoint"), (corrupt, "cannot read")]:
+        result = train(nnunet_env, "nnUNetTrainerMiMFinetune_T_CPUdemo", "-pretrained_weights", path, check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
 
 
 def test_finetune_without_weights_fails_loudly(nnunet_env):

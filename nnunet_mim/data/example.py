@@ -90,9 +90,13 @@ def write_nifti(array: np.ndarray, spacing_mm: float, filename: str) -> None:
 
 
 def write_example_dataset(raw_folder: str, dataset_id: int = 990, num_train: int = 6, num_test: int = 3,
-                          spacing_mm: float = 4.0, seed: int = 0, name: str = "MNIDemo") -> Dict[str, str]:
+                          spacing_mm: float = 4.0, seed: int = 0, name: str = "MNIDemo", channels: int = 1,
+                          binary: bool = False) -> Dict[str, str]:
     """Write ``Dataset{id}_{name}`` into ``raw_folder``: imagesTr/labelsTr, imagesTs and labelsTs
-    (the held-out reference, not used by nnU-Net). Refuses to touch an existing dataset."""
+    (the held-out reference, not used by nnU-Net). Refuses to touch an existing dataset.
+
+    ``channels`` > 1 adds contrast-inverted copies (a stand-in for a second MR sequence);
+    ``binary`` merges grey and white matter into one "brain" label."""
     folder = os.path.join(raw_folder, f"Dataset{dataset_id:03d}_{name}")
     if os.path.exists(folder):
         raise FileExistsError(f"{folder} exists; refusing to overwrite a dataset")
@@ -104,9 +108,15 @@ def write_example_dataset(raw_folder: str, dataset_id: int = 990, num_train: int
         split = "Tr" if i < num_train else "Ts"
         image, label = make_case(t1, probabilities, rng)
         case = f"mni_{i:03d}"
-        write_nifti(image, spacing_mm, os.path.join(folder, f"images{split}", f"{case}_0000.nii.gz"))
+        for c in range(channels):
+            channel = image if c == 0 else (image.max() - image) * rng.uniform(0.5, 1.5)
+            write_nifti(channel, spacing_mm, os.path.join(folder, f"images{split}", f"{case}_{c:04d}.nii.gz"))
+        if binary:
+            label = (label > 0).astype(np.uint8)
         write_nifti(label, spacing_mm, os.path.join(folder, f"labels{split}", f"{case}.nii.gz"))
     with open(os.path.join(folder, "dataset.json"), "w") as f:
-        json.dump({"channel_names": {"0": "T1"}, "labels": LABELS, "numTraining": num_train,
+        labels = {"background": 0, "brain": 1} if binary else LABELS
+        channel_names = {str(c): "T1" if c == 0 else f"inverted_{c}" for c in range(channels)}
+        json.dump({"channel_names": channel_names, "labels": labels, "numTraining": num_train,
                    "file_ending": ".nii.gz", "description": SOURCE_NOTE}, f, indent=2)
     return {"folder": folder, "name": os.path.basename(folder)}

@@ -25,8 +25,16 @@ def pretrained_weights_from_argv(argv: List[str] = None) -> Optional[str]:
     return known.pretrained_weights
 
 
-def snapshot(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
+class WeightsSnapshot(dict):
+    """A CPU copy of a state dict whose repr stays one line (nnU-Net's debug.json prints every
+    trainer attribute)."""
+
+    def __repr__(self) -> str:
+        return f"<weights snapshot: {len(self)} tensors>"
+
+
+def snapshot(state_dict: Dict[str, torch.Tensor]) -> WeightsSnapshot:
+    return WeightsSnapshot({k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()})
 
 
 def _part(key: str) -> str:

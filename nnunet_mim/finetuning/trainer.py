@@ -17,6 +17,7 @@ from batchgenerators.utilities.file_and_folder_operations import join, save_json
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mim.checkpointing import AtomicCheckpointMixin
+from nnunet_mim.finetuning.checkpoint import inspect_pretrained_checkpoint
 from nnunet_mim.finetuning.load_report import LoadReport, pretrained_weights_from_argv, snapshot
 from nnunet_mim.plans import adapt_plans
 from nnunet_mim.schedule import WarmupCosineLR, adamw_param_groups
@@ -63,6 +64,9 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
     def initialize(self):
         super().initialize()
         self._initial_weights = snapshot(self.segmentation_network.state_dict())
+        checkpoint_file = pretrained_weights_from_argv()
+        if checkpoint_file is not None:  # runs before nnU-Net's loader, to fail with a useful message
+            inspect_pretrained_checkpoint(checkpoint_file, self._initial_weights, self.encoder_preset)
 
     def on_train_start(self):
         super().on_train_start()
@@ -97,6 +101,9 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
                 "checkpoint with `-pretrained_weights .../checkpoint_final.pth`, or train from scratch with "
                 "nnUNetTrainerMiMScratch. See pretrained_weights_report.txt in the output folder.")
         record, cm = report.record, self.configuration_manager
+        if record.input_channels != self.num_input_channels:
+            self.print_to_log_file(f"input channels: pre-trained with {record.input_channels}, adapted to "
+                                   f"{self.num_input_channels} (mean-kernel rule, nnunet-mim adapt-checkpoint)")
         spacing_ratio = np.array(cm.spacing) / np.array(record.spacing)
         if np.any(spacing_ratio > 2) or np.any(spacing_ratio < 0.5):
             warnings.warn(f"pre-training spacing {record.spacing} differs from this plan's {tuple(cm.spacing)} by "

@@ -1,0 +1,73 @@
+"""Checks and adaptations of a pre-training checkpoint before nnU-Net's stock loader sees it.
+
+nnU-Net's ``-pretrained_weights`` loader asserts equal shapes for every key and otherwise says
+little. ``inspect_pretrained_checkpoint`` runs first (the fine-tuning trainer calls it from
+``initialize``) and turns the usual mistakes into errors that say what to do.
+
+Input channels: the only parameters whose shape depends on the number of input channels are the
+input projections (``keys_to_in_proj``). ``adapt_input_channels`` rewrites them by one rule:
+every new channel's kernel is the mean of the source kernels times (source / target channels),
+so an image whose channels are all equal gets exactly the response the pre-trained network gave
+to that one image. The result is a new checkpoint file for stock ``-pretrained_weights``.
+"""
+from typing import Dict, List, Sequence
+
+import torch
+
+from nnunet_mim.pretraining_record import PretrainingRecord
+
+IN_PROJECTIONS = ("encoder.stem.0.weight", "encoder.stages.0.downsample.0.weight")
+
+
+def load_checkpoint(filename: str) -> dict:
+    try:
+        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise RuntimeError(f"cannot read the pre-trained checkpoint {filename}: {e} (corrupt or truncated file?)") from e
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise RuntimeError(f"{filename} is not an nnU-Net checkpoint (no 'network_weights')")
+    return checkpoint
+
+
+def in_projection_keys(state_dict: Dict[str, torch.Tensor]) -> List[str]:
+    """The input projections, including the copies under ``decoder.encoder.``."""
+    return [k for k in state_dict if any(k == p or k == "decoder." + p for p in IN_PROJECTIONS)]
+
+
+def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.Tensor], preset: str) -> None:
+    """Raise a RuntimeError that says what to do when ``filename`` cannot load into the network."""
+    weights = load_checkpoint(filename)["network_weights"]
+    if "pretraining_record" not in weights:
+        raise RuntimeError(f"{filename} is not an nnunet-mim pre-training checkpoint (written by "
+                           "nnUNetTrainerMiMPretrain / nnUNetTrainerMAEPretrain); its network has no "
+                           "pretraining_record")
+    record = PretrainingRecord.from_tensor(weights["pretraining_record"])
+    if record is not None and record.preset != preset:
+        raise RuntimeError(f"{filename} holds a preset-{record.preset} encoder, this trainer builds preset "
+                           f"{preset}; use the trainer variant of preset {record.preset}")
+    source = weights[IN_PROJECTIONS[0]].shape[1]
+    target = network_state[IN_PROJECTIONS[0]].shape[1]
+    if source != target:
+        raise RuntimeError(f"{filename} was pre-trained with {source} input channel(s), this dataset has {target}. "
+                           f"Adapt it first:\n    nnunet-mim adapt-checkpoint {filename} --input-channels {target} "
+                           "-o adapted.pth\nand pass adapted.pth to -pretrained_weights")
+    mismatched = [k for k, v in network_state.items() if ".seg_layers." not in k and k in weights
+                  and weights[k].shape != v.shape]
+    missing = [k for k in network_state if ".seg_layers." not in k and k not in weights]
+    if mismatched or missing:
+        raise RuntimeError(f"{filename} does not fit this network: {len(missing)} missing and {len(mismatched)} "
+                           f"differently shaped tensors, e.g. {(missing + mismatched)[:3]}")
+
+
+def adapt_input_channels(checkpoint: dict, channels: int) -> Sequence[str]:
+    """Rewrite the input projections of ``checkpoint`` (in place) for ``channels`` input channels."""
+    weights = checkpoint["network_weights"]
+    changed = []
+    for key in in_projection_keys(weights):
+        w = weights[key]
+        source = w.shape[1]
+        mean = w.mean(dim=1, keepdim=True) * (source / channels)
+        weights[key] = mean.repeat(1, channels, *([1] * (w.ndim - 2))).contiguous()
+        changed.append(f"{key}: {tuple(w.shape)} -> {tuple(weights[key].shape)}")
+    checkpoint.setdefault("nnunet_mim", {})["input_channels_adapted"] = {"to": channels, "tensors": changed}
+    return changed
