@@ -104,10 +104,11 @@ def test_scratch_differs_from_finetune_only_in_initial_weights(nnunet_env, finet
 
 
 def test_finetune_on_another_dataset_with_other_channels_classes_spacing(nnunet_env, pretrained, tmp_path):
+    import torch
     from nnunet_mim.data.example import write_example_dataset
     env = dict(nnunet_env)
     env.pop("nnUNet_n_proc_DA")
-    write_example_dataset(env["nnUNet_raw"], 992, num_train=4, num_test=1, spacing_mm=6.0, name="Other",
+    write_example_dataset(env["nnUNet_raw"], 992, num_train=4, num_test=1, spacing_mm=3.5, name="Other",
                           channels=2, binary=True, seed=1)
     run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "992", "-c", "3d_fullres", "-np", "1"], env)
     env["nnUNet_n_proc_DA"] = "0"
@@ -122,7 +123,9 @@ def test_finetune_on_another_dataset_with_other_channels_classes_spacing(nnunet_
     assert "adapted to 2" in result.stdout
     folder = os.path.join(env["nnUNet_results"], "Dataset992_Other", f"{FINETUNE}__nnUNetPlans__3d_fullres")
     plans = json.load(open(os.path.join(folder, "plans.json")))["configurations"]["3d_fullres"]
-    assert plans["spacing"] == [6.0, 6.0, 6.0] and plans["patch_size"] != [32, 32, 32]
+    source = torch.load(pretrained, map_location="cpu", weights_only=False)["nnunet_mim"]
+    assert plans["spacing"] == [3.5, 3.5, 3.5] != source["spacing"]
+    assert plans["patch_size"] != source["patch_size"], (plans["patch_size"], source["patch_size"])
 
 
 def test_not_a_pretraining_checkpoint_is_refused(nnunet_env, pretrained, tmp_path):
