@@ -45,6 +45,15 @@ from nnunet_mim.schedule import WarmupCosineLR, adamw_param_groups  # noqa: E402
 VALIDATION_SEED = 12345
 
 
+class SeededCropLoader(nnUNetDataLoader):
+    """nnU-Net's loader, minus its reseeding of numpy from OS entropy at the first batch: crop
+    positions follow numpy's global state, which the trainer seeds and a checkpoint restores."""
+
+    def reset(self):
+        self._seed = False
+        super().reset()
+
+
 class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     method = "MiM"
     encoder_preset = "B"
@@ -55,6 +64,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     warmup_epochs = 40
     iterations_per_epoch = 250
     val_iterations_per_epoch = 10
+    checkpoint_every = 10
     base_lr = 1e-4  # per 256 samples: lr = base_lr * global batch / 256 (the paper's scaling rule)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -68,8 +78,12 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         self.weight_decay = 0.05
         self.oversample_foreground_percent = 0.0  # labels play no part in pre-training
         self.enable_deep_supervision = False
-        self.save_every = 10
+        self.save_every = self.checkpoint_every
+        # seeded: the same command gives the same run (with nnUNet_n_proc_DA=0, background
+        # workers draw their own crops); --c restores every generator from the checkpoint
         self.seed = 0
+        np.random.seed(self.seed)
+        torch.manual_seed(self.seed)
         self.skipped_steps = 0
         self._val_counter = 0
         self.loss_terms = [f"rec_l{i + 1}" for i in range(self.levels.num_levels)]
@@ -109,7 +123,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         loader = dict(batch_size=self.batch_size, patch_size=crop, final_patch_size=crop,
                       label_manager=self.label_manager,
                       oversample_foreground_percent=self.oversample_foreground_percent, transforms=None)
-        dl_tr = nnUNetDataLoader(dataset_tr, **loader)
+        dl_tr = SeededCropLoader(dataset_tr, **loader)
         processes = get_allowed_n_proc_DA()
         if processes == 0:
             train = SingleThreadedAugmenter(dl_tr, None)
@@ -119,7 +133,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         # a fixed validation set: same crops every epoch, drawn once with a fixed seed
         state = np.random.get_state()
         np.random.seed(VALIDATION_SEED)
-        dl_val = nnUNetDataLoader(dataset_val, **loader)
+        dl_val = SeededCropLoader(dataset_val, **loader)
         val_batches = [next(dl_val) for _ in range(self.num_val_iterations_per_epoch)]
         np.random.set_state(state)
         return train, itertools.cycle(val_batches)
@@ -234,7 +248,8 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
 
     def checkpoint_extras(self) -> dict:
         cm = self.configuration_manager
-        return {"mask_generator_state": self.mask_generator.get_state(), "skipped_steps": self.skipped_steps,
+        return {"mask_generator_state": self.mask_generator.get_state(), "numpy_rng_state": np.random.get_state(),
+                "torch_rng_state": torch.get_rng_state(), "skipped_steps": self.skipped_steps,
                 "method": self.method, "encoder_preset": self.encoder_preset, "token_size": self.levels.token_size,
                 "levels": asdict(self.levels), "patch_size": list(cm.patch_size), "spacing": list(cm.spacing),
                 "normalization_schemes": list(cm.normalization_schemes),
@@ -246,6 +261,8 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
             if not self.was_initialized:
                 self.initialize()
             self.mask_generator.set_state(extras["mask_generator_state"])
+            np.random.set_state(extras["numpy_rng_state"])
+            torch.set_rng_state(extras["torch_rng_state"])
             self.skipped_steps = extras.get("skipped_steps", 0)
 
     def save_reconstruction_preview(self, name: str) -> None:
