@@ -43,7 +43,19 @@ def cmd_adapt_checkpoint(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from nnunet_mim.benchmark import DownstreamBenchmark, write_outputs
+    bench = DownstreamBenchmark(args.dataset, args.configuration, args.folds, args.fractions, args.budget,
+                                args.work_folder, args.seed, args.arms, args.device)
+    rows = bench.run()
+    title = (f"{bench.dataset_name}, {args.configuration}, budget '{args.budget}', folds {args.folds}, "
+             f"seed {args.seed}" + (f"; {args.note}" if args.note else ""))
+    print(write_outputs(rows, args.results_folder or bench.work + "/results", title))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from nnunet_mim import benchmark as benchmark_module
     parser = argparse.ArgumentParser(prog="nnunet-mim", description="MiM / MAE self-supervised pre-training for "
                                      "nnU-Net v2. Training itself runs through nnUNetv2_train -tr <trainer>.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-channels", type=int, required=True)
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_adapt_checkpoint)
+
+    p = sub.add_parser("benchmark", help="matched comparison: stock nnU-Net, scratch, MAE, MiM, MiM without "
+                       "alignment, at several label fractions", description=benchmark_module.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", help="nnU-Net dataset ID or name (planned and preprocessed)")
+    p.add_argument("-c", "--configuration", default="3d_fullres")
+    p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0])
+    p.add_argument("--budget", choices=["smoke", "cpu", "gpu"], default="cpu")
+    p.add_argument("--arms", nargs="+", default=["nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"])
+    p.add_argument("--seed", type=int, default=0, help="seed of the label-fraction subsets")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--work-folder", default="nnunet_mim_benchmark")
+    p.add_argument("--results-folder", default=None, help="default: WORK_FOLDER/results")
+    p.add_argument("--note", default="", help="printed with the table, e.g. where the data comes from")
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("demo", help="pre-train, fine-tune, predict and report Dice on a built-in example (CPU)",
                        description="Builds a small labelled dataset from the MNI152 template shipped with "

@@ -3,8 +3,16 @@
 ``_T_CPUdemo`` and ``_T_CPUsmoke`` use the tiny preset and run on a laptop CPU (the built-in demo
 and the end-to-end tests); they show that the pipeline works, not what the method can do.
 """
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
 from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch
 from nnunet_mim.pretraining.trainer import nnUNetTrainerMAEPretrain, nnUNetTrainerMiMPretrain
+
+
+class nnUNetTrainerMiMPretrainNoAlign(nnUNetTrainerMiMPretrain):
+    """Ablation: MiM's three levels without the cross-level alignment loss."""
+    alignment_weight = 0.0
 
 
 # ---- pre-training ----------------------------------------------------------------------------
@@ -36,6 +44,20 @@ class nnUNetTrainerMiMPretrain_T_CPUdemo(nnUNetTrainerMiMPretrain):
 
 class nnUNetTrainerMAEPretrain_T_CPUdemo(nnUNetTrainerMAEPretrain):
     encoder_preset, epochs, warmup_epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 8, 1, 25, 2
+    base_lr = CPU_BASE_LR
+
+
+class nnUNetTrainerMiMPretrainNoAlign_100ep(nnUNetTrainerMiMPretrainNoAlign):
+    epochs, warmup_epochs = 100, 10
+
+
+class nnUNetTrainerMiMPretrainNoAlign_T_CPUdemo(nnUNetTrainerMiMPretrainNoAlign):
+    encoder_preset, epochs, warmup_epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 8, 1, 25, 2
+    base_lr = CPU_BASE_LR
+
+
+class nnUNetTrainerMiMPretrainNoAlign_T_CPUsmoke(nnUNetTrainerMiMPretrainNoAlign):
+    encoder_preset, epochs, warmup_epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 2, 1, 2, 1
     base_lr = CPU_BASE_LR
 
 
@@ -92,3 +114,23 @@ class nnUNetTrainerMiMFinetune_T_CPUsmoke(nnUNetTrainerMiMFinetune):
 class nnUNetTrainerMiMScratch_T_CPUsmoke(nnUNetTrainerMiMScratch):
     encoder_preset, epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 1, 2, 1
     test_time_mirroring = False
+
+
+# ---- stock nnU-Net CNN at the CPU budgets (the reference arm of the benchmark) -----------------------
+class nnUNetTrainerStockCNN_CPUdemo(nnUNetTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 10, 20, 2
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None  # as the CPU variants above
+        return out
+
+
+class nnUNetTrainerStockCNN_CPUsmoke(nnUNetTrainerStockCNN_CPUdemo):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1

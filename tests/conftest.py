@@ -1,4 +1,32 @@
+import os
+import subprocess
+
 import pytest
+
+from nnunet_mim.demo import nnunet_command
+from nnunet_mim.environment import trainers_path
+
+
+def run(args, env, check=True):
+    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    if check and result.returncode:
+        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def nnunet_env(tmp_path_factory):
+    from nnunet_mim.data.example import write_example_dataset
+    root = tmp_path_factory.mktemp("nnunet")
+    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
+               nnUNet_results=str(root / "res"), nnUNet_extTrainer=trainers_path(),
+               nnUNet_def_n_proc="1")  # export workers: spawning 8 on a 2-core machine costs a minute
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.makedirs(env[key])
+    write_example_dataset(env["nnUNet_raw"], 991, num_train=5, num_test=1, spacing_mm=5.0, name="E2E")
+    run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "991", "-c", "3d_fullres", "-np", "1"], env)
+    env["nnUNet_n_proc_DA"] = "0"
+    return env
 
 
 @pytest.fixture

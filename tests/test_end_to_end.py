@@ -5,39 +5,17 @@ One module-scoped dataset: plan and preprocess -> MiM pre-training -> fine-tunin
 """
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
+from conftest import run
 from nnunet_mim.demo import nnunet_command
 from nnunet_mim.environment import trainers_path
 
 PRETRAIN = "nnUNetTrainerMiMPretrain_T_CPUsmoke"
 FINETUNE = "nnUNetTrainerMiMFinetune_T_CPUsmoke"
 SCRATCH = "nnUNetTrainerMiMScratch_T_CPUsmoke"
-
-
-def run(args, env, check=True):
-    result = subprocess.run(args, env=env, capture_output=True, text=True)
-    if check and result.returncode:
-        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-@pytest.fixture(scope="module")
-def nnunet_env(tmp_path_factory):
-    from nnunet_mim.data.example import write_example_dataset
-    root = tmp_path_factory.mktemp("nnunet")
-    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
-               nnUNet_results=str(root / "res"), nnUNet_extTrainer=trainers_path(),
-               nnUNet_def_n_proc="1")  # export workers: spawning 8 on a 2-core machine costs a minute
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.makedirs(env[key])
-    write_example_dataset(env["nnUNet_raw"], 991, num_train=4, num_test=1, spacing_mm=5.0, name="E2E")
-    run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "991", "-c", "3d_fullres", "-np", "1"], env)
-    env["nnUNet_n_proc_DA"] = "0"
-    return env
 
 
 def train(env, trainer, *extra, check=True):
@@ -116,7 +94,7 @@ def test_finetune_loads_and_predicts(nnunet_env, finetuned, tmp_path):
     run([nnunet_command("nnUNetv2_predict"), "-i", os.path.join(nnunet_env["nnUNet_raw"], "Dataset991_E2E",
          "imagesTs"), "-o", str(out), "-d", "991", "-c", "3d_fullres", "-tr", FINETUNE, "-f", "all",
          "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], nnunet_env)
-    assert sorted(os.listdir(out)) == ["dataset.json", "mni_004.nii.gz", "plans.json", "predict_from_raw_data_args.json"]
+    assert sorted(os.listdir(out)) == ["dataset.json", "mni_005.nii.gz", "plans.json", "predict_from_raw_data_args.json"]
 
 
 def test_scratch_differs_from_finetune_only_in_initial_weights(nnunet_env, finetuned):

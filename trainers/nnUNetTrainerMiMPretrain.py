@@ -3,4 +3,6 @@ from nnunet_mim.pretraining.trainer import nnUNetTrainerMAEPretrain, nnUNetTrain
 from nnunet_mim.variants import (  # noqa: F401
     nnUNetTrainerMAEPretrain_100ep, nnUNetTrainerMAEPretrain_S, nnUNetTrainerMAEPretrain_T_CPUdemo,
     nnUNetTrainerMAEPretrain_T_CPUsmoke, nnUNetTrainerMiMPretrain_100ep, nnUNetTrainerMiMPretrain_S,
-    nnUNetTrainerMiMPretrain_T_CPUdemo, nnUNetTrainerMiMPretrain_T_CPUsmoke)
+    nnUNetTrainerMiMPretrain_T_CPUdemo, nnUNetTrainerMiMPretrain_T_CPUsmoke, nnUNetTrainerMiMPretrainNoAlign,
+    nnUNetTrainerMiMPretrainNoAlign_100ep, nnUNetTrainerMiMPretrainNoAlign_T_CPUdemo,
+    nnUNetTrainerMiMPretrainNoAlign_T_CPUsmoke)

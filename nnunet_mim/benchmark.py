@@ -1,0 +1,233 @@
+"""``nnunet-mim benchmark``: does pre-training help on this dataset, and by how much?
+
+For one preprocessed nnU-Net dataset, label fractions and folds, it trains five arms with the
+same plan, budget, seeds and folds, through nnU-Net's own commands:
+
+    nnU-Net      stock nnUNetTrainer (the reference CNN), same budget
+    scratch      nnUNetTrainerMiMScratch: the hybrid network from random weights
+    MAE          MAE self pre-training, then nnUNetTrainerMiMFinetune
+    MiM          MiM self pre-training, then nnUNetTrainerMiMFinetune
+    MiM-noalign  MiM without cross-level alignment (ablation), then fine-tuning
+
+Self pre-training uses the images of all training cases (labels never), once per method.
+Label fraction f keeps, in every fold, the first round(f * n) training cases of a fixed
+per-fold permutation (so 10% is inside 25% is inside 100%); validation cases are unchanged.
+Each fraction gets its own nnUNet_preprocessed folder (links to the dataset's files plus its own
+splits_final.json) and results folder inside the work folder: the user's folders are only read.
+Scores are nnU-Net's own final validation (fold_k/validation/summary.json).
+"""
+import csv
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
+
+from nnunet_mim.demo import nnunet_command
+from nnunet_mim.environment import ext_trainer_value
+
+
+@dataclass(frozen=True)
+class Budget:
+    stock: str
+    scratch: str
+    finetune: str
+    pretrain: Dict[str, str]  # method -> pre-training trainer
+
+
+BUDGETS = {
+    "smoke": Budget("nnUNetTrainerStockCNN_CPUsmoke", "nnUNetTrainerMiMScratch_T_CPUsmoke",
+                    "nnUNetTrainerMiMFinetune_T_CPUsmoke",
+                    {"MAE": "nnUNetTrainerMAEPretrain_T_CPUsmoke", "MiM": "nnUNetTrainerMiMPretrain_T_CPUsmoke",
+                     "MiM-noalign": "nnUNetTrainerMiMPretrainNoAlign_T_CPUsmoke"}),
+    "cpu": Budget("nnUNetTrainerStockCNN_CPUdemo", "nnUNetTrainerMiMScratch_T_CPUdemo",
+                  "nnUNetTrainerMiMFinetune_T_CPUdemo",
+                  {"MAE": "nnUNetTrainerMAEPretrain_T_CPUdemo", "MiM": "nnUNetTrainerMiMPretrain_T_CPUdemo",
+                   "MiM-noalign": "nnUNetTrainerMiMPretrainNoAlign_T_CPUdemo"}),
+    "gpu": Budget("nnUNetTrainer_250epochs", "nnUNetTrainerMiMScratch_250ep", "nnUNetTrainerMiMFinetune_250ep",
+                  {"MAE": "nnUNetTrainerMAEPretrain_100ep", "MiM": "nnUNetTrainerMiMPretrain_100ep",
+                   "MiM-noalign": "nnUNetTrainerMiMPretrainNoAlign_100ep"}),
+}
+ARMS = ["nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"]
+
+
+def label_fraction_splits(splits: List[dict], fraction: float, seed: int) -> List[dict]:
+    """Per fold, the first round(fraction * n) training cases of a fixed permutation."""
+    out = []
+    for fold, split in enumerate(splits):
+        order = np.random.default_rng(seed + fold).permutation(sorted(split["train"]))
+        keep = max(1, int(round(fraction * len(order))))
+        out.append({"train": sorted(order[:keep].tolist()), "val": list(split["val"])})
+    return out
+
+
+class DownstreamBenchmark:
+    def __init__(self, dataset: str, configuration: str, folds: Sequence[int], fractions: Sequence[float],
+                 budget: str, work_folder: str, seed: int = 0, arms: Sequence[str] = ARMS,
+                 device: Optional[str] = None):
+        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+        for var in ("nnUNet_raw", "nnUNet_preprocessed"):
+            if var not in os.environ:
+                raise RuntimeError(f"{var} is not set: the benchmark reads the dataset from nnU-Net's folders")
+        self.dataset_name = maybe_convert_to_dataset_name(dataset)
+        self.source = os.path.join(os.environ["nnUNet_preprocessed"], self.dataset_name)
+        if not os.path.isfile(os.path.join(self.source, "nnUNetPlans.json")):
+            raise RuntimeError(f"{self.source} has no nnUNetPlans.json: run nnUNetv2_plan_and_preprocess first")
+        self.configuration, self.folds, self.fractions = configuration, list(folds), list(fractions)
+        self.budget, self.budget_name, self.seed, self.arms = BUDGETS[budget], budget, seed, list(arms)
+        if device is None:
+            import torch
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        self.work = os.path.abspath(work_folder)
+        os.makedirs(self.work, exist_ok=True)
+        self.log = open(os.path.join(self.work, "benchmark.log"), "a")
+
+    # ---- folders -----------------------------------------------------------------------------
+    def base_splits(self) -> List[dict]:
+        own = os.path.join(self.source, "splits_final.json")
+        if os.path.isfile(own):
+            return load_json(own)
+        from nnunetv2.utilities.crossval_split import generate_crossval_split
+        cases = sorted(f[:-len(".pkl")] for f in os.listdir(os.path.join(self.source, "nnUNetPlans_" +
+                                                                          self.configuration)) if f.endswith(".pkl"))
+        return generate_crossval_split(cases, seed=12345, n_splits=5)
+
+    def fraction_env(self, fraction: float) -> Dict[str, str]:
+        root = os.path.join(self.work, f"labels_{int(round(fraction * 100)):03d}pct")
+        dataset = os.path.join(root, "nnUNet_preprocessed", self.dataset_name)
+        if not os.path.isdir(dataset):
+            os.makedirs(dataset)
+            for entry in os.listdir(self.source):
+                if entry != "splits_final.json":
+                    os.symlink(os.path.join(self.source, entry), os.path.join(dataset, entry))
+            save_json(label_fraction_splits(self.base_splits(), fraction, self.seed),
+                      os.path.join(dataset, "splits_final.json"))
+        return self.env(preprocessed=os.path.join(root, "nnUNet_preprocessed"), results=os.path.join(root, "nnUNet_results"))
+
+    def env(self, preprocessed: str, results: str) -> Dict[str, str]:
+        os.makedirs(results, exist_ok=True)
+        return dict(os.environ, nnUNet_preprocessed=preprocessed, nnUNet_results=results,
+                    nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer", "")))
+
+    # ---- runs ----------------------------------------------------------------------------------
+    def train(self, env: Dict[str, str], trainer: str, fold, pretrained: Optional[str] = None) -> str:
+        folder = os.path.join(env["nnUNet_results"], self.dataset_name,
+                              f"{trainer}__nnUNetPlans__{self.configuration}", f"fold_{fold}")
+        done = os.path.join(folder, "validation", "summary.json") if fold != "all" else \
+            os.path.join(folder, "checkpoint_final.pth")
+        if os.path.isfile(done):  # rerunning the benchmark continues where it stopped
+            return folder
+        args = [nnunet_command("nnUNetv2_train"), self.dataset_name, self.configuration, str(fold), "-tr", trainer,
+                "-device", self.device]
+        if pretrained:
+            args += ["-pretrained_weights", pretrained]
+        self.log.write(f"$ {' '.join(args)}\n")
+        self.log.flush()
+        result = subprocess.run(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        if result.returncode:
+            raise RuntimeError(f"{' '.join(args)} failed; see {self.log.name}")
+        return folder
+
+    def pretrain(self, method: str) -> str:
+        env = self.env(os.environ["nnUNet_preprocessed"], os.path.join(self.work, "pretraining", "nnUNet_results"))
+        return os.path.join(self.train(env, self.budget.pretrain[method], "all"), "checkpoint_final.pth")
+
+    def run(self) -> List[dict]:
+        from tqdm import tqdm
+        methods = [arm for arm in self.arms if arm in self.budget.pretrain]
+        total = len(methods) + len(self.fractions) * len(self.folds) * len(self.arms)
+        bar = tqdm(total=total, unit="run")
+        checkpoints = {}
+        for method in methods:
+            bar.set_description(f"pre-training {method}")
+            checkpoints[method] = self.pretrain(method)
+            bar.update()
+        rows = []
+        for fraction in self.fractions:
+            env = self.fraction_env(fraction)
+            for fold in self.folds:
+                for arm in self.arms:
+                    bar.set_description(f"{arm}, {fraction:.0%} labels, fold {fold}")
+                    trainer = {"nnU-Net": self.budget.stock, "scratch": self.budget.scratch}.get(arm,
+                                                                                                 self.budget.finetune)
+                    folder = self.train(env, trainer, fold, checkpoints.get(arm))
+                    summary = load_json(os.path.join(folder, "validation", "summary.json"))
+                    for label, metrics in summary["mean"].items():
+                        rows.append({"arm": arm, "fraction": fraction, "fold": fold, "class": label,
+                                     "dice": metrics["Dice"], "trainer": trainer})
+                    rows.append({"arm": arm, "fraction": fraction, "fold": fold, "class": "mean",
+                                 "dice": summary["foreground_mean"]["Dice"], "trainer": trainer})
+                    bar.update()
+        bar.close()
+        return rows
+
+
+def summarise(rows: List[dict]) -> List[dict]:
+    """Mean and sd over folds per arm, fraction and class; difference to scratch, paired t-test."""
+    from scipy.stats import ttest_rel
+    table = []
+    keys = sorted({(r["fraction"], r["class"]) for r in rows})
+    arms = [a for a in ARMS if any(r["arm"] == a for r in rows)]
+    for fraction, cls in keys:
+        per_arm = {a: {r["fold"]: r["dice"] for r in rows if (r["arm"], r["fraction"], r["class"]) == (a, fraction, cls)}
+                   for a in arms}
+        for arm in arms:
+            folds = sorted(per_arm[arm])
+            values = np.array([per_arm[arm][f] for f in folds])
+            entry = {"fraction": fraction, "class": cls, "arm": arm, "folds": len(folds),
+                     "mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                     "diff_vs_scratch": float("nan"), "p_vs_scratch": float("nan")}
+            scratch = per_arm.get("scratch", {})
+            paired = [f for f in folds if f in scratch]
+            if arm != "scratch" and paired:
+                diff = np.array([per_arm[arm][f] - scratch[f] for f in paired])
+                entry["diff_vs_scratch"] = float(diff.mean())
+                if len(paired) > 1 and np.any(diff != diff[0]):
+                    entry["p_vs_scratch"] = float(ttest_rel([per_arm[arm][f] for f in paired],
+                                                            [scratch[f] for f in paired]).pvalue)
+            table.append(entry)
+    return table
+
+
+def write_outputs(rows: List[dict], folder: str, title: str) -> str:
+    """downstream_runs.csv (one row per run and class), downstream.csv/.md (summary), downstream.png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "downstream_runs.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    table = summarise(rows)
+    with open(os.path.join(folder, "downstream.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    fmt = lambda v, spec: "n/a" if v != v else format(v, spec)  # noqa: E731  (nan -> n/a)
+    lines = [f"{title}", "", "| labels | class | arm | folds | Dice mean | sd | vs scratch | paired p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for e in table:
+        lines.append(f"| {e['fraction']:.0%} | {e['class']} | {e['arm']} | {e['folds']} | {e['mean']:.3f} | "
+                     f"{fmt(e['sd'], '.3f')} | {fmt(e['diff_vs_scratch'], '+.3f')} | {fmt(e['p_vs_scratch'], '.3f')} |")
+    markdown = "\n".join(lines)
+    with open(os.path.join(folder, "downstream.md"), "w") as f:
+        f.write(markdown + "\n")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm in ARMS:
+        points = sorted((e["fraction"], e["mean"], e["sd"]) for e in table if e["arm"] == arm and e["class"] == "mean")
+        if points:
+            x, y, sd = zip(*points)
+            ax.errorbar([100 * v for v in x], y, yerr=[0 if s != s else s for s in sd], marker="o", capsize=3, label=arm)
+    ax.set_xlabel("labelled training cases (%)")
+    ax.set_ylabel("mean foreground Dice (validation folds)")
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "downstream.png"), dpi=100)
+    plt.close(fig)
+    return markdown

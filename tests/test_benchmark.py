@@ -1,0 +1,61 @@
+"""The downstream benchmark harness: label-fraction splits, the summary maths, and a real run of
+all five arms through nnU-Net at the smoke budget whose table rows match the runs."""
+import csv
+import math
+import os
+import sys
+
+import pytest
+
+from conftest import run
+from nnunet_mim.benchmark import ARMS, label_fraction_splits, summarise
+
+
+def test_label_fraction_splits_are_nested_and_keep_validation():
+    splits = [{"train": [f"c{i}" for i in range(20) if i % 5 != k], "val": [f"c{i}" for i in range(20) if i % 5 == k]}
+              for k in range(5)]
+    small, large = label_fraction_splits(splits, 0.25, 0), label_fraction_splits(splits, 0.5, 0)
+    for k in range(5):
+        assert len(small[k]["train"]) == 4 and len(large[k]["train"]) == 8
+        assert set(small[k]["train"]) <= set(large[k]["train"]) <= set(splits[k]["train"])
+        assert small[k]["val"] == splits[k]["val"]
+    assert label_fraction_splits(splits, 0.25, 0) == small  # seeded
+    assert label_fraction_splits(splits, 0.25, 1) != small
+
+
+def test_summary_pairs_folds_against_scratch():
+    rows = [{"arm": arm, "fraction": 0.5, "fold": fold, "class": "mean", "dice": dice}
+            for arm, values in {"scratch": [0.5, 0.6, 0.7], "MiM": [0.6, 0.65, 0.8]}.items()
+            for fold, dice in enumerate(values)]
+    table = {e["arm"]: e for e in summarise(rows)}
+    assert math.isclose(table["MiM"]["mean"], (0.6 + 0.65 + 0.8) / 3)
+    assert math.isclose(table["MiM"]["diff_vs_scratch"], (0.1 + 0.05 + 0.1) / 3)
+    assert 0 < table["MiM"]["p_vs_scratch"] < 1
+    assert math.isnan(table["scratch"]["diff_vs_scratch"])
+
+
+@pytest.mark.slow  # 13 nnU-Net runs: about 6 minutes on 2 cores; `python -m pytest -m slow`
+def test_all_arms_run_and_the_table_matches_the_runs(nnunet_env, tmp_path):
+    work = tmp_path / "bench"
+    user_dataset = os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset991_E2E")
+    before = sorted(os.listdir(user_dataset))
+    result = run([sys.executable, "-m", "nnunet_mim.cli", "benchmark", "991", "--budget", "smoke", "--folds", "0",
+                  "1", "--fractions", "0.5", "--device", "cpu", "--work-folder", str(work)], nnunet_env)
+    assert "| 50% | mean | MiM |" in result.stdout
+    with open(work / "results" / "downstream_runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    assert {(r["arm"], r["fold"]) for r in runs} == {(a, str(k)) for a in ARMS for k in (0, 1)}
+    # each row's Dice is the one nnU-Net wrote for that run
+    import json
+    for r in runs:
+        folder = work / "labels_050pct" / "nnUNet_results" / "Dataset991_E2E" / \
+            f"{r['trainer']}__nnUNetPlans__3d_fullres" / f"fold_{r['fold']}"
+        summary = json.load(open(folder / "validation" / "summary.json"))
+        expected = summary["foreground_mean"]["Dice"] if r["class"] == "mean" else summary["mean"][r["class"]]["Dice"]
+        assert math.isclose(float(r["dice"]), expected)
+    # the label fraction really was applied: 4 training cases per fold -> 2
+    splits = json.load(open(work / "labels_050pct" / "nnUNet_preprocessed" / "Dataset991_E2E" / "splits_final.json"))
+    assert [len(s["train"]) for s in splits] == [2] * 5
+    for name in ("downstream.md", "downstream.csv", "downstream.png"):
+        assert os.path.isfile(work / "results" / name)
+    assert sorted(os.listdir(user_dataset)) == before  # the user's preprocessed folder is only read
