@@ -82,7 +82,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         # seeded: the same command gives the same run (with nnUNet_n_proc_DA=0, background
         # workers draw their own crops); --c restores every generator from the checkpoint
         self.seed = 0
-        np.random.seed(self.seed)
+        np.random.seed(self.seed + self.local_rank)  # crop positions: different on every GPU
         torch.manual_seed(self.seed)
         self.skipped_steps = 0
         self._val_counter = 0
@@ -97,8 +97,8 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
 
     # ---- optimisation -------------------------------------------------------------------
     def configure_optimizers(self):
-        world = dist.get_world_size() if self.is_ddp else 1
-        self.initial_lr = self.base_lr * self.configuration_manager.batch_size * world / 256
+        # the plan's batch size is the global one; nnU-Net splits it over the GPUs of a DDP run
+        self.initial_lr = self.base_lr * self.configuration_manager.batch_size / 256
         optimizer = torch.optim.AdamW(adamw_param_groups(self.network, self.weight_decay), lr=self.initial_lr,
                                       betas=(0.9, 0.95))
         warmup = min(self.warmup_epochs, max(1, self.num_epochs // 10))
