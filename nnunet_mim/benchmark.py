@@ -17,7 +17,6 @@ splits_final.json) and results folder inside the work folder: the user's folders
 Scores are nnU-Net's own final validation (fold_k/validation/summary.json).
 """
 import csv
-import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -106,7 +105,7 @@ class DownstreamBenchmark:
                     os.symlink(os.path.join(self.source, entry), os.path.join(dataset, entry))
             save_json(label_fraction_splits(self.base_splits(), fraction, self.seed),
                       os.path.join(dataset, "splits_final.json"))
-        return self.env(preprocessed=os.path.join(root, "nnUNet_preprocessed"), results=os.path.join(root, "nnUNet_results"))
+        return self.env(os.path.join(root, "nnUNet_preprocessed"), os.path.join(root, "nnUNet_results"))
 
     def env(self, preprocessed: str, results: str) -> Dict[str, str]:
         os.makedirs(results, exist_ok=True)
@@ -173,8 +172,8 @@ def summarise(rows: List[dict]) -> List[dict]:
     keys = sorted({(r["fraction"], r["class"]) for r in rows})
     arms = [a for a in ARMS if any(r["arm"] == a for r in rows)]
     for fraction, cls in keys:
-        per_arm = {a: {r["fold"]: r["dice"] for r in rows if (r["arm"], r["fraction"], r["class"]) == (a, fraction, cls)}
-                   for a in arms}
+        per_arm = {a: {r["fold"]: r["dice"] for r in rows
+                       if (r["arm"], r["fraction"], r["class"]) == (a, fraction, cls)} for a in arms}
         for arm in arms:
             folds = sorted(per_arm[arm])
             values = np.array([per_arm[arm][f] for f in folds])
@@ -222,7 +221,8 @@ def write_outputs(rows: List[dict], folder: str, title: str) -> str:
         points = sorted((e["fraction"], e["mean"], e["sd"]) for e in table if e["arm"] == arm and e["class"] == "mean")
         if points:
             x, y, sd = zip(*points)
-            ax.errorbar([100 * v for v in x], y, yerr=[0 if s != s else s for s in sd], marker="o", capsize=3, label=arm)
+            ax.errorbar([100 * v for v in x], y, yerr=[0 if s != s else s for s in sd], marker="o", capsize=3,
+                        label=arm)
     ax.set_xlabel("labelled training cases (%)")
     ax.set_ylabel("mean foreground Dice (validation folds)")
     ax.set_title(title, fontsize=8)

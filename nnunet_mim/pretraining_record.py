@@ -51,4 +51,5 @@ class PretrainingRecord:
     def describe(self) -> str:
         return (f"{self.method} pre-training, preset {self.preset}, {self.epochs} epochs, patch "
                 f"{'x'.join(map(str, self.patch_size))}, spacing {tuple(round(s, 3) for s in self.spacing)}, "
-                f"{self.input_channels} input channel(s), decoder {'pre-trained' if self.decoder_pretrained else 'not pre-trained'}")
+                f"{self.input_channels} input channel(s), decoder "
+                f"{'pre-trained' if self.decoder_pretrained else 'not pre-trained'}")

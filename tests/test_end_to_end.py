@@ -94,15 +94,18 @@ def test_finetune_loads_and_predicts(nnunet_env, finetuned, tmp_path):
     run([nnunet_command("nnUNetv2_predict"), "-i", os.path.join(nnunet_env["nnUNet_raw"], "Dataset991_E2E",
          "imagesTs"), "-o", str(out), "-d", "991", "-c", "3d_fullres", "-tr", FINETUNE, "-f", "all",
          "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], nnunet_env)
-    assert sorted(os.listdir(out)) == ["dataset.json", "mni_005.nii.gz", "plans.json", "predict_from_raw_data_args.json"]
+    assert sorted(os.listdir(out)) == ["dataset.json", "mni_005.nii.gz", "plans.json",
+                                       "predict_from_raw_data_args.json"]
 
 
 def test_scratch_differs_from_finetune_only_in_initial_weights(nnunet_env, finetuned):
     train(nnunet_env, SCRATCH)
-    debug = {t: json.load(open(os.path.join(output_folder(nnunet_env, t), "debug.json"))) for t in (FINETUNE, SCRATCH)}
+    debug = {t: json.load(open(os.path.join(output_folder(nnunet_env, t), "debug.json")))
+             for t in (FINETUNE, SCRATCH)}
     # nnU-Net dumps every trainer attribute: all settings agree, only names, paths and objects differ
     differing = {k for k in debug[FINETUNE] if debug[FINETUNE][k] != debug[SCRATCH].get(k)}
-    settings = {k for k in differing if " at 0x" not in str(debug[FINETUNE][k]) and FINETUNE not in str(debug[FINETUNE][k])}
+    settings = {k for k in differing
+                if " at 0x" not in str(debug[FINETUNE][k]) and FINETUNE not in str(debug[FINETUNE][k])}
     assert settings == set(), settings
     assert "<weights snapshot" in debug[FINETUNE]["_initial_weights"]
     plans = [json.load(open(os.path.join(os.path.dirname(output_folder(nnunet_env, t)), "plans.json")))

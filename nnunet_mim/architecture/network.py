@@ -32,6 +32,12 @@ def check_patch_size(patch_size: Sequence[int], multiple: int = TOKEN_SIZE) -> N
                          f"nearest valid sizes: {down} or {up}")
 
 
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The network inside nnU-Net's DDP and torch.compile wrappers."""
+    network = getattr(network, "module", network)  # DistributedDataParallel
+    return getattr(network, "_orig_mod", network)  # torch.compile
+
+
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)

@@ -23,7 +23,8 @@ def load_checkpoint(filename: str) -> dict:
     try:
         checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise RuntimeError(f"cannot read the pre-trained checkpoint {filename}: {e} (corrupt or truncated file?)") from e
+        raise RuntimeError(f"cannot read the pre-trained checkpoint {filename}: {e} "
+                           "(corrupt or truncated file?)") from e
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise RuntimeError(f"{filename} is not an nnU-Net checkpoint (no 'network_weights')")
     return checkpoint
@@ -34,8 +35,9 @@ def in_projection_keys(state_dict: Dict[str, torch.Tensor]) -> List[str]:
     return [k for k in state_dict if any(k == p or k == "decoder." + p for p in IN_PROJECTIONS)]
 
 
-def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.Tensor], preset: str) -> None:
-    """Raise a RuntimeError that says what to do when ``filename`` cannot load into the network."""
+def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.Tensor], preset: str) -> List[str]:
+    """Raise a RuntimeError that says what to do when ``filename`` cannot load into the network;
+    otherwise return the keys of its ``network_weights``."""
     weights = load_checkpoint(filename)["network_weights"]
     if "pretraining_record" not in weights:
         raise RuntimeError(f"{filename} is not an nnunet-mim pre-training checkpoint (written by "
@@ -57,6 +59,7 @@ def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.
     if mismatched or missing:
         raise RuntimeError(f"{filename} does not fit this network: {len(missing)} missing and {len(mismatched)} "
                            f"differently shaped tensors, e.g. {(missing + mismatched)[:3]}")
+    return list(weights)
 
 
 def adapt_input_channels(checkpoint: dict, channels: int) -> Sequence[str]:

@@ -16,6 +16,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import join, save_json
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_mim.architecture.network import unwrap_network
 from nnunet_mim.checkpointing import AtomicCheckpointMixin
 from nnunet_mim.finetuning.checkpoint import inspect_pretrained_checkpoint
 from nnunet_mim.finetuning.load_report import LoadReport, pretrained_weights_from_argv, snapshot
@@ -42,6 +43,7 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
         self.weight_decay = 0.05
         self.warmup_fraction = 0.1
         self._initial_weights = None
+        self._checkpoint_keys = None  # keys of the -pretrained_weights file, read in initialize
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(adamw_param_groups(self.network, self.weight_decay), lr=self.initial_lr,
@@ -58,15 +60,15 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
 
     @property
     def segmentation_network(self):
-        mod = self.network.module if self.is_ddp else self.network
-        return getattr(mod, "_orig_mod", mod)
+        return unwrap_network(self.network)
 
     def initialize(self):
         super().initialize()
         self._initial_weights = snapshot(self.segmentation_network.state_dict())
         checkpoint_file = pretrained_weights_from_argv()
         if checkpoint_file is not None:  # runs before nnU-Net's loader, to fail with a useful message
-            inspect_pretrained_checkpoint(checkpoint_file, self._initial_weights, self.encoder_preset)
+            self._checkpoint_keys = inspect_pretrained_checkpoint(checkpoint_file, self._initial_weights,
+                                                                  self.encoder_preset)
 
     def on_train_start(self):
         super().on_train_start()
@@ -76,12 +78,7 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
     def check_initial_weights(self) -> None:
         network = self.segmentation_network
         record = network.get_pretraining_record()
-        checkpoint_file = pretrained_weights_from_argv()
-        checkpoint_keys = None
-        if checkpoint_file is not None:
-            checkpoint_keys = list(torch.load(checkpoint_file, map_location="cpu",
-                                              weights_only=False)["network_weights"].keys())
-        report = LoadReport(self._initial_weights, network.state_dict(), record, checkpoint_keys)
+        report = LoadReport(self._initial_weights, network.state_dict(), record, self._checkpoint_keys)
         self.print_to_log_file(report.text(), add_timestamp=False)
         if self.local_rank == 0:
             with open(join(self.output_folder, "pretrained_weights_report.txt"), "w") as f:

@@ -28,12 +28,12 @@ from batchgenerators.dataloading.single_threaded_augmenter import SingleThreaded
 from batchgenerators.utilities.file_and_folder_operations import join  # noqa: E402
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader  # noqa: E402
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
-from nnunetv2.utilities.collate_outputs import collate_outputs  # noqa: E402
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA  # noqa: E402
 from nnunetv2.utilities.helpers import dummy_context  # noqa: E402
 from torch import autocast  # noqa: E402
 from torch import distributed as dist  # noqa: E402
 
+from nnunet_mim.architecture.network import unwrap_network  # noqa: E402
 from nnunet_mim.checkpointing import AtomicCheckpointMixin  # noqa: E402
 from nnunet_mim.masking import LevelConfig, build_levels  # noqa: E402
 from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans  # noqa: E402
@@ -111,8 +111,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
 
     @property
     def pretrain_network(self):
-        mod = self.network.module if self.is_ddp else self.network
-        return getattr(mod, "_orig_mod", mod)
+        return unwrap_network(self.network)
 
     # ---- data --------------------------------------------------------------------------
     def get_dataloaders(self):
@@ -221,7 +220,8 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
                                " ".join(f"{n}={get(f'val_{n}', -1):.4f}" for n in self.loss_terms))
         if get("skipped_steps", -1):
             self.print_to_log_file(f"WARNING: {get('skipped_steps', -1)} steps skipped (non-finite loss)")
-        self.print_to_log_file(f"Epoch time: {get('epoch_end_timestamps', -1) - get('epoch_start_timestamps', -1):.2f} s")
+        epoch_time = get("epoch_end_timestamps", -1) - get("epoch_start_timestamps", -1)
+        self.print_to_log_file(f"Epoch time: {epoch_time:.2f} s")
 
         epoch = self.current_epoch
         if (epoch + 1) % self.save_every == 0 and epoch != self.num_epochs - 1:
