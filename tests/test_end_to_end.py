@@ -106,7 +106,9 @@ def test_scratch_differs_from_finetune_only_in_initial_weights(nnunet_env, finet
     differing = {k for k in debug[FINETUNE] if debug[FINETUNE][k] != debug[SCRATCH].get(k)}
     settings = {k for k in differing
                 if " at 0x" not in str(debug[FINETUNE][k]) and FINETUNE not in str(debug[FINETUNE][k])}
-    assert settings == set(), settings
+    # the one other difference is where the initial weights came from: the checkpoint's keys
+    assert settings == {"_checkpoint_keys"}, settings
+    assert debug[SCRATCH]["_checkpoint_keys"] == "None"
     assert "<weights snapshot" in debug[FINETUNE]["_initial_weights"]
     plans = [json.load(open(os.path.join(os.path.dirname(output_folder(nnunet_env, t)), "plans.json")))
              for t in (FINETUNE, SCRATCH)]
