@@ -37,38 +37,43 @@ class nnUNetTrainerMAEPretrain_S(nnUNetTrainerMAEPretrain):
 CPU_BASE_LR = 1e-3 * 256 / 2
 
 
-class nnUNetTrainerMiMPretrain_T_CPUdemo(nnUNetTrainerMiMPretrain):
+class PretrainCPUDemoBudget:
+    """The built-in demo's pre-training: preset T, 8 epochs of 25 steps."""
     encoder_preset, epochs, warmup_epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 8, 1, 25, 2
     base_lr = CPU_BASE_LR
 
 
-class nnUNetTrainerMAEPretrain_T_CPUdemo(nnUNetTrainerMAEPretrain):
-    encoder_preset, epochs, warmup_epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 8, 1, 25, 2
-    base_lr = CPU_BASE_LR
+class PretrainCPUSmokeBudget(PretrainCPUDemoBudget):
+    """Two epochs of two steps: the end-to-end tests."""
+    epochs, iterations_per_epoch, val_iterations_per_epoch = 2, 2, 1
+
+
+class nnUNetTrainerMiMPretrain_T_CPUdemo(PretrainCPUDemoBudget, nnUNetTrainerMiMPretrain):
+    pass
+
+
+class nnUNetTrainerMAEPretrain_T_CPUdemo(PretrainCPUDemoBudget, nnUNetTrainerMAEPretrain):
+    pass
 
 
 class nnUNetTrainerMiMPretrainNoAlign_100ep(nnUNetTrainerMiMPretrainNoAlign):
     epochs, warmup_epochs = 100, 10
 
 
-class nnUNetTrainerMiMPretrainNoAlign_T_CPUdemo(nnUNetTrainerMiMPretrainNoAlign):
-    encoder_preset, epochs, warmup_epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 8, 1, 25, 2
-    base_lr = CPU_BASE_LR
+class nnUNetTrainerMiMPretrainNoAlign_T_CPUdemo(PretrainCPUDemoBudget, nnUNetTrainerMiMPretrainNoAlign):
+    pass
 
 
-class nnUNetTrainerMiMPretrainNoAlign_T_CPUsmoke(nnUNetTrainerMiMPretrainNoAlign):
-    encoder_preset, epochs, warmup_epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 2, 1, 2, 1
-    base_lr = CPU_BASE_LR
+class nnUNetTrainerMiMPretrainNoAlign_T_CPUsmoke(PretrainCPUSmokeBudget, nnUNetTrainerMiMPretrainNoAlign):
+    pass
 
 
-class nnUNetTrainerMiMPretrain_T_CPUsmoke(nnUNetTrainerMiMPretrain):
-    encoder_preset, epochs, warmup_epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 2, 1, 2, 1
-    base_lr = CPU_BASE_LR
+class nnUNetTrainerMiMPretrain_T_CPUsmoke(PretrainCPUSmokeBudget, nnUNetTrainerMiMPretrain):
+    pass
 
 
-class nnUNetTrainerMAEPretrain_T_CPUsmoke(nnUNetTrainerMAEPretrain):
-    encoder_preset, epochs, warmup_epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 2, 1, 2, 1
-    base_lr = CPU_BASE_LR
+class nnUNetTrainerMAEPretrain_T_CPUsmoke(PretrainCPUSmokeBudget, nnUNetTrainerMAEPretrain):
+    pass
 
 
 # ---- fine-tuning and its matched scratch baseline ----------------------------------------------
@@ -96,41 +101,50 @@ class nnUNetTrainerMiMScratch_S(nnUNetTrainerMiMScratch):
     encoder_preset = "S"
 
 
-class nnUNetTrainerMiMFinetune_T_CPUdemo(nnUNetTrainerMiMFinetune):
+class FinetuneCPUDemoBudget:
+    """The built-in demo's fine-tuning: preset T, 10 epochs of 20 steps, no test-time mirroring
+    (8x cheaper validation and prediction)."""
     encoder_preset, epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 10, 20, 2
     test_time_mirroring = False
 
 
-class nnUNetTrainerMiMScratch_T_CPUdemo(nnUNetTrainerMiMScratch):
-    encoder_preset, epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 10, 20, 2
-    test_time_mirroring = False
+class FinetuneCPUSmokeBudget(FinetuneCPUDemoBudget):
+    """One epoch of two steps: the end-to-end tests."""
+    epochs, iterations_per_epoch, val_iterations_per_epoch = 1, 2, 1
 
 
-class nnUNetTrainerMiMFinetune_T_CPUsmoke(nnUNetTrainerMiMFinetune):
-    encoder_preset, epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 1, 2, 1
-    test_time_mirroring = False
+class nnUNetTrainerMiMFinetune_T_CPUdemo(FinetuneCPUDemoBudget, nnUNetTrainerMiMFinetune):
+    pass
 
 
-class nnUNetTrainerMiMScratch_T_CPUsmoke(nnUNetTrainerMiMScratch):
-    encoder_preset, epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 1, 2, 1
-    test_time_mirroring = False
+class nnUNetTrainerMiMScratch_T_CPUdemo(FinetuneCPUDemoBudget, nnUNetTrainerMiMScratch):
+    pass
 
 
-# ---- stock nnU-Net CNN at the CPU budgets (the reference arm of the benchmark) -----------------------
+class nnUNetTrainerMiMFinetune_T_CPUsmoke(FinetuneCPUSmokeBudget, nnUNetTrainerMiMFinetune):
+    pass
+
+
+class nnUNetTrainerMiMScratch_T_CPUsmoke(FinetuneCPUSmokeBudget, nnUNetTrainerMiMScratch):
+    pass
+
+
+# ---- stock nnU-Net CNN at the same CPU budgets (the reference arm of the benchmark) ---------------
 class nnUNetTrainerStockCNN_CPUdemo(nnUNetTrainer):
+    budget = FinetuneCPUDemoBudget
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 10, 20, 2
+        self.num_epochs = self.budget.epochs
+        self.num_iterations_per_epoch = self.budget.iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.budget.val_iterations_per_epoch
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        self.inference_allowed_mirroring_axes = None  # as the CPU variants above
+        self.inference_allowed_mirroring_axes = None  # as the budget's hybrid trainers
         return out
 
 
 class nnUNetTrainerStockCNN_CPUsmoke(nnUNetTrainerStockCNN_CPUdemo):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
+    budget = FinetuneCPUSmokeBudget
