@@ -1,0 +1,30 @@
+"""Every trainer of nnunet-mim is found by nnU-Net's own lookup through nnUNet_extTrainer (the
+path nnUNetv2_train and nnUNetv2_predict use), so no variant can be forgotten in trainers/."""
+import os
+import subprocess
+import sys
+
+import nnunet_mim.variants as variants
+from nnunet_mim.environment import trainers_path
+
+LOOKUP = """
+import contextlib, io, sys
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+missing = []
+for name in sys.argv[1:]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            cls = recursive_find_trainer_class_by_name(name)
+            assert cls.__module__.startswith("nnunet_mim."), cls.__module__  # defined once, in the library
+        except Exception as e:
+            missing.append(f"{name}: {e}")
+print("\\n".join(missing))
+"""
+
+
+def test_every_trainer_is_found_by_nnunet():
+    names = [n for n in dir(variants) if n.startswith("nnUNetTrainer")]
+    assert len(names) > 20
+    env = dict(os.environ, nnUNet_extTrainer=trainers_path())
+    out = subprocess.run([sys.executable, "-c", LOOKUP, *names], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
