@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
+from nnunet_mim.checkpointing import CHECKPOINTS
 from nnunet_mim.demo import nnunet_command
 from nnunet_mim.environment import ext_trainer_value
 
@@ -122,7 +123,9 @@ class DownstreamBenchmark:
             return folder
         args = [nnunet_command("nnUNetv2_train"), self.dataset_name, self.configuration, str(fold), "-tr", trainer,
                 "-device", self.device]
-        if pretrained:
+        if any(os.path.isfile(os.path.join(folder, c)) for c in CHECKPOINTS):
+            args += ["--c"]  # an interrupted run: continue it (its weights already hold the pre-training)
+        elif pretrained:
             args += ["-pretrained_weights", pretrained]
         self.log.write(f"$ {' '.join(args)}\n")
         self.log.flush()

@@ -1,8 +1,11 @@
-"""Checkpoint writing shared by all nnunet-mim trainers: nnU-Net's format, written atomically."""
+"""Checkpoint handling shared by all nnunet-mim trainers: nnU-Net's format, written atomically,
+never silently replaced."""
 import os
 
 import torch
-from batchgenerators.utilities.file_and_folder_operations import isfile
+from batchgenerators.utilities.file_and_folder_operations import isfile, join
+
+CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 
 
 class AtomicCheckpointMixin:
@@ -10,7 +13,16 @@ class AtomicCheckpointMixin:
 
     A run killed while saving leaves the previous checkpoint intact instead of a truncated file.
     ``checkpoint_extras`` lets a trainer store more state under the ``"nnunet_mim"`` key.
+    A new run (no ``--c``) refuses to start in a folder that holds checkpoints of an earlier run,
+    where stock nnU-Net would overwrite them.
     """
+
+    def on_train_start(self):
+        existing = [f for f in CHECKPOINTS if isfile(join(self.output_folder, f))]
+        if self.current_epoch == 0 and existing:
+            raise RuntimeError(f"{self.output_folder} holds an earlier run ({', '.join(existing)}). Continue it "
+                               "with --c, or move the folder away to start over; nothing was overwritten.")
+        super().on_train_start()
 
     def checkpoint_extras(self) -> dict:
         return {}

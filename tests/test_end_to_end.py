@@ -53,7 +53,7 @@ def test_pretraining_outputs(nnunet_env, pretrained):
 
 
 RESUME_SCRIPT = """
-import json, sys, torch
+import json, shutil, sys, torch
 from nnunetv2.run.run_training import get_trainer_from_args
 def trainer(epochs):
     t = get_trainer_from_args("991", "3d_fullres", "all", "nnUNetTrainerMAEPretrain_T_CPUsmoke",
@@ -62,6 +62,7 @@ def trainer(epochs):
     return t
 uninterrupted = trainer(2)
 uninterrupted.run_training()
+shutil.rmtree(uninterrupted.output_folder)  # a new run refuses to start over an earlier one
 first = trainer(1)
 first.run_training()  # stops after epoch 0 and writes checkpoint_final.pth
 resumed = trainer(2)
@@ -151,6 +152,14 @@ def test_not_a_pretraining_checkpoint_is_refused(nnunet_env, pretrained, tmp_pat
     for path, message in [(foreign, "not an nnunet-mim pre-training checkpoint"), (corrupt, "cannot read")]:
         result = train(nnunet_env, "nnUNetTrainerMiMFinetune_T_CPUdemo", "-pretrained_weights", path, check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_a_new_run_does_not_overwrite_an_earlier_one(nnunet_env, pretrained):
+    final = os.path.join(output_folder(nnunet_env, PRETRAIN), "checkpoint_final.pth")
+    before = os.path.getmtime(final)
+    result = train(nnunet_env, PRETRAIN, check=False)
+    assert result.returncode != 0 and "Continue it with --c" in result.stderr
+    assert os.path.getmtime(final) == before
 
 
 def test_finetune_without_weights_fails_loudly(nnunet_env):
