@@ -170,7 +170,8 @@ def test_finetune_without_weights_fails_loudly(nnunet_env):
 
 
 def test_scratch_refuses_pretrained_weights(nnunet_env, pretrained):
-    result = train(nnunet_env, SCRATCH, "-pretrained_weights", pretrained, check=False)
+    # a variant that has not trained yet: the smoke variant's folder holds a run (and would be refused)
+    result = train(nnunet_env, "nnUNetTrainerMiMScratch_T_CPUdemo", "-pretrained_weights", pretrained, check=False)
     assert result.returncode != 0 and "trains from random weights" in result.stderr + result.stdout
 
 
