@@ -19,12 +19,18 @@ def unpatchify(tokens: torch.Tensor, channels: int, grid, token_size: int) -> to
     return v.reshape(n, channels, grid[0] * t, grid[1] * t, grid[2] * t)
 
 
-def normalized_targets(volumes: torch.Tensor, token_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """Each token standardised by its own mean and variance (MAE's ``norm_pix_loss``)."""
+def token_statistics(volumes: torch.Tensor, token_size: int, eps: float = 1e-6):
+    """(patchified volumes, per-token mean, per-token std) as used by the normalised targets."""
     target = patchify(volumes, token_size)
     mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True, unbiased=False)
-    return (target - mean) / (var + eps).sqrt()
+    std = (target.var(dim=-1, keepdim=True, unbiased=False) + eps).sqrt()
+    return target, mean, std
+
+
+def normalized_targets(volumes: torch.Tensor, token_size: int) -> torch.Tensor:
+    """Each token standardised by its own mean and variance (MAE's ``norm_pix_loss``)."""
+    target, mean, std = token_statistics(volumes, token_size)
+    return (target - mean) / std
 
 
 def reconstruction_loss(prediction: torch.Tensor, volumes: torch.Tensor, hidden: torch.Tensor,

@@ -8,14 +8,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from nnunet_mim.losses import patchify, unpatchify  # noqa: E402
+from nnunet_mim.losses import token_statistics, unpatchify  # noqa: E402
 from nnunet_mim.masking import Level  # noqa: E402
 
 
 def reconstruct(prediction: torch.Tensor, volumes: torch.Tensor, hidden: torch.Tensor, token_size: int) -> torch.Tensor:
     """Undo the per-token normalisation with the true token statistics; keep visible tokens as input."""
-    target = patchify(volumes, token_size)
-    mean, std = target.mean(-1, keepdim=True), (target.var(-1, keepdim=True, unbiased=False) + 1e-6).sqrt()
+    target, mean, std = token_statistics(volumes, token_size)
     mixed = torch.where(hidden.flatten(1)[..., None], prediction * std + mean, target)
     return unpatchify(mixed, volumes.shape[1], hidden.shape[1:], token_size)
 
