@@ -54,6 +54,25 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_pretrain_dataset_create(args) -> int:
+    from nnunet_mim.data.collection import CollectionSettings, create, format_summary
+    from nnunet_mim.pretraining.data import load_collection_manifest
+    weights = {}
+    for item in args.source_weight:
+        name, _, value = item.partition("=")
+        if not value:
+            print(f"--source-weight expects NAME=WEIGHT, got {item!r}", file=sys.stderr)
+            return 2
+        weights[name] = float(value)
+    settings = CollectionSettings(modality=args.modality, spacing=args.spacing, patch_size=args.patch_size,
+                                  like_dataset=args.like, ct_window=tuple(args.ct_window), batch_size=args.batch_size,
+                                  sampling=args.sampling, source_weights=weights)
+    summary = create(args.dataset_id, args.name, args.inputs, settings, args.np)
+    print(format_summary(summary, load_collection_manifest(summary["folder"])["cases"]))
+    print(f"pre-train on it: nnUNetv2_train {args.dataset_id} 3d_fullres all -tr nnUNetTrainerMiMPretrain")
+    return 0 if summary["done"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nnunet_mim import benchmark as benchmark_module
     parser = argparse.ArgumentParser(prog="nnunet-mim", description="MiM / MAE self-supervised pre-training for "
@@ -94,6 +113,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-folder", default=None, help="default: WORK_FOLDER/results")
     p.add_argument("--note", default="", help="printed with the table, e.g. where the data comes from")
     p.set_defaults(func=cmd_benchmark)
+
+    from nnunet_mim.data import collection
+    p = sub.add_parser("pretrain-dataset", help="build a pre-training dataset from nnU-Net datasets and folders of "
+                       "unlabeled images (NIfTI, NRRD, MHA, DICOM series)")
+    actions = p.add_subparsers(dest="action", required=True)
+    p = actions.add_parser("create", help="collect, plan and preprocess (resumable: rerun to continue)",
+                           description=collection.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", "--dataset-id", type=int, required=True, help="ID of the new nnU-Net dataset")
+    p.add_argument("-n", "--name", required=True, help="its name: Dataset<ID>_<NAME>")
+    p.add_argument("-i", "--inputs", nargs="+", required=True, help="nnU-Net raw dataset IDs or names (imagesTr "
+                   "and imagesTs are used, labels never) and folders searched for images and DICOM series")
+    p.add_argument("-m", "--modality", choices=["ct", "mr"], default="ct", help="ct: fixed intensity window; "
+                   "mr: per-volume z-score. nnU-Net datasets contribute the channels of this modality")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="target spacing in mm, "
+                       "array axis order as in nnU-Net plans (default: nnU-Net's rule on the images found)")
+    group.add_argument("--like", metavar="DATASET", help="take spacing and patch size from this planned dataset's "
+                       "3d_fullres plan (the fine-tuning target)")
+    p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="multiples of 32 (default: "
+                   "96^3 voxels reshaped to equal physical extent, at most the median image)")
+    p.add_argument("--ct-window", type=float, nargs=2, default=list(collection.DEFAULT_CT_WINDOW),
+                   metavar=("LOW", "HIGH"), help="HU clipped to [LOW, HIGH], then mapped to [-1, 1]")
+    p.add_argument("--sampling", choices=["uniform", "per_source"], default="uniform", help="how pre-training "
+                   "draws cases: uniformly, or each source its weight's share (equal by default)")
+    p.add_argument("--source-weight", action="append", default=[], metavar="NAME=WEIGHT",
+                   help="weight of one source for --sampling per_source (repeatable)")
+    p.add_argument("--batch-size", type=int, default=2, help="the plan's batch size")
+    p.add_argument("-np", type=int, default=1, help="parallel processes")
+    p.set_defaults(func=cmd_pretrain_dataset_create)
 
     p = sub.add_parser("demo", help="pre-train, fine-tune, predict and report Dice on a built-in example (CPU)",
                        description="Builds a small labelled dataset from the MNI152 template shipped with "

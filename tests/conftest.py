@@ -8,7 +8,7 @@ from nnunet_mim.environment import trainers_path
 
 
 def run(args, env, check=True):
-    result = subprocess.run(args, env=env, capture_output=True, text=True)
+    result = subprocess.run(args, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
     if check and result.returncode:
         raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

@@ -4,7 +4,9 @@ inside ``nnUNetv2_train``. Labels are never read for the loss.
 What changes against ``nnUNetTrainer`` (one hook each):
   __init__               plan adapted to the pre-training network; paper's recipe
   configure_optimizers   AdamW (0.9, 0.95), no decay on norms/biases, warm-up + cosine
-  get_dataloaders        nnU-Net's loader, crops of ``crop_factor`` x the patch, no augmentation;
+  initialize             images only: the label files are never opened (a collection has none)
+  get_dataloaders        nnU-Net's loader, crops of ``crop_factor`` x the patch, no augmentation,
+                         cases drawn uniformly or per source (a collection's setting);
                          validation = a fixed set of crops drawn once (comparable between epochs)
   train_step             levels built on the device, one batched forward, NaN/inf guard
   validation_step        the same losses under fixed masks
@@ -27,6 +29,7 @@ from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMu
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter  # noqa: E402
 from batchgenerators.utilities.file_and_folder_operations import join  # noqa: E402
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader  # noqa: E402
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2  # noqa: E402
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA  # noqa: E402
 from nnunetv2.utilities.helpers import dummy_context  # noqa: E402
@@ -37,6 +40,7 @@ from nnunet_mim.architecture.network import unwrap_network  # noqa: E402
 from nnunet_mim.checkpointing import AtomicCheckpointMixin  # noqa: E402
 from nnunet_mim.masking import LevelConfig, build_levels  # noqa: E402
 from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans  # noqa: E402
+from nnunet_mim.pretraining.data import ImagesOnlyDataset, load_collection_manifest, sampling_probabilities  # noqa: E402,E501
 from nnunet_mim.pretraining.objective import mim_objective  # noqa: E402
 from nnunet_mim.pretraining.preview import save_preview  # noqa: E402
 from nnunet_mim.pretraining_record import PretrainingRecord  # noqa: E402
@@ -106,6 +110,8 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
 
     def initialize(self):
         super().initialize()
+        if self.dataset_class is nnUNetDatasetBlosc2:
+            self.dataset_class = ImagesOnlyDataset
         rank = dist.get_rank() if self.is_ddp else 0
         self.mask_generator = torch.Generator().manual_seed(self.seed * 1000 + rank)  # per-rank masks differ
 
@@ -122,7 +128,9 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         loader = dict(batch_size=self.batch_size, patch_size=crop, final_patch_size=crop,
                       label_manager=self.label_manager,
                       oversample_foreground_percent=self.oversample_foreground_percent, transforms=None)
-        dl_tr = SeededCropLoader(dataset_tr, **loader)
+        manifest = load_collection_manifest(self.preprocessed_dataset_folder_base)
+        dl_tr = SeededCropLoader(dataset_tr, **loader,
+                                 sampling_probabilities=sampling_probabilities(dataset_tr.identifiers, manifest))
         processes = get_allowed_n_proc_DA()
         if processes == 0:
             train = SingleThreadedAugmenter(dl_tr, None)

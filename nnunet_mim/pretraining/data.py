@@ -1,0 +1,50 @@
+"""What the pre-training loader reads: images only, sampled uniformly or per source.
+
+``ImagesOnlyDataset`` is nnU-Net's blosc2 dataset without the label file: a pre-training
+collection has none, and in a labelled dataset pre-training must not read them. nnU-Net's loader
+still crops a segmentation alongside the image; it gets an all-zero view that costs no memory.
+
+``sampling_probabilities`` turns a collection's sampling setting into the per-case
+probabilities nnU-Net's loader accepts: "uniform" (every case equally likely, the paper) or
+"per_source" (each source gets its weight's share of the draws, split evenly among its cases,
+so that one big source does not drown the others).
+"""
+import os
+from collections import Counter
+from typing import Optional, Sequence
+
+import blosc2
+import numpy as np
+from batchgenerators.utilities.file_and_folder_operations import load_json, load_pickle
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+COLLECTION_MANIFEST = "pretraining_collection.json"
+
+
+class ImagesOnlyDataset(nnUNetDatasetBlosc2):
+    def load_case(self, identifier):
+        data = blosc2.open(urlpath=os.path.join(self.source_folder, identifier + ".b2nd"), mode="r",
+                           dparams={"nthreads": 1}, **self.mmap_kwargs)
+        properties = load_pickle(os.path.join(self.source_folder, identifier + ".pkl"))
+        no_labels = np.broadcast_to(np.zeros((), dtype=np.int8), (1, *data.shape[1:]))
+        return data, no_labels, None, properties
+
+
+def load_collection_manifest(preprocessed_dataset_folder: str) -> Optional[dict]:
+    """The collection's manifest, or None for an ordinary nnU-Net dataset."""
+    path = os.path.join(preprocessed_dataset_folder, COLLECTION_MANIFEST)
+    return load_json(path) if os.path.isfile(path) else None
+
+
+def sampling_probabilities(identifiers: Sequence[str], manifest: Optional[dict]) -> Optional[np.ndarray]:
+    """Per-case probabilities in the order of ``identifiers``; None means uniform."""
+    if manifest is None or manifest["settings"]["sampling"] == "uniform":
+        return None
+    source_of = {case["case_id"]: case["source"] for case in manifest["cases"]}
+    sources = [source_of[i] for i in identifiers]
+    cases_per_source = Counter(sources)
+    weights = manifest["settings"]["source_weights"]
+    p = np.array([weights.get(s, 1.0) / cases_per_source[s] for s in sources], dtype=float)
+    if p.sum() <= 0:
+        raise ValueError(f"source weights {weights} give every case probability 0")
+    return p / p.sum()

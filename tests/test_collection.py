@@ -1,0 +1,189 @@
+"""Pre-training collections: two nnU-Net datasets with different spacings + a folder of unlabeled
+images (NIfTI, NRRD, a DICOM series, a corrupt file, a 2D image, an image smaller than the patch)
+-> one preprocessed dataset; a rerun does no work; MiM pre-training runs on it via nnUNetv2_train.
+"""
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import run
+from nnunet_mim.demo import nnunet_command
+from nnunet_mim.pretraining.data import sampling_probabilities
+
+COLLECTION_ID, NAME = 801, "PretrainCT"
+
+
+def ct_like(shape, rng):
+    """Air (-1000 HU) around a soft-tissue ellipsoid with a bright 'bone' core: CT-like values."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    radius = np.sqrt((grid ** 2).sum(0))
+    image = np.where(radius < 0.8, 40.0, -1000.0) + np.where(radius < 0.3, 800.0, 0.0)
+    return (image + rng.normal(0, 20, shape)).astype(np.int16)
+
+
+def write_image(array, spacing_zyx, filename):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(list(spacing_zyx)[::-1])
+    sitk.WriteImage(image, filename)
+
+
+def write_dicom_series(array, spacing_zyx, folder):
+    os.makedirs(folder)
+    series_uid = "1.2.826.0.1.3680043.2.1125.1.42"
+    for z in range(array.shape[0]):
+        image = sitk.GetImageFromArray(array[z:z + 1])
+        image.SetSpacing([spacing_zyx[2], spacing_zyx[1], spacing_zyx[0]])
+        image.SetOrigin([0.0, 0.0, z * spacing_zyx[0]])
+        for tag, value in {"0008|0060": "CT", "0020|000e": series_uid, "0020|000d": series_uid + ".0",
+                           "0020|0013": str(z + 1), "0020|0032": f"0\\0\\{z * spacing_zyx[0]}",
+                           "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": f"{spacing_zyx[1]}\\{spacing_zyx[2]}",
+                           "0018|0050": str(spacing_zyx[0])}.items():
+            image.SetMetaData(tag, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(os.path.join(folder, f"slice{z:03d}.dcm"))
+        writer.Execute(image)
+
+
+def write_raw_dataset(raw, dataset_id, name, shapes, spacing, rng):
+    folder = os.path.join(raw, f"Dataset{dataset_id}_{name}")
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        os.makedirs(os.path.join(folder, sub))
+    for i, shape in enumerate(shapes):
+        split = "Ts" if i == len(shapes) - 1 else "Tr"
+        image = ct_like(shape, rng)
+        write_image(image, spacing, os.path.join(folder, f"images{split}", f"case_{i:03d}_0000.nii.gz"))
+        if split == "Tr":
+            write_image((image > 0).astype(np.uint8), spacing, os.path.join(folder, "labelsTr", f"case_{i:03d}.nii.gz"))
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        json.dump({"channel_names": {"0": "CT"}, "labels": {"background": 0, "body": 1},
+                   "numTraining": len(shapes) - 1, "file_ending": ".nii.gz"}, f)
+
+
+def tree_digest(folder):
+    digest = hashlib.sha256()
+    for directory, _, files in sorted(os.walk(folder)):
+        for name in sorted(files):
+            path = os.path.join(directory, name)
+            digest.update(path.encode())
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory, nnunet_env):
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("sources")
+    raw = nnunet_env["nnUNet_raw"]
+    write_raw_dataset(raw, 811, "ChestA", [(30, 40, 40)] * 3, (4.0, 3.0, 3.0), rng)
+    write_raw_dataset(raw, 812, "AbdomenB", [(64, 56, 56)] * 2, (2.0, 2.5, 2.5), rng)
+    unlabeled = root / "unlabeled_ct"
+    os.makedirs(unlabeled / "scans")
+    write_image(ct_like((40, 40, 40), rng), (3.0, 3.0, 3.0), str(unlabeled / "scans" / "scan_a.nii.gz"))
+    write_image(ct_like((36, 48, 48), rng), (3.5, 2.5, 2.5), str(unlabeled / "scans" / "scan_b.nrrd"))
+    write_dicom_series(ct_like((40, 44, 44), rng), (3.0, 2.8, 2.8), str(unlabeled / "dicom" / "series1"))
+    with open(unlabeled / "scans" / "broken.nii.gz", "wb") as f:
+        f.write(b"this is not an image" * 10)
+    write_image(ct_like((1, 64, 64), rng), (3.0, 1.0, 1.0), str(unlabeled / "scans" / "slice2d.nii.gz"))
+    write_image(ct_like((10, 10, 10), rng), (1.0, 1.0, 1.0), str(unlabeled / "scans" / "tiny.mha"))
+    return {"unlabeled": str(unlabeled), "raw": raw}
+
+
+def create(env, *extra):
+    return run(["nnunet-mim", "pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME,
+                "-i", "811", "Dataset812_AbdomenB", *extra, "--spacing", "3", "3", "3", "--patch-size", "32", "32",
+                "32", "--sampling", "per_source", "-np", "2"], env)
+
+
+@pytest.fixture(scope="module")
+def collection(nnunet_env, sources):
+    before = tree_digest(sources["unlabeled"]), tree_digest(sources["raw"])
+    first = create(nnunet_env, sources["unlabeled"])
+    folder = os.path.join(nnunet_env["nnUNet_preprocessed"], f"Dataset{COLLECTION_ID}_{NAME}")
+    after = tree_digest(sources["unlabeled"]), tree_digest(sources["raw"])
+    return {"folder": folder, "stdout": first.stdout, "sources_unchanged": before == after}
+
+
+def manifest_of(folder):
+    with open(os.path.join(folder, "pretraining_collection.json")) as f:
+        return json.load(f)
+
+
+def test_collection_reports_and_skips_bad_images(collection):
+    manifest = manifest_of(collection["folder"])
+    cases = {os.path.basename(c["files"][0]) if len(c["files"]) == 1 else "dicom": c for c in manifest["cases"]
+             if c["source"] == "unlabeled_ct"}
+    assert cases["broken.nii.gz"]["status"] == "skipped" and "unreadable" in cases["broken.nii.gz"]["reason"]
+    assert cases["slice2d.nii.gz"]["status"] == "skipped" and "2D" in cases["slice2d.nii.gz"]["reason"]
+    assert cases["tiny.mha"]["status"] == "skipped" and "smaller than the patch" in cases["tiny.mha"]["reason"]
+    done = sorted(c["case_id"] for c in manifest["cases"] if c["status"] == "done")
+    # 3 + 2 cases of the nnU-Net datasets (imagesTr and imagesTs), 2 files and 1 DICOM series
+    assert len(done) == 8, done
+    assert cases["dicom"]["status"] == "done" and len(cases["dicom"]["files"]) == 40
+    for problem in ("broken.nii.gz", "slice2d.nii.gz", "tiny.mha"):
+        assert problem in collection["stdout"]
+    assert collection["sources_unchanged"]
+
+
+def test_collection_is_an_images_only_nnunet_dataset(collection):
+    import blosc2
+    folder = collection["folder"]
+    images = os.path.join(folder, "nnUNetPlans_3d_fullres")
+    files = os.listdir(images)
+    assert not any("_seg" in f or f.endswith(".partial") for f in files), files  # no label invented
+    with open(os.path.join(folder, "nnUNetPlans.json")) as f:
+        plans = json.load(f)
+    config = plans["configurations"]["3d_fullres"]
+    assert config["spacing"] == [3.0, 3.0, 3.0] and config["patch_size"] == [32, 32, 32]
+    assert config["normalization_schemes"] == ["CTNormalization"]
+    assert plans["foreground_intensity_properties_per_channel"]["0"]["percentile_00_5"] == -1000
+    with open(os.path.join(folder, "dataset.json")) as f:
+        assert json.load(f)["labels"] == {"background": 0}
+    # the DICOM series: 40 slices at 3 mm stay 40 at 3 mm; 44 pixels at 2.8 mm become 41 at 3 mm
+    dicom = [f for f in files if "series" in f.lower() or "1.2.826" in f]
+    data = blosc2.open(os.path.join(images, [f for f in dicom if f.endswith(".b2nd")][0]), mode="r")[:]
+    assert data.shape == (1, 40, 41, 41)
+    assert data.min() >= -1.0 and data.max() <= 1.0  # the CT window [-1000, 1000] mapped to [-1, 1]
+    assert data.min() < -0.9 and data.max() > 0.7   # air and bone both present
+
+
+def test_rerun_does_no_work(nnunet_env, sources, collection):
+    images = os.path.join(collection["folder"], "nnUNetPlans_3d_fullres")
+    stamps = {f: os.stat(os.path.join(images, f)).st_mtime_ns for f in os.listdir(images)}
+    create(nnunet_env, sources["unlabeled"])
+    summary = manifest_of(collection["folder"])["summary"]
+    assert summary["processed_now"] == 0 and summary["already_done"] == 8 and summary["done"] == 8
+    assert stamps == {f: os.stat(os.path.join(images, f)).st_mtime_ns for f in os.listdir(images)}
+
+
+def test_rerun_with_other_settings_is_refused(nnunet_env, sources, collection):
+    result = run(["nnunet-mim", "pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME, "-i", "811",
+                  "--spacing", "2", "2", "2", "--patch-size", "32", "32", "32"], nnunet_env, check=False)
+    assert result.returncode != 0 and "other settings" in result.stderr
+
+
+def test_per_source_sampling_balances_sources(collection):
+    manifest = manifest_of(collection["folder"])
+    identifiers = [c["case_id"] for c in manifest["cases"] if c["status"] == "done"]
+    p = sampling_probabilities(identifiers, manifest)
+    per_source = {}
+    for identifier, probability in zip(identifiers, p):
+        source = next(c["source"] for c in manifest["cases"] if c["case_id"] == identifier)
+        per_source[source] = per_source.get(source, 0) + probability
+    assert sorted(per_source) == ["Dataset811_ChestA", "Dataset812_AbdomenB", "unlabeled_ct"]
+    assert np.allclose(list(per_source.values()), 1 / 3)
+    manifest["settings"]["sampling"] = "uniform"
+    assert sampling_probabilities(identifiers, manifest) is None
+
+
+def test_mim_pretraining_runs_on_the_collection(nnunet_env, collection):
+    run([nnunet_command("nnUNetv2_train"), str(COLLECTION_ID), "3d_fullres", "all", "-tr",
+         "nnUNetTrainerMiMPretrain_T_CPUsmoke", "-device", "cpu"], nnunet_env)
+    folder = os.path.join(nnunet_env["nnUNet_results"], f"Dataset{COLLECTION_ID}_{NAME}",
+                          "nnUNetTrainerMiMPretrain_T_CPUsmoke__nnUNetPlans__3d_fullres", "fold_all")
+    assert os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
