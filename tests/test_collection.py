@@ -187,3 +187,18 @@ def test_mim_pretraining_runs_on_the_collection(nnunet_env, collection):
     folder = os.path.join(nnunet_env["nnUNet_results"], f"Dataset{COLLECTION_ID}_{NAME}",
                           "nnUNetTrainerMiMPretrain_T_CPUsmoke__nnUNetPlans__3d_fullres", "fold_all")
     assert os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
+
+
+def test_finetuning_elsewhere_warns_about_other_normalisation(nnunet_env, collection):
+    """Pre-trained on the CT collection (fixed window), fine-tuned on the MR example (z-score):
+    the weights load through stock -pretrained_weights and the run says the intensities differ."""
+    pretrained = os.path.join(nnunet_env["nnUNet_results"], f"Dataset{COLLECTION_ID}_{NAME}",
+                              "nnUNetTrainerMiMPretrain_T_CPUsmoke__nnUNetPlans__3d_fullres", "fold_all",
+                              "checkpoint_final.pth")
+    if not os.path.isfile(pretrained):
+        pytest.skip("needs test_mim_pretraining_runs_on_the_collection")
+    result = run([nnunet_command("nnUNetv2_train"), "991", "3d_fullres", "0", "-tr",
+                  "nnUNetTrainerMiMFinetune_T_CPUsmoke", "-device", "cpu", "-pretrained_weights", pretrained],
+                 nnunet_env)
+    assert "normalised differently" in result.stdout + result.stderr
+    assert "clip to [-1000, 1000]" in result.stdout

@@ -7,7 +7,7 @@ The path of a collection (each step one function):
     scan             headers only: shape and spacing per image, or why it is skipped
     plan_collection  spacing and patch (given, like dataset N, or nnU-Net's rule on the scan),
                      normalisation (CT: a fixed window; MR: per-volume z-score) -> nnU-Net plans
-    preprocess_case  nnU-Net's own DefaultPreprocessor (crop, normalise, resample) under that
+    CasePreprocessor nnU-Net's own DefaultPreprocessor (crop, normalise, resample) under that
                      plan; only the image is written (blosc2 + properties), atomically
     create           all of it, in parallel, resumable; the summary and a manifest on disk
 
@@ -38,6 +38,7 @@ CONFIGURATION = "3d_fullres"
 PATCH_MULTIPLE = 32       # MiM's patch: L1 octants of 16^3 tokens
 DEFAULT_PATCH_VOXELS = 96 ** 3  # the paper's 96^3 patch, reshaped to the collection's spacing
 DEFAULT_CT_WINDOW = (-1000.0, 1000.0)
+MAX_PROBLEMS_PRINTED = 20
 
 
 @dataclass
@@ -351,10 +352,12 @@ def format_summary(summary: dict, entries: List[dict]) -> str:
              f"images found {summary['found']}: ready {summary['done']} (processed now {summary['processed_now']}, "
              f"already done {summary['already_done']}), skipped {summary['skipped']}, failed {summary['failed']}",
              "per source: " + ", ".join(f"{s} {n}" for s, n in summary["sources"].items())]
-    for e in entries:
-        if e["status"] in ("skipped", "failed"):
-            where = e["files"][0] if len(e["files"]) == 1 else f"DICOM series in {os.path.dirname(e['files'][0])}"
-            lines.append(f"  {e['status']}: {where}: {e['reason']}")
+    problems = [e for e in entries if e["status"] in ("skipped", "failed")]
+    for e in problems[:MAX_PROBLEMS_PRINTED]:
+        where = e["files"][0] if len(e["files"]) == 1 else f"DICOM series in {os.path.dirname(e['files'][0])}"
+        lines.append(f"  {e['status']}: {where}: {e['reason']}")
+    if len(problems) > MAX_PROBLEMS_PRINTED:
+        lines.append(f"  ... {len(problems) - MAX_PROBLEMS_PRINTED} more: every reason is in {MANIFEST}")
     if summary["done"]:
         lines.append(f"disk: {summary['bytes_total'] / 2 ** 20:.1f} MiB in all, "
                      f"{summary['bytes_total'] / summary['done'] / 2 ** 20:.2f} MiB per volume")

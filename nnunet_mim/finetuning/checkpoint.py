@@ -10,7 +10,7 @@ every new channel's kernel is the mean of the source kernels times (source / tar
 so an image whose channels are all equal gets exactly the response the pre-trained network gave
 to that one image. The result is a new checkpoint file for stock ``-pretrained_weights``.
 """
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -35,10 +35,13 @@ def in_projection_keys(state_dict: Dict[str, torch.Tensor]) -> List[str]:
     return [k for k in state_dict if any(k == p or k == "decoder." + p for p in IN_PROJECTIONS)]
 
 
-def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.Tensor], preset: str) -> List[str]:
+def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.Tensor],
+                                  preset: str) -> Tuple[List[str], dict]:
     """Raise a RuntimeError that says what to do when ``filename`` cannot load into the network;
-    otherwise return the keys of its ``network_weights``."""
-    weights = load_checkpoint(filename)["network_weights"]
+    otherwise return the keys of its ``network_weights`` and what pre-training recorded about
+    itself (the checkpoint's ``nnunet_mim`` entry)."""
+    checkpoint = load_checkpoint(filename)
+    weights = checkpoint["network_weights"]
     if "pretraining_record" not in weights:
         raise RuntimeError(f"{filename} is not an nnunet-mim pre-training checkpoint (written by "
                            "nnUNetTrainerMiMPretrain / nnUNetTrainerMAEPretrain); its network has no "
@@ -59,7 +62,29 @@ def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.
     if mismatched or missing:
         raise RuntimeError(f"{filename} does not fit this network: {len(missing)} missing and {len(mismatched)} "
                            f"differently shaped tensors, e.g. {(missing + mismatched)[:3]}")
-    return list(weights)
+    return list(weights), checkpoint.get("nnunet_mim", {})
+
+
+def describe_normalisation(scheme: str, properties: dict) -> str:
+    if scheme == "CTNormalization":
+        return (f"CT: clip to [{properties['percentile_00_5']:g}, {properties['percentile_99_5']:g}], then "
+                f"(x - {properties['mean']:g}) / {properties['std']:g}")
+    return scheme
+
+
+def normalisation_difference(pretraining: dict, schemes: Sequence[str], properties: Dict[str, dict]) -> Optional[str]:
+    """A warning when fine-tuning normalises intensities differently from pre-training (for
+    instance nnU-Net's CT statistics of a labelled dataset vs a collection's fixed window);
+    None when they agree or the checkpoint does not say."""
+    if "normalization_schemes" not in pretraining:
+        return None
+    before = [describe_normalisation(s, pretraining["foreground_intensity_properties_per_channel"].get(str(c), {}))
+              for c, s in enumerate(pretraining["normalization_schemes"])]
+    now = [describe_normalisation(s, properties.get(str(c), {})) for c, s in enumerate(schemes)]
+    if before[:1] == now[:1]:
+        return None
+    return (f"intensities are normalised differently: pre-training saw {before[0]}; this plan gives {now[0]}. "
+            "Fine-tuning adapts, but the pre-trained features start from other intensities")
 
 
 def adapt_input_channels(checkpoint: dict, channels: int) -> Sequence[str]:

@@ -18,7 +18,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mim.architecture.network import unwrap_network
 from nnunet_mim.checkpointing import AtomicCheckpointMixin
-from nnunet_mim.finetuning.checkpoint import inspect_pretrained_checkpoint
+from nnunet_mim.finetuning.checkpoint import inspect_pretrained_checkpoint, normalisation_difference
 from nnunet_mim.finetuning.load_report import LoadReport, pretrained_weights_from_argv, snapshot
 from nnunet_mim.plans import adapt_plans
 from nnunet_mim.schedule import WarmupCosineLR, adamw_param_groups
@@ -67,8 +67,13 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
         self._initial_weights = snapshot(self.segmentation_network.state_dict())
         checkpoint_file = pretrained_weights_from_argv()
         if checkpoint_file is not None:  # runs before nnU-Net's loader, to fail with a useful message
-            self._checkpoint_keys = inspect_pretrained_checkpoint(checkpoint_file, self._initial_weights,
-                                                                  self.encoder_preset)
+            self._checkpoint_keys, pretraining = inspect_pretrained_checkpoint(checkpoint_file, self._initial_weights,
+                                                                               self.encoder_preset)
+            difference = normalisation_difference(pretraining, self.configuration_manager.normalization_schemes,
+                                                  self.plans_manager.foreground_intensity_properties_per_channel)
+            if difference:
+                warnings.warn(difference)
+                self.print_to_log_file(f"WARNING: {difference}")
 
     def on_train_start(self):
         super().on_train_start()
