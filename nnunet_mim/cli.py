@@ -67,7 +67,11 @@ def cmd_pretrain_dataset_create(args) -> int:
     settings = CollectionSettings(modality=args.modality, spacing=args.spacing, patch_size=args.patch_size,
                                   like_dataset=args.like, ct_window=tuple(args.ct_window), batch_size=args.batch_size,
                                   sampling=args.sampling, source_weights=weights)
-    summary = create(args.dataset_id, args.name, args.inputs, settings, args.np)
+    try:
+        summary = create(args.dataset_id, args.name, args.inputs, settings, args.np)
+    except (OSError, ValueError, RuntimeError) as error:  # bad input: say what, without a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(format_summary(summary, load_collection_manifest(summary["folder"])["cases"]))
     print(f"pre-train on it: nnUNetv2_train {args.dataset_id} 3d_fullres all -tr nnUNetTrainerMiMPretrain")
     return 0 if summary["done"] else 1

@@ -11,18 +11,11 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import run
+from nnunet_mim.data.phantom import ct_phantom
 from nnunet_mim.demo import nnunet_command
 from nnunet_mim.pretraining.data import sampling_probabilities
 
 COLLECTION_ID, NAME = 801, "PretrainCT"
-
-
-def ct_like(shape, rng):
-    """Air (-1000 HU) around a soft-tissue ellipsoid with a bright 'bone' core: CT-like values."""
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    radius = np.sqrt((grid ** 2).sum(0))
-    image = np.where(radius < 0.8, 40.0, -1000.0) + np.where(radius < 0.3, 800.0, 0.0)
-    return (image + rng.normal(0, 20, shape)).astype(np.int16)
 
 
 def write_image(array, spacing_zyx, filename):
@@ -55,7 +48,7 @@ def write_raw_dataset(raw, dataset_id, name, shapes, spacing, rng):
         os.makedirs(os.path.join(folder, sub))
     for i, shape in enumerate(shapes):
         split = "Ts" if i == len(shapes) - 1 else "Tr"
-        image = ct_like(shape, rng)
+        image = ct_phantom(shape, rng)
         write_image(image, spacing, os.path.join(folder, f"images{split}", f"case_{i:03d}_0000.nii.gz"))
         if split == "Tr":
             write_image((image > 0).astype(np.uint8), spacing, os.path.join(folder, "labelsTr", f"case_{i:03d}.nii.gz"))
@@ -84,13 +77,13 @@ def sources(tmp_path_factory, nnunet_env):
     write_raw_dataset(raw, 812, "AbdomenB", [(64, 56, 56)] * 2, (2.0, 2.5, 2.5), rng)
     unlabeled = root / "unlabeled_ct"
     os.makedirs(unlabeled / "scans")
-    write_image(ct_like((40, 40, 40), rng), (3.0, 3.0, 3.0), str(unlabeled / "scans" / "scan_a.nii.gz"))
-    write_image(ct_like((36, 48, 48), rng), (3.5, 2.5, 2.5), str(unlabeled / "scans" / "scan_b.nrrd"))
-    write_dicom_series(ct_like((40, 44, 44), rng), (3.0, 2.8, 2.8), str(unlabeled / "dicom" / "series1"))
+    write_image(ct_phantom((40, 40, 40), rng), (3.0, 3.0, 3.0), str(unlabeled / "scans" / "scan_a.nii.gz"))
+    write_image(ct_phantom((36, 48, 48), rng), (3.5, 2.5, 2.5), str(unlabeled / "scans" / "scan_b.nrrd"))
+    write_dicom_series(ct_phantom((40, 44, 44), rng), (3.0, 2.8, 2.8), str(unlabeled / "dicom" / "series1"))
     with open(unlabeled / "scans" / "broken.nii.gz", "wb") as f:
         f.write(b"this is not an image" * 10)
-    write_image(ct_like((1, 64, 64), rng), (3.0, 1.0, 1.0), str(unlabeled / "scans" / "slice2d.nii.gz"))
-    write_image(ct_like((10, 10, 10), rng), (1.0, 1.0, 1.0), str(unlabeled / "scans" / "tiny.mha"))
+    write_image(ct_phantom((1, 64, 64), rng), (3.0, 1.0, 1.0), str(unlabeled / "scans" / "slice2d.nii.gz"))
+    write_image(ct_phantom((10, 10, 10), rng), (1.0, 1.0, 1.0), str(unlabeled / "scans" / "tiny.mha"))
     return {"unlabeled": str(unlabeled), "raw": raw}
 
 
@@ -165,6 +158,12 @@ def test_rerun_with_other_settings_is_refused(nnunet_env, sources, collection):
     result = run(["nnunet-mim", "pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME, "-i", "811",
                   "--spacing", "2", "2", "2", "--patch-size", "32", "32", "32"], nnunet_env, check=False)
     assert result.returncode != 0 and "other settings" in result.stderr
+
+
+def test_rerun_without_an_earlier_input_is_refused(nnunet_env, collection):
+    result = run(["nnunet-mim", "pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME, "-i", "811"],
+                 nnunet_env, check=False)
+    assert result.returncode != 0 and "come from no input of this run" in result.stderr
 
 
 def test_per_source_sampling_balances_sources(collection):

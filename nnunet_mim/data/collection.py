@@ -32,7 +32,7 @@ from tqdm import tqdm
 from nnunet_mim.data.sources import SourceImage, find_images, read_header, read_volume
 from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans
 from nnunet_mim.pretraining.data import COLLECTION_MANIFEST as MANIFEST
-from nnunet_mim.pretraining.data import load_collection_manifest
+from nnunet_mim.pretraining.data import ImagesOnlyDataset, load_collection_manifest
 
 CONFIGURATION = "3d_fullres"
 PATCH_MULTIPLE = 32       # MiM's patch: L1 octants of 16^3 tokens
@@ -317,6 +317,10 @@ def create(dataset_id: int, name: str, inputs: Sequence[str], settings: Collecti
                                                   f"{resampled.tolist()} voxels")
     images_folder = os.path.join(folder, config["data_identifier"])
     os.makedirs(images_folder, exist_ok=True)
+    orphans = sorted(set(ImagesOnlyDataset.get_identifiers(images_folder)) - {e["case_id"] for e in entries})
+    if orphans:  # they would be trained on, yet belong to no input of this run
+        raise RuntimeError(f"{len(orphans)} preprocessed case(s) in {images_folder} come from no input of this run, "
+                           f"e.g. {orphans[:3]}: give the earlier inputs again, or delete those cases")
     save_json(dataset_json, os.path.join(folder, "dataset.json"))
     save_json(fingerprint, os.path.join(folder, "dataset_fingerprint.json"))
     save_json(plans, os.path.join(folder, "nnUNetPlans.json"))
