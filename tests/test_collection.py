@@ -3,6 +3,7 @@ images (NIfTI, NRRD, a DICOM series, a corrupt file, a 2D image, an image smalle
 -> one preprocessed dataset; a rerun does no work; MiM pre-training runs on it via nnUNetv2_train.
 """
 import hashlib
+import sys
 import json
 import os
 
@@ -201,3 +202,60 @@ def test_finetuning_elsewhere_warns_about_other_normalisation(nnunet_env, collec
                  nnunet_env)
     assert "normalised differently" in result.stdout + result.stderr
     assert "clip to [-1000, 1000]" in result.stdout
+
+
+LOADER_SCRIPT = """
+import json, sys, torch
+from nnunetv2.run.run_training import get_trainer_from_args
+from nnunet_mim.pretraining.trainer import SPATIAL_TRANSFORMS
+out = {}
+for augmentation in ("none", "intensity", "spatial+intensity"):
+    trainer = get_trainer_from_args("801", "3d_fullres", "all", "nnUNetTrainerMiMPretrain_T_CPUsmoke",
+                                    device=torch.device("cpu"))
+    trainer.augmentation = augmentation
+    trainer.oversample_foreground_percent = 1.0
+    trainer.initialize()
+    train, _ = trainer.get_dataloaders()
+    loader = train.data_loader
+    batch = next(train)
+    transforms = [] if loader.transforms is None else loader.transforms.transforms
+    out[augmentation] = {"shape": list(batch["data"].shape), "cut": list(loader.patch_size),
+                         "spatial": sum(isinstance(t, SPATIAL_TRANSFORMS) for t in transforms),
+                         "transforms": len(transforms), "oversample": loader.oversample_foreground_percent}
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_body_locations_lie_in_the_body(collection):
+    import pickle
+    import blosc2
+    images = os.path.join(collection["folder"], "nnUNetPlans_3d_fullres")
+    case = sorted(f for f in os.listdir(images) if f.endswith(".pkl"))[0]
+    with open(os.path.join(images, case), "rb") as f:
+        locations = pickle.load(f)["class_locations"][1]
+    data = blosc2.open(os.path.join(images, case[:-4] + ".b2nd"), mode="r")[:]
+    assert len(locations) > 100
+    values = data[tuple(np.asarray(locations).T)]
+    assert np.all(values > -0.5)  # -500 HU in the [-1000, 1000] window: air excluded
+    assert (data < -0.5).mean() > 0.2  # the phantom has air to exclude
+
+
+def test_crop_augmentation_and_body_biased_crops(nnunet_env, collection):
+    result = run([sys.executable, "-c", LOADER_SCRIPT], nnunet_env)
+    out = json.loads(result.stdout.split("RESULT")[-1])
+    for augmentation, o in out.items():
+        assert o["shape"] == [2, 1, 64, 64, 64] and o["oversample"] == 1.0, (augmentation, o)
+    assert out["none"]["transforms"] == 0 and out["none"]["cut"] == [64, 64, 64]
+    assert out["intensity"]["spatial"] == 0 and out["intensity"]["transforms"] > 3
+    assert out["intensity"]["cut"] == [64, 64, 64]
+    assert out["spatial+intensity"]["spatial"] >= 2  # nnU-Net's SpatialTransform and MirrorTransform
+    assert all(c > 64 for c in out["spatial+intensity"]["cut"])  # room for rotation and scaling
+
+
+def test_patch_larger_than_every_image_is_refused(collection):
+    from nnunet_mim.pretraining.data import ImagesOnlyDataset, check_images_fit
+    images = os.path.join(collection["folder"], "nnUNetPlans_3d_fullres")
+    dataset = ImagesOnlyDataset(images, ImagesOnlyDataset.get_identifiers(images))
+    check_images_fit(dataset, [32, 32, 32])
+    with pytest.raises(RuntimeError, match="does not fit the images"):
+        check_images_fit(dataset, [32, 32, 128])

@@ -39,6 +39,8 @@ PATCH_MULTIPLE = 32       # MiM's patch: L1 octants of 16^3 tokens
 DEFAULT_PATCH_VOXELS = 96 ** 3  # the paper's 96^3 patch, reshaped to the collection's spacing
 DEFAULT_CT_WINDOW = (-1000.0, 1000.0)
 MAX_PROBLEMS_PRINTED = 20
+BODY_HU = -500  # body vs air, for body-biased crops (nnU-Net's class_locations, "class" BODY_CLASS)
+BODY_CLASS = 1
 
 
 @dataclass
@@ -200,8 +202,10 @@ class CasePreprocessor:
     def __call__(self, entry: dict) -> dict:
         try:
             data, properties = read_volume(entry["files"])
-            data, _, properties = self.preprocessor.run_case_npy(data, None, properties, self.plans_manager,
-                                                                 self.configuration, self.dataset_json)
+            data, nonzero, properties = self.preprocessor.run_case_npy(data, None, properties, self.plans_manager,
+                                                                       self.configuration, self.dataset_json)
+            properties["class_locations"] = self.preprocessor._sample_foreground_locations(
+                self.body_mask(data, nonzero)[None].astype(np.int8), [BODY_CLASS])
         except Exception as error:  # one bad file must not stop ten thousand good ones
             return {**entry, "status": "failed", "reason": f"{type(error).__name__}: {str(error).strip()[:300]}"}
         patch = self.configuration.patch_size
@@ -210,12 +214,19 @@ class CasePreprocessor:
                                                             f"and resampling: {list(data.shape[1:])}"}
         return {**entry, **self.save(entry, data, properties), "status": "done"}
 
+    def body_mask(self, data: np.ndarray, nonzero: np.ndarray) -> np.ndarray:
+        """Where crops may be centred when pre-training biases crops towards the body: CT above
+        BODY_HU (air excluded), MR inside nnU-Net's non-zero region."""
+        if self.configuration.normalization_schemes[0] == "CTNormalization":
+            window = self.plans_manager.foreground_intensity_properties_per_channel["0"]
+            return data[0] > (BODY_HU - window["mean"]) / window["std"]
+        return nonzero[0] >= 0
+
     def save(self, entry: dict, data: np.ndarray, properties: dict) -> dict:
         import blosc2
         from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
         crop = [2 * p for p in self.configuration.patch_size]  # what the pre-training loader reads
         blocks, chunks = comp_blosc2_params(data.shape, crop, data.itemsize)
-        properties["class_locations"] = {}  # nnU-Net's loader asks; no labels, so no locations
         properties["nnunet_mim"] = {"source": entry["source"], "files": entry["files"], "shape": list(data.shape)}
         stem = os.path.join(self.output_folder, entry["case_id"])
 

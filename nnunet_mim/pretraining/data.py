@@ -30,6 +30,18 @@ class ImagesOnlyDataset(nnUNetDatasetBlosc2):
         return data, no_labels, None, properties
 
 
+def check_images_fit(dataset: ImagesOnlyDataset, patch_size: Sequence[int]) -> None:
+    """Refuse a patch larger than every image on some axis: nnU-Net would pad each crop, and
+    pre-training would mostly reconstruct padding."""
+    largest = np.zeros(len(patch_size), dtype=int)
+    for identifier in dataset.identifiers:
+        largest = np.maximum(largest, dataset.load_case(identifier)[0].shape[1:])
+    if np.any(largest < np.asarray(patch_size)):
+        raise RuntimeError(f"the patch {list(patch_size)} does not fit the images: the largest preprocessed image is "
+                           f"{largest.tolist()} voxels (per axis). Use a smaller patch (plans.json, or "
+                           "--patch-size of nnunet-mim pretrain-dataset create) or a finer spacing")
+
+
 def load_collection_manifest(preprocessed_dataset_folder: str) -> Optional[dict]:
     """The collection's manifest, or None for an ordinary nnU-Net dataset."""
     path = os.path.join(preprocessed_dataset_folder, COLLECTION_MANIFEST)

@@ -28,6 +28,10 @@ import torch  # noqa: E402
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter  # noqa: E402
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter  # noqa: E402
 from batchgenerators.utilities.file_and_folder_operations import join  # noqa: E402
+from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform  # noqa: E402
+from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform  # noqa: E402
+from batchgeneratorsv2.transforms.utils.pseudo2d import Convert2DTo3DTransform, Convert3DTo2DTransform  # noqa: E402
+from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size  # noqa: E402
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader  # noqa: E402
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2  # noqa: E402
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
@@ -40,13 +44,16 @@ from nnunet_mim.architecture.network import unwrap_network  # noqa: E402
 from nnunet_mim.checkpointing import AtomicCheckpointMixin  # noqa: E402
 from nnunet_mim.masking import LevelConfig, build_levels  # noqa: E402
 from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans  # noqa: E402
-from nnunet_mim.pretraining.data import ImagesOnlyDataset, load_collection_manifest, sampling_probabilities  # noqa: E402,E501
+from nnunet_mim.pretraining.data import (ImagesOnlyDataset, check_images_fit, load_collection_manifest,  # noqa: E402
+                                         sampling_probabilities)
 from nnunet_mim.pretraining.objective import mim_objective  # noqa: E402
 from nnunet_mim.pretraining.preview import save_preview  # noqa: E402
 from nnunet_mim.pretraining_record import PretrainingRecord  # noqa: E402
 from nnunet_mim.schedule import WarmupCosineLR, adamw_param_groups  # noqa: E402
 
 VALIDATION_SEED = 12345
+AUGMENTATIONS = ("none", "intensity", "spatial+intensity")
+SPATIAL_TRANSFORMS = (SpatialTransform, MirrorTransform, Convert3DTo2DTransform, Convert2DTo3DTransform)
 
 
 class SeededCropLoader(nnUNetDataLoader):
@@ -70,6 +77,8 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     val_iterations_per_epoch = 10
     checkpoint_every = 10
     base_lr = 1e-4  # per 256 samples: lr = base_lr * global batch / 256 (the paper's scaling rule)
+    augmentation = "none"          # or "intensity", "spatial+intensity" (nnU-Net's training transforms)
+    foreground_crop_fraction = 0.0  # share of crops centred on the body / labelled foreground
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -80,7 +89,9 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         self.num_iterations_per_epoch = self.iterations_per_epoch
         self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
         self.weight_decay = 0.05
-        self.oversample_foreground_percent = 0.0  # labels play no part in pre-training
+        # crops centred on the body (collections) or labelled foreground (nnU-Net datasets) for
+        # this fraction of each batch; 0 = uniform positions, labels play no part at all
+        self.oversample_foreground_percent = self.foreground_crop_fraction
         self.enable_deep_supervision = False
         self.save_every = self.checkpoint_every
         # seeded: the same command gives the same run (with nnUNet_n_proc_DA=0, background
@@ -125,11 +136,12 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         self.levels.check_patch_size(patch)
         crop = [p * self.levels.crop_factor for p in patch]
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
-        loader = dict(batch_size=self.batch_size, patch_size=crop, final_patch_size=crop,
-                      label_manager=self.label_manager,
-                      oversample_foreground_percent=self.oversample_foreground_percent, transforms=None)
+        check_images_fit(dataset_tr, patch)
+        loader = dict(batch_size=self.batch_size, final_patch_size=crop, label_manager=self.label_manager,
+                      oversample_foreground_percent=self.oversample_foreground_percent)
         manifest = load_collection_manifest(self.preprocessed_dataset_folder_base)
-        dl_tr = SeededCropLoader(dataset_tr, **loader,
+        initial_crop, transforms = self.crop_augmentation(crop)
+        dl_tr = SeededCropLoader(dataset_tr, patch_size=initial_crop, transforms=transforms, **loader,
                                  sampling_probabilities=sampling_probabilities(dataset_tr.identifiers, manifest))
         processes = get_allowed_n_proc_DA()
         if processes == 0:
@@ -140,10 +152,29 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         # a fixed validation set: same crops every epoch, drawn once with a fixed seed
         state = np.random.get_state()
         np.random.seed(VALIDATION_SEED)
-        dl_val = SeededCropLoader(dataset_val, **loader)
+        dl_val = SeededCropLoader(dataset_val, patch_size=crop, transforms=None, **loader)
         val_batches = [next(dl_val) for _ in range(self.num_val_iterations_per_epoch)]
         np.random.set_state(state)
         return train, itertools.cycle(val_batches)
+
+    def crop_augmentation(self, crop: List[int]):
+        """(size to cut, transforms): nnU-Net's own training transforms on the crops, all of them
+        ("spatial+intensity"), only the intensity ones ("intensity"), or none (the default)."""
+        if self.augmentation == "none":
+            return crop, None
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"augmentation {self.augmentation!r}: choose one of {AUGMENTATIONS}")
+        rotation, dummy_2d, _, mirror_axes = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        transforms = self.get_training_transforms(crop, rotation, None, mirror_axes, dummy_2d,
+                                                  self.configuration_manager.use_mask_for_norm)
+        if self.augmentation == "intensity":
+            transforms.transforms = [t for t in transforms.transforms if not isinstance(t, SPATIAL_TRANSFORMS)]
+            return crop, transforms
+        # cut more than the crop, so that rotation and scaling find image content at the corners
+        initial = [int(s) for s in get_patch_size(crop, rotation, rotation, rotation, (0.85, 1.25))]
+        if dummy_2d:
+            initial[0] = crop[0]
+        return initial, transforms
 
     # ---- steps ---------------------------------------------------------------------------
     def _objective(self, crops: torch.Tensor, generator: torch.Generator):
