@@ -101,6 +101,25 @@ class nnUNetTrainerMiMScratch_S(nnUNetTrainerMiMScratch):
     encoder_preset = "S"
 
 
+# ---- fine-tuning schedules (compared in docs/benchmarks.md) ---------------------------------------
+class LayerDecay:
+    """Layer-wise lr decay 0.75 (BEiT / MAE fine-tuning practice)."""
+    layer_decay = 0.75
+
+
+class DecoderFirst:
+    """The pre-trained encoder waits 10% of the epochs while the new decoder warms up."""
+    encoder_frozen_fraction = 0.1
+
+
+class nnUNetTrainerMiMFinetune_LayerDecay(LayerDecay, nnUNetTrainerMiMFinetune):
+    pass
+
+
+class nnUNetTrainerMiMFinetune_DecoderFirst(DecoderFirst, nnUNetTrainerMiMFinetune):
+    pass
+
+
 class FinetuneCPUDemoBudget:
     """The built-in demo's fine-tuning: preset T, 10 epochs of 20 steps, no test-time mirroring
     (8x cheaper validation and prediction)."""
@@ -118,6 +137,14 @@ class nnUNetTrainerMiMFinetune_T_CPUdemo(FinetuneCPUDemoBudget, nnUNetTrainerMiM
 
 
 class nnUNetTrainerMiMScratch_T_CPUdemo(FinetuneCPUDemoBudget, nnUNetTrainerMiMScratch):
+    pass
+
+
+class nnUNetTrainerMiMFinetune_T_CPUdemo_LayerDecay(LayerDecay, nnUNetTrainerMiMFinetune_T_CPUdemo):
+    pass
+
+
+class nnUNetTrainerMiMFinetune_T_CPUdemo_DecoderFirst(DecoderFirst, nnUNetTrainerMiMFinetune_T_CPUdemo):
     pass
 
 

@@ -5,7 +5,8 @@ in where the initial weights come from.
 What changes against ``nnUNetTrainer``:
   __init__              the dataset's plan with the hybrid network (``plans.adapt_plans``); the
                         adapted plan is what training saves, so prediction needs no extra flag
-  configure_optimizers  AdamW with a linear warm-up (10% of the epochs), then cosine
+  configure_optimizers  AdamW with a linear warm-up (10% of the epochs), then cosine; optional
+                        layer-wise lr decay and a decoder-first start (``finetuning/param_groups.py``)
   initialize            remembers the random initialisation, to tell later what was loaded
   on_train_start        load report; fails loudly if the pre-trained encoder did not load
 """
@@ -21,7 +22,8 @@ from nnunet_mim.checkpointing import AtomicCheckpointMixin
 from nnunet_mim.finetuning.checkpoint import inspect_pretrained_checkpoint, normalisation_difference
 from nnunet_mim.finetuning.load_report import LoadReport, pretrained_weights_from_argv, snapshot
 from nnunet_mim.plans import adapt_plans
-from nnunet_mim.schedule import WarmupCosineLR, adamw_param_groups
+from nnunet_mim.finetuning.param_groups import finetuning_param_groups
+from nnunet_mim.schedule import WarmupCosineLR
 
 
 class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
@@ -31,6 +33,8 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
     iterations_per_epoch = 250
     val_iterations_per_epoch = 50
     test_time_mirroring = True
+    layer_decay = 1.0              # lr x layer_decay^(layers above); 1 = off (finetuning/param_groups.py)
+    encoder_frozen_fraction = 0.0  # share of the epochs the pre-trained encoder waits for the decoder
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -46,8 +50,9 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
         self._checkpoint_keys = None  # keys of the -pretrained_weights file, read in initialize
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(adamw_param_groups(self.network, self.weight_decay), lr=self.initial_lr,
-                                      betas=(0.9, 0.999))
+        encoder_start = round(self.encoder_frozen_fraction * self.num_epochs)
+        groups = finetuning_param_groups(self.segmentation_network, self.weight_decay, self.layer_decay, encoder_start)
+        optimizer = torch.optim.AdamW(groups, lr=self.initial_lr, betas=(0.9, 0.999))
         warmup = max(1, round(self.warmup_fraction * self.num_epochs))
         return optimizer, WarmupCosineLR(optimizer, self.initial_lr, warmup, self.num_epochs)
 
