@@ -13,7 +13,8 @@ Self pre-training uses the images of all training cases (labels never), once per
 Label fraction f keeps, in every fold, the first round(f * n) training cases of a fixed
 per-fold permutation (so 10% is inside 25% is inside 100%); validation cases are unchanged.
 Each fraction gets its own nnUNet_preprocessed folder (links to the dataset's files plus its own
-splits_final.json) and results folder inside the work folder: the user's folders are only read.
+splits_final.json) and one results folder per arm inside the work folder (the fine-tuned arms
+share a trainer name): the user's folders are only read.
 Scores are nnU-Net's own final validation (fold_k/validation/summary.json).
 """
 import csv
@@ -96,7 +97,9 @@ class DownstreamBenchmark:
                                                                           self.configuration)) if f.endswith(".pkl"))
         return generate_crossval_split(cases, seed=12345, n_splits=5)
 
-    def fraction_env(self, fraction: float) -> Dict[str, str]:
+    def fraction_env(self, fraction: float, arm: str) -> Dict[str, str]:
+        """The fraction's preprocessed folder; results per arm (the fine-tuned arms share one
+        trainer name, so they must not share a results folder)."""
         root = os.path.join(self.work, f"labels_{int(round(fraction * 100)):03d}pct")
         dataset = os.path.join(root, "nnUNet_preprocessed", self.dataset_name)
         if not os.path.isdir(dataset):
@@ -106,7 +109,7 @@ class DownstreamBenchmark:
                     os.symlink(os.path.join(self.source, entry), os.path.join(dataset, entry))
             save_json(label_fraction_splits(self.base_splits(), fraction, self.seed),
                       os.path.join(dataset, "splits_final.json"))
-        return self.env(os.path.join(root, "nnUNet_preprocessed"), os.path.join(root, "nnUNet_results"))
+        return self.env(os.path.join(root, "nnUNet_preprocessed"), os.path.join(root, "nnUNet_results", arm))
 
     def env(self, preprocessed: str, results: str) -> Dict[str, str]:
         os.makedirs(results, exist_ok=True)
@@ -150,9 +153,9 @@ class DownstreamBenchmark:
             bar.update()
         rows = []
         for fraction in self.fractions:
-            env = self.fraction_env(fraction)
             for fold in self.folds:
                 for arm in self.arms:
+                    env = self.fraction_env(fraction, arm)
                     bar.set_description(f"{arm}, {fraction:.0%} labels, fold {fold}")
                     trainer = {"nnU-Net": self.budget.stock, "scratch": self.budget.scratch}.get(arm,
                                                                                                  self.budget.finetune)

@@ -48,11 +48,19 @@ def test_all_arms_run_and_the_table_matches_the_runs(nnunet_env, tmp_path):
     # each row's Dice is the one nnU-Net wrote for that run
     import json
     for r in runs:
-        folder = work / "labels_050pct" / "nnUNet_results" / "Dataset991_E2E" / \
+        folder = work / "labels_050pct" / "nnUNet_results" / r["arm"] / "Dataset991_E2E" / \
             f"{r['trainer']}__nnUNetPlans__3d_fullres" / f"fold_{r['fold']}"
         summary = json.load(open(folder / "validation" / "summary.json"))
         expected = summary["foreground_mean"]["Dice"] if r["class"] == "mean" else summary["mean"][r["class"]]["Dice"]
         assert math.isclose(float(r["dice"]), expected)
+    # the three fine-tuned arms share a trainer name: each run must have started from its own checkpoint
+    for arm, pretrainer in [("MAE", "nnUNetTrainerMAEPretrain"), ("MiM", "nnUNetTrainerMiMPretrain_"),
+                            ("MiM-noalign", "nnUNetTrainerMiMPretrainNoAlign")]:
+        folder = work / "labels_050pct" / "nnUNet_results" / arm / "Dataset991_E2E" / \
+            "nnUNetTrainerMiMFinetune_T_CPUsmoke__nnUNetPlans__3d_fullres" / "fold_0"
+        report = json.load(open(folder / "pretrained_weights_report.json"))
+        assert report["pretraining"]["method"] == ("MAE" if arm == "MAE" else "MiM")
+        assert f"/{pretrainer}" in report["checkpoint"], (arm, report["checkpoint"])
     # the label fraction really was applied: 4 training cases per fold -> 2
     splits = json.load(open(work / "labels_050pct" / "nnUNet_preprocessed" / "Dataset991_E2E" / "splits_final.json"))
     assert [len(s["train"]) for s in splits] == [2] * 5

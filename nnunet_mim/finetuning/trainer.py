@@ -93,7 +93,8 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
         if self.local_rank == 0:
             with open(join(self.output_folder, "pretrained_weights_report.txt"), "w") as f:
                 f.write(report.text() + "\n")
-            save_json({"pretraining": None if record is None else record.__dict__,
+            save_json({"checkpoint": pretrained_weights_from_argv(),
+                       "pretraining": None if record is None else record.__dict__,
                        "loaded": report.loaded, "not_loaded": report.unchanged,
                        "encoder_fraction": report.encoder_fraction,
                        "unused_checkpoint_keys": report.unused_checkpoint_keys},
