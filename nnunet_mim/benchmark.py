@@ -171,12 +171,18 @@ class DownstreamBenchmark:
         return rows
 
 
-def summarise(rows: List[dict]) -> List[dict]:
-    """Mean and sd over folds per arm, fraction and class; difference to scratch, paired t-test."""
+def arms_in(rows: List[dict]) -> List[str]:
+    """The arms of ``rows``, in the order they first appear."""
+    return list(dict.fromkeys(r["arm"] for r in rows))
+
+
+def summarise(rows: List[dict], reference: str = "scratch") -> List[dict]:
+    """Mean and sd over folds per arm, fraction and class; difference to the reference arm and a
+    paired t-test over the folds."""
     from scipy.stats import ttest_rel
     table = []
     keys = sorted({(r["fraction"], r["class"]) for r in rows})
-    arms = [a for a in ARMS if any(r["arm"] == a for r in rows)]
+    arms = arms_in(rows)
     for fraction, cls in keys:
         per_arm = {a: {r["fold"]: r["dice"] for r in rows
                        if (r["arm"], r["fraction"], r["class"]) == (a, fraction, cls)} for a in arms}
@@ -185,45 +191,47 @@ def summarise(rows: List[dict]) -> List[dict]:
             values = np.array([per_arm[arm][f] for f in folds])
             entry = {"fraction": fraction, "class": cls, "arm": arm, "folds": len(folds),
                      "mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
-                     "diff_vs_scratch": float("nan"), "p_vs_scratch": float("nan")}
-            scratch = per_arm.get("scratch", {})
-            paired = [f for f in folds if f in scratch]
-            if arm != "scratch" and paired:
-                diff = np.array([per_arm[arm][f] - scratch[f] for f in paired])
-                entry["diff_vs_scratch"] = float(diff.mean())
+                     "diff_vs_reference": float("nan"), "p_vs_reference": float("nan")}
+            base = per_arm.get(reference, {})
+            paired = [f for f in folds if f in base]
+            if arm != reference and paired:
+                diff = np.array([per_arm[arm][f] - base[f] for f in paired])
+                entry["diff_vs_reference"] = float(diff.mean())
                 if len(paired) > 1 and np.any(diff != diff[0]):
-                    entry["p_vs_scratch"] = float(ttest_rel([per_arm[arm][f] for f in paired],
-                                                            [scratch[f] for f in paired]).pvalue)
+                    entry["p_vs_reference"] = float(ttest_rel([per_arm[arm][f] for f in paired],
+                                                              [base[f] for f in paired]).pvalue)
             table.append(entry)
     return table
 
 
-def write_outputs(rows: List[dict], folder: str, title: str) -> str:
-    """downstream_runs.csv (one row per run and class), downstream.csv/.md (summary), downstream.png."""
+def write_outputs(rows: List[dict], folder: str, title: str, reference: str = "scratch",
+                  name: str = "downstream") -> str:
+    """NAME_runs.csv (one row per run and class), NAME.csv/.md (summary), NAME.png."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "downstream_runs.csv"), "w", newline="") as f:
+    with open(os.path.join(folder, f"{name}_runs.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    table = summarise(rows)
-    with open(os.path.join(folder, "downstream.csv"), "w", newline="") as f:
+    table = summarise(rows, reference)
+    with open(os.path.join(folder, f"{name}.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
     fmt = lambda v, spec: "n/a" if v != v else format(v, spec)  # noqa: E731  (nan -> n/a)
-    lines = [f"{title}", "", "| labels | class | arm | folds | Dice mean | sd | vs scratch | paired p |",
+    lines = [f"{title}", "", f"| labels | class | arm | folds | Dice mean | sd | vs {reference} | paired p |",
              "|---|---|---|---|---|---|---|---|"]
     for e in table:
         lines.append(f"| {e['fraction']:.0%} | {e['class']} | {e['arm']} | {e['folds']} | {e['mean']:.3f} | "
-                     f"{fmt(e['sd'], '.3f')} | {fmt(e['diff_vs_scratch'], '+.3f')} | {fmt(e['p_vs_scratch'], '.3f')} |")
+                     f"{fmt(e['sd'], '.3f')} | {fmt(e['diff_vs_reference'], '+.3f')} | "
+                     f"{fmt(e['p_vs_reference'], '.3f')} |")
     markdown = "\n".join(lines)
-    with open(os.path.join(folder, "downstream.md"), "w") as f:
+    with open(os.path.join(folder, f"{name}.md"), "w") as f:
         f.write(markdown + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in ARMS:
+    for arm in arms_in(rows):
         points = sorted((e["fraction"], e["mean"], e["sd"]) for e in table if e["arm"] == arm and e["class"] == "mean")
         if points:
             x, y, sd = zip(*points)
@@ -234,6 +242,6 @@ def write_outputs(rows: List[dict], folder: str, title: str) -> str:
     ax.set_title(title, fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(folder, "downstream.png"), dpi=100)
+    fig.savefig(os.path.join(folder, f"{name}.png"), dpi=100)
     plt.close(fig)
     return markdown

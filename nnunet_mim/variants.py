@@ -120,6 +120,14 @@ class nnUNetTrainerMiMFinetune_DecoderFirst(DecoderFirst, nnUNetTrainerMiMFinetu
     pass
 
 
+class nnUNetTrainerMiMFinetune_250ep_LayerDecay(LayerDecay, nnUNetTrainerMiMFinetune_250ep):
+    pass
+
+
+class nnUNetTrainerMiMFinetune_250ep_DecoderFirst(DecoderFirst, nnUNetTrainerMiMFinetune_250ep):
+    pass
+
+
 class FinetuneCPUDemoBudget:
     """The built-in demo's fine-tuning: preset T, 10 epochs of 20 steps, no test-time mirroring
     (8x cheaper validation and prediction)."""

@@ -29,9 +29,11 @@ def test_summary_pairs_folds_against_scratch():
             for fold, dice in enumerate(values)]
     table = {e["arm"]: e for e in summarise(rows)}
     assert math.isclose(table["MiM"]["mean"], (0.6 + 0.65 + 0.8) / 3)
-    assert math.isclose(table["MiM"]["diff_vs_scratch"], (0.1 + 0.05 + 0.1) / 3)
-    assert 0 < table["MiM"]["p_vs_scratch"] < 1
-    assert math.isnan(table["scratch"]["diff_vs_scratch"])
+    assert math.isclose(table["MiM"]["diff_vs_reference"], (0.1 + 0.05 + 0.1) / 3)
+    assert 0 < table["MiM"]["p_vs_reference"] < 1
+    assert math.isnan(table["scratch"]["diff_vs_reference"])
+    other = {e["arm"]: e for e in summarise(rows, reference="MiM")}
+    assert math.isclose(other["scratch"]["diff_vs_reference"], -(0.1 + 0.05 + 0.1) / 3)
 
 
 @pytest.mark.slow  # 13 nnU-Net runs: about 6 minutes on 2 cores; `python -m pytest -m slow`

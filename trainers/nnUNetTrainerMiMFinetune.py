@@ -2,7 +2,8 @@
 and for ``nnUNetv2_predict``, which looks the trainer up by name."""
 from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch  # noqa: F401
 from nnunet_mim.variants import (  # noqa: F401
-    nnUNetTrainerMiMFinetune_100ep, nnUNetTrainerMiMFinetune_250ep, nnUNetTrainerMiMFinetune_DecoderFirst,
+    nnUNetTrainerMiMFinetune_100ep, nnUNetTrainerMiMFinetune_250ep, nnUNetTrainerMiMFinetune_250ep_DecoderFirst,
+    nnUNetTrainerMiMFinetune_250ep_LayerDecay, nnUNetTrainerMiMFinetune_DecoderFirst,
     nnUNetTrainerMiMFinetune_LayerDecay, nnUNetTrainerMiMFinetune_S, nnUNetTrainerMiMFinetune_T_CPUdemo,
     nnUNetTrainerMiMFinetune_T_CPUdemo_DecoderFirst, nnUNetTrainerMiMFinetune_T_CPUdemo_LayerDecay,
     nnUNetTrainerMiMFinetune_T_CPUsmoke, nnUNetTrainerMiMScratch_100ep, nnUNetTrainerMiMScratch_250ep,
