@@ -65,12 +65,23 @@ def test_objective_terms_and_loss_decreases():
     for step in range(30):
         levels = build_levels(crops, LevelConfig(), torch.Generator().manual_seed(step))
         terms = mim_objective(net, net.project, levels, 16, (1, 1, 1), 0.1)
-        assert set(terms) == {"rec_l1", "rec_l2", "rec_l3", "align_l1_l2", "align_l2_l3", "loss"}
+        assert set(terms) == {"rec_l1", "rec_l2", "rec_l3", "align_l1_l2", "align_l2_l3", "loss", "proj_std"}
         opt.zero_grad()
         terms["loss"].backward()
         opt.step()
         losses.append(float(terms["loss"]))
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
+
+
+def test_collapse_monitor_sees_a_collapsed_projector():
+    torch.manual_seed(0)
+    net = MiMPretrainNetwork(1, 2, **preset_kwargs("T"))
+    levels = build_levels(torch.randn(2, 1, 64, 64, 64), LevelConfig(), torch.Generator().manual_seed(0))
+    healthy = mim_objective(net, net.project, levels, 16, (1, 1, 1), 0.1)["proj_std"]
+    constant = lambda f: net.project(f) * 0 + 1  # noqa: E731  every volume -> one vector
+    collapsed = mim_objective(net, constant, levels, 16, (1, 1, 1), 0.1)
+    assert healthy > 0.01 and float(collapsed["proj_std"]) == 0.0
+    assert float(collapsed["align_l1_l2"]) < 1e-6  # the trivial way to win the alignment loss
 
 
 def test_hidden_voxels_never_reach_hidden_predictions():

@@ -24,7 +24,8 @@ def parent_features(features: torch.Tensor, child: Level) -> torch.Tensor:
 def mim_objective(masked_forward: MaskedForward, project: Callable[[torch.Tensor], torch.Tensor],
                   levels: List[Level], token_size: int, reconstruction_weights: Sequence[float],
                   alignment_weight: float) -> Dict[str, torch.Tensor]:
-    """Every loss term (``rec_l1``.., ``align_l1_l2``..) and their weighted sum ``loss``.
+    """Every loss term (``rec_l1``.., ``align_l1_l2``..), their weighted sum ``loss``, and with
+    alignment the collapse monitor ``proj_std``.
 
     ``masked_forward(volumes, hidden) -> (prediction, token features)`` is the pre-training
     network (``MiMPretrainNetwork.__call__`` with a mask), ``project`` its projector.
@@ -41,10 +42,16 @@ def mim_objective(masked_forward: MaskedForward, project: Callable[[torch.Tensor
         terms[f"rec_l{i + 1}"] = reconstruction_loss(predictions[i], level.volumes, level.hidden, token_size)
         total = total + reconstruction_weights[i] * terms[f"rec_l{i + 1}"]
     if alignment_weight > 0:
+        spreads = []
         for i in range(1, len(levels)):
             child = project(level_features[i].mean(1))
             parent = project(parent_features(level_features[i - 1], levels[i]))
             terms[f"align_l{i}_l{i + 1}"] = alignment_loss(child, parent)
             total = total + alignment_weight * terms[f"align_l{i}_l{i + 1}"]
+            spreads.append(torch.nn.functional.normalize(child.detach().float(), dim=-1).std(0).mean())
+        # collapse monitor, not a loss (SimSiam's diagnostic): the spread of the unit-length
+        # projections over the batch, about 1/sqrt(projector dim) when healthy, 0 when every
+        # volume maps to one vector and the alignment loss is won trivially
+        terms["proj_std"] = torch.stack(spreads).mean()
     terms["loss"] = total
     return terms

@@ -104,6 +104,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         self.loss_terms = [f"rec_l{i + 1}" for i in range(self.levels.num_levels)]
         if self.alignment_weight > 0:
             self.loss_terms += [f"align_l{i}_l{i + 1}" for i in range(1, self.levels.num_levels)]
+            self.loss_terms.append("proj_std")  # logged and plotted with the losses, not part of them
         logged = self.logger.local_logger.my_fantastic_logging
         for name in self.loss_terms:
             logged.setdefault(f"train_{name}", [])
