@@ -5,6 +5,7 @@ One module-scoped dataset: plan and preprocess -> MiM pre-training -> fine-tunin
 """
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -160,6 +161,29 @@ def test_a_new_run_does_not_overwrite_an_earlier_one(nnunet_env, pretrained):
     result = train(nnunet_env, PRETRAIN, check=False)
     assert result.returncode != 0 and "Continue it with --c" in result.stderr
     assert os.path.getmtime(final) == before
+
+
+def test_continuing_another_trainers_checkpoint_is_refused(nnunet_env, pretrained):
+    other = output_folder(nnunet_env, "nnUNetTrainerMiMPretrainNoAlign_T_CPUsmoke")
+    os.makedirs(other)
+    copied = os.path.join(other, "checkpoint_final.pth")
+    shutil.copy(pretrained, copied)
+    before = os.path.getmtime(copied)
+    result = train(nnunet_env, "nnUNetTrainerMiMPretrainNoAlign_T_CPUsmoke", "--c", check=False)
+    assert result.returncode != 0 and f"was written by trainer '{PRETRAIN}'" in result.stderr
+    assert os.path.getmtime(copied) == before  # nothing overwritten (a training log is written)
+    assert [f for f in os.listdir(other) if f.endswith(".pth")] == ["checkpoint_final.pth"]
+
+
+def test_dataset_without_preprocessed_images_is_explained(nnunet_env):
+    planned_only = os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset993_PlannedOnly")
+    os.makedirs(planned_only)
+    for name in ("nnUNetPlans.json", "dataset.json", "dataset_fingerprint.json"):
+        shutil.copy(os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset991_E2E", name), planned_only)
+    result = run([nnunet_command("nnUNetv2_train"), "993", "3d_fullres", "all", "-tr", PRETRAIN, "-device", "cpu"],
+                 nnunet_env, check=False)
+    assert result.returncode != 0 and "no preprocessed images in" in result.stderr
+    assert "nnUNetv2_preprocess -d Dataset" in result.stderr
 
 
 def test_finetune_without_weights_fails_loudly(nnunet_env):

@@ -15,6 +15,7 @@ What changes against ``nnUNetTrainer`` (one hook each):
 """
 import itertools
 import math
+import os
 from dataclasses import asdict
 from time import time
 from typing import List
@@ -121,6 +122,11 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         return optimizer, WarmupCosineLR(optimizer, self.initial_lr, warmup, self.num_epochs)
 
     def initialize(self):
+        folder = self.preprocessed_dataset_folder
+        if not os.path.isdir(folder) or not any(f.endswith((".b2nd", ".npz", ".npy")) for f in os.listdir(folder)):
+            raise RuntimeError(f"no preprocessed images in {folder}: run nnUNetv2_preprocess -d "
+                               f"{self.plans_manager.dataset_name} -c {self.configuration_name} (a labelled dataset) "
+                               "or nnunet-mim pretrain-dataset create (images without labels)")
         super().initialize()
         if self.dataset_class is nnUNetDatasetBlosc2:
             self.dataset_class = ImagesOnlyDataset
