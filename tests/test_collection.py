@@ -161,6 +161,17 @@ def test_rerun_with_other_settings_is_refused(nnunet_env, sources, collection):
     assert result.returncode != 0 and "other settings" in result.stderr
 
 
+def test_an_interrupted_collection_is_continued(nnunet_env, sources, collection):
+    """As a kill leaves it: one image never written (its properties and a partial file were)."""
+    images = os.path.join(collection["folder"], "nnUNetPlans_3d_fullres")
+    victim = sorted(f for f in os.listdir(images) if f.endswith(".b2nd"))[0]
+    os.replace(os.path.join(images, victim), os.path.join(images, victim + ".partial"))
+    create(nnunet_env, sources["unlabeled"])
+    summary = manifest_of(collection["folder"])["summary"]
+    assert summary["processed_now"] == 1 and summary["already_done"] == 7 and summary["done"] == 8
+    assert os.path.isfile(os.path.join(images, victim))
+
+
 def test_rerun_without_an_earlier_input_is_refused(nnunet_env, collection):
     result = run(["nnunet-mim", "pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME, "-i", "811"],
                  nnunet_env, check=False)

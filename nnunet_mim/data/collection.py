@@ -336,6 +336,9 @@ def create(dataset_id: int, name: str, inputs: Sequence[str], settings: Collecti
     save_json(fingerprint, os.path.join(folder, "dataset_fingerprint.json"))
     save_json(plans, os.path.join(folder, "nnUNetPlans.json"))
 
+    # the manifest exists before any work, so that a run killed now is continued, not refused
+    save_json({"settings": asdict(settings), "inputs": list(inputs), "summary": None, "cases": entries},
+              os.path.join(folder, MANIFEST))
     pending = [e for e in entries if e["status"] == "pending"]
     todo = [e for e in pending if not is_done(images_folder, e["case_id"])]
     already = {e["case_id"] for e in pending} - {e["case_id"] for e in todo}
