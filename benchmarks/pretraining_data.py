@@ -37,12 +37,12 @@ def write_volumes(folder: str, count: int, shape, spacing_zyx) -> None:
 
 def loader_throughput(dataset_folder: str, patch, crops: int) -> float:
     from nnunet_mim.pretraining.data import ImagesOnlyDataset
-    from nnunet_mim.pretraining.trainer import SeededCropLoader
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
     images = os.path.join(dataset_folder, "nnUNetPlans_3d_fullres")
     dataset = ImagesOnlyDataset(images, ImagesOnlyDataset.get_identifiers(images))
     crop = [2 * p for p in patch]
-    loader = SeededCropLoader(dataset, 1, crop, crop, LabelManager({"background": 0}, None),
+    loader = nnUNetDataLoader(dataset, 1, crop, crop, LabelManager({"background": 0}, None),
                               oversample_foreground_percent=0.0, transforms=None)
     next(loader)  # first batch opens files
     started = time.perf_counter()

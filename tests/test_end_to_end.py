@@ -117,6 +117,21 @@ def test_scratch_differs_from_finetune_only_in_initial_weights(nnunet_env, finet
     assert plans[0] == plans[1]
 
 
+def test_finetuning_runs_are_seeded(nnunet_env, tmp_path):
+    """The same command twice gives the same weights: arms of a benchmark differ only where they
+    should (needs the scratch run of the test above)."""
+    import torch
+    first = os.path.join(output_folder(nnunet_env, SCRATCH), "checkpoint_final.pth")
+    if not os.path.isfile(first):
+        pytest.skip("needs test_scratch_differs_from_finetune_only_in_initial_weights")
+    again = dict(nnunet_env, nnUNet_results=str(tmp_path))
+    train(again, SCRATCH)
+    second = os.path.join(str(tmp_path), *output_folder(nnunet_env, SCRATCH).split(os.sep)[-3:],
+                          "checkpoint_final.pth")
+    a, b = (torch.load(f, map_location="cpu", weights_only=False)["network_weights"] for f in (first, second))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_finetune_on_another_dataset_with_other_channels_classes_spacing(nnunet_env, pretrained, tmp_path):
     import torch
     from nnunet_mim.data.example import write_example_dataset

@@ -7,6 +7,7 @@ What changes against ``nnUNetTrainer``:
                         adapted plan is what training saves, so prediction needs no extra flag
   configure_optimizers  AdamW with a linear warm-up (10% of the epochs), then cosine; optional
                         layer-wise lr decay and a decoder-first start (``finetuning/param_groups.py``)
+  __init__              also seeds numpy and torch (weights, crops, augmentation), as pre-training
   initialize            remembers the random initialisation, to tell later what was loaded
   on_train_start        load report; fails loudly if the pre-trained encoder did not load
 """
@@ -48,6 +49,12 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
         self.warmup_fraction = 0.1
         self._initial_weights = None
         self._checkpoint_keys = None  # keys of the -pretrained_weights file, read in initialize
+        # seeded like pre-training: fine-tuning and scratch runs then share the decoder's random
+        # initialisation, the crops and the augmentation, and differ only in the encoder's weights
+        # (exactly so with single-process data loading, nnUNet_n_proc_DA=0)
+        self.seed = 0
+        np.random.seed(self.seed + self.local_rank)
+        torch.manual_seed(self.seed)
 
     def configure_optimizers(self):
         encoder_start = round(self.encoder_frozen_fraction * self.num_epochs)

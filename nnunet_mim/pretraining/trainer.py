@@ -57,15 +57,6 @@ AUGMENTATIONS = ("none", "intensity", "spatial+intensity")
 SPATIAL_TRANSFORMS = (SpatialTransform, MirrorTransform, Convert3DTo2DTransform, Convert2DTo3DTransform)
 
 
-class SeededCropLoader(nnUNetDataLoader):
-    """nnU-Net's loader, minus its reseeding of numpy from OS entropy at the first batch: crop
-    positions follow numpy's global state, which the trainer seeds and a checkpoint restores."""
-
-    def reset(self):
-        self._seed = False
-        super().reset()
-
-
 class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     method = "MiM"
     encoder_preset = "B"
@@ -148,7 +139,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
                       oversample_foreground_percent=self.oversample_foreground_percent)
         manifest = load_collection_manifest(self.preprocessed_dataset_folder_base)
         initial_crop, transforms = self.crop_augmentation(crop)
-        dl_tr = SeededCropLoader(dataset_tr, patch_size=initial_crop, transforms=transforms, **loader,
+        dl_tr = nnUNetDataLoader(dataset_tr, patch_size=initial_crop, transforms=transforms, **loader,
                                  sampling_probabilities=sampling_probabilities(dataset_tr.identifiers, manifest))
         processes = get_allowed_n_proc_DA()
         if processes == 0:
@@ -159,7 +150,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         # a fixed validation set: same crops every epoch, drawn once with a fixed seed
         state = np.random.get_state()
         np.random.seed(VALIDATION_SEED)
-        dl_val = SeededCropLoader(dataset_val, patch_size=crop, transforms=None, **loader)
+        dl_val = nnUNetDataLoader(dataset_val, patch_size=crop, transforms=None, **loader)
         val_batches = [next(dl_val) for _ in range(self.num_val_iterations_per_epoch)]
         np.random.set_state(state)
         return train, itertools.cycle(val_batches)
