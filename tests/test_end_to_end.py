@@ -195,6 +195,10 @@ def test_dataset_without_preprocessed_images_is_explained(nnunet_env):
     os.makedirs(planned_only)
     for name in ("nnUNetPlans.json", "dataset.json", "dataset_fingerprint.json"):
         shutil.copy(os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset991_E2E", name), planned_only)
+    plans_file = os.path.join(planned_only, "nnUNetPlans.json")
+    plans = json.load(open(plans_file))
+    plans["dataset_name"] = "Dataset993_PlannedOnly"  # nnU-Net finds the images through this name
+    json.dump(plans, open(plans_file, "w"))
     result = run([nnunet_command("nnUNetv2_train"), "993", "3d_fullres", "all", "-tr", PRETRAIN, "-device", "cpu"],
                  nnunet_env, check=False)
     assert result.returncode != 0 and "no preprocessed images in" in result.stderr

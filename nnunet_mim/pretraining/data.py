@@ -31,15 +31,17 @@ class ImagesOnlyDataset(nnUNetDatasetBlosc2):
 
 
 def check_images_fit(dataset: ImagesOnlyDataset, patch_size: Sequence[int]) -> None:
-    """Refuse a patch larger than every image on some axis: nnU-Net would pad each crop, and
-    pre-training would mostly reconstruct padding."""
+    """Refuse a patch that even the largest image fills less than half of on some axis: nnU-Net
+    pads every crop (as it does for a patch slightly larger than the images, which is fine), but
+    then pre-training would mostly reconstruct padding."""
     largest = np.zeros(len(patch_size), dtype=int)
     for identifier in dataset.identifiers:
         largest = np.maximum(largest, dataset.load_case(identifier)[0].shape[1:])
-    if np.any(largest < np.asarray(patch_size)):
+    if np.any(2 * largest < np.asarray(patch_size)):
         raise RuntimeError(f"the patch {list(patch_size)} does not fit the images: the largest preprocessed image is "
-                           f"{largest.tolist()} voxels (per axis). Use a smaller patch (plans.json, or "
-                           "--patch-size of nnunet-mim pretrain-dataset create) or a finer spacing")
+                           f"{largest.tolist()} voxels (per axis), so every crop would be mostly padding. Use a "
+                           "smaller patch (plans.json, or --patch-size of nnunet-mim pretrain-dataset create) or a "
+                           "finer spacing")
 
 
 def load_collection_manifest(preprocessed_dataset_folder: str) -> Optional[dict]:
