@@ -119,12 +119,14 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
         if record.input_channels != self.num_input_channels:
             self.print_to_log_file(f"input channels: pre-trained with {record.input_channels}, adapted to "
                                    f"{self.num_input_channels} (mean-kernel rule, nnunet-mim adapt-checkpoint)")
-        spacing_ratio = np.array(cm.spacing) / np.array(record.spacing)
-        if np.any(spacing_ratio > 2) or np.any(spacing_ratio < 0.5):
-            warnings.warn(f"pre-training spacing {record.spacing} differs from this plan's {tuple(cm.spacing)} by "
-                          f"more than 2x on some axis (ratio {np.round(spacing_ratio, 2).tolist()})")
-            self.print_to_log_file(f"WARNING: spacing differs widely: pre-training {record.spacing}, "
-                                   f"fine-tuning {tuple(cm.spacing)}")
+        for what, before, now in (("spacing", record.spacing, tuple(cm.spacing)),
+                                  ("patch size", record.patch_size, tuple(cm.patch_size))):
+            ratio = np.array(now, dtype=float) / np.array(before, dtype=float)
+            if np.any(ratio > 2) or np.any(ratio < 0.5):
+                message = (f"pre-training {what} {before} differs from this plan's {now} by more than 2x on some "
+                           f"axis (ratio {np.round(ratio, 2).tolist()})")
+                warnings.warn(message)
+                self.print_to_log_file(f"WARNING: {message}")
 
 
 class nnUNetTrainerMiMScratch(nnUNetTrainerMiMFinetune):
