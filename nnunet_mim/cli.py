@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--like", metavar="DATASET", help="take spacing and patch size from this planned dataset's "
                        "3d_fullres plan (the fine-tuning target)")
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="multiples of 32 (default: "
-                   "96^3 voxels reshaped to equal physical extent, at most the median image)")
+                   "about 96^3 voxels of equal physical extent per axis, at most the median image)")
     p.add_argument("--ct-window", type=float, nargs=2, default=list(collection.DEFAULT_CT_WINDOW),
                    metavar=("LOW", "HIGH"), help="HU clipped to [LOW, HIGH], then mapped to [-1, 1]")
     p.add_argument("--sampling", choices=["uniform", "per_source"], default="uniform", help="how pre-training "

@@ -270,3 +270,15 @@ def test_patch_larger_than_every_image_is_refused(collection):
     check_images_fit(dataset, [32, 32, 32])
     with pytest.raises(RuntimeError, match="does not fit the images"):
         check_images_fit(dataset, [32, 32, 128])
+
+
+def test_planning_rules():
+    from nnunet_mim.data.collection import default_patch_size, nnunet_target_spacing
+    # about 96^3 voxels of equal physical extent, multiples of 32, no larger than the median image
+    assert default_patch_size([2.0, 1.0, 1.0], [400, 400, 400]) == [64, 128, 128]
+    assert default_patch_size([1.0, 1.0, 1.0], [50, 400, 400]) == [32, 96, 96]
+    # nnU-Net's rule: median spacing, but the 10th percentile on a strongly anisotropic axis
+    spacings = np.array([[5.0, 0.8, 0.8]] * 8 + [[1.5, 0.8, 0.8]] * 2)
+    shapes = np.array([[30, 512, 512]] * 10)
+    assert nnunet_target_spacing(spacings, shapes)[0] < 5.0
+    assert nnunet_target_spacing(np.ones((10, 3)), shapes) == [1.0, 1.0, 1.0]

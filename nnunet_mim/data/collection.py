@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunet_mim.data.sources import SourceImage, find_images, read_header, read_volume
-from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans
+from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans, round_patch_size
 from nnunet_mim.pretraining.data import COLLECTION_MANIFEST as MANIFEST
 from nnunet_mim.pretraining.data import ImagesOnlyDataset, load_collection_manifest
 
@@ -86,12 +86,12 @@ def nnunet_target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> List[floa
 
 def default_patch_size(spacing: Sequence[float], median_shape: Sequence[float],
                        voxels: int = DEFAULT_PATCH_VOXELS, multiple: int = PATCH_MULTIPLE) -> List[int]:
-    """Equal physical extent on every axis (nnU-Net's starting point), ``voxels`` in total, no
-    larger than the median image, in multiples of ``multiple``."""
+    """Equal physical extent on every axis (nnU-Net's starting point), about ``voxels`` in total
+    (each axis to the nearest multiple of ``multiple``), no larger than the median image."""
     inverse = 1 / np.asarray(spacing, dtype=float)
     shape = inverse * (voxels / np.prod(inverse)) ** (1 / 3)
-    shape = np.minimum(shape, median_shape)
-    return [max(multiple, int(s) // multiple * multiple) for s in shape]
+    nearest = [max(multiple, int(round(s / multiple)) * multiple) for s in shape]
+    return [max(multiple, min(n, int(m) // multiple * multiple)) for n, m in zip(nearest, median_shape)]
 
 
 def plan_of_dataset(dataset: str) -> Tuple[List[float], List[int]]:
@@ -128,9 +128,9 @@ def plan_collection(name: str, entries: List[dict], settings: CollectionSettings
     spacings = np.array([e["spacing"] for e in usable], dtype=float)
     shapes = np.array([e["shape"] for e in usable], dtype=float)
     spacing, patch = settings.spacing, settings.patch_size
-    if settings.like_dataset is not None:
+    if settings.like_dataset is not None:  # its patch rounded down as the pre-training trainer would
         like_spacing, like_patch = plan_of_dataset(settings.like_dataset)
-        spacing, patch = spacing or like_spacing, patch or like_patch
+        spacing, patch = spacing or like_spacing, patch or round_patch_size(like_patch, PATCH_MULTIPLE)
     spacing = list(spacing) if spacing else nnunet_target_spacing(spacings, shapes)
     resampled = [np.round(s * sp / np.array(spacing)) for s, sp in zip(shapes, spacings)]
     median_shape = np.median(resampled, 0)
