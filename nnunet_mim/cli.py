@@ -66,7 +66,8 @@ def cmd_pretrain_dataset_create(args) -> int:
         weights[name] = float(value)
     settings = CollectionSettings(modality=args.modality, spacing=args.spacing, patch_size=args.patch_size,
                                   like_dataset=args.like, ct_window=tuple(args.ct_window), batch_size=args.batch_size,
-                                  sampling=args.sampling, source_weights=weights)
+                                  sampling=args.sampling, source_weights=weights,
+                                  test_images=not args.no_test_images)
     try:
         summary = create(args.dataset_id, args.name, args.inputs, settings, args.np)
     except (OSError, ValueError, RuntimeError) as error:  # bad input: say what, without a traceback
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "draws cases: uniformly, or each source its weight's share (equal by default)")
     p.add_argument("--source-weight", action="append", default=[], metavar="NAME=WEIGHT",
                    help="weight of one source for --sampling per_source (repeatable)")
+    p.add_argument("--no-test-images", action="store_true", help="leave out imagesTs of nnU-Net datasets "
+                   "(pre-training on the images you evaluate on is transductive)")
     p.add_argument("--batch-size", type=int, default=2, help="the plan's batch size")
     p.add_argument("-np", type=int, default=1, help="parallel processes")
     p.set_defaults(func=cmd_pretrain_dataset_create)

@@ -178,6 +178,13 @@ def test_rerun_without_an_earlier_input_is_refused(nnunet_env, collection):
     assert result.returncode != 0 and "come from no input of this run" in result.stderr
 
 
+def test_test_images_can_be_left_out(nnunet_env, collection):
+    run(["nnunet-mim", "pretrain-dataset", "create", "-d", "803", "-n", "TrainOnly", "-i", "811", "--no-test-images",
+         "--spacing", "3", "3", "3", "--patch-size", "32", "32", "32"], nnunet_env)
+    cases = manifest_of(os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset803_TrainOnly"))["cases"]
+    assert len(cases) == 2 and all("/imagesTr/" in c["files"][0] for c in cases)
+
+
 def test_per_source_sampling_balances_sources(collection):
     manifest = manifest_of(collection["folder"])
     identifiers = [c["case_id"] for c in manifest["cases"] if c["status"] == "done"]

@@ -53,6 +53,7 @@ class CollectionSettings:
     batch_size: int = 2
     sampling: str = "uniform"                              # or "per_source": each source its weight's share
     source_weights: Dict[str, float] = field(default_factory=dict)  # per_source weights (default 1 each)
+    test_images: bool = True                               # imagesTs of nnU-Net datasets too
 
 
 # ---- scan ----------------------------------------------------------------------------------
@@ -316,7 +317,7 @@ def create(dataset_id: int, name: str, inputs: Sequence[str], settings: Collecti
     resuming = os.path.isfile(os.path.join(folder, MANIFEST))
     if resuming:
         settings = resumed_settings(folder, settings)
-    entries = scan(find_images(inputs, settings.modality))
+    entries = scan(find_images(inputs, settings.modality, settings.test_images))
     plans, dataset_json, fingerprint = plan_collection(os.path.basename(folder), entries, settings)
     config = plans["configurations"][CONFIGURATION]
     spacing, patch = np.array(config["spacing"]), config["patch_size"]

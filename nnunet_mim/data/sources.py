@@ -49,8 +49,9 @@ def case_id(source: str, relative: str) -> str:
     return identifier + "_img" if identifier.endswith("_seg") else identifier
 
 
-def nnunet_dataset_images(dataset: str, modality: str) -> Iterator[SourceImage]:
-    """imagesTr and imagesTs of an nnU-Net raw dataset (labels are not read)."""
+def nnunet_dataset_images(dataset: str, modality: str, test_images: bool = True) -> Iterator[SourceImage]:
+    """imagesTr (and imagesTs unless ``test_images`` is False) of an nnU-Net raw dataset (labels
+    are not read)."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -62,7 +63,7 @@ def nnunet_dataset_images(dataset: str, modality: str) -> Iterator[SourceImage]:
     meta = load_json(os.path.join(folder, "dataset.json"))
     ending, channels = meta["file_ending"], meta["channel_names"]
     wanted = [int(c) for c, n in channels.items() if is_modality(n, modality)]
-    for split in ("imagesTr", "imagesTs"):
+    for split in ("imagesTr", "imagesTs") if test_images else ("imagesTr",):
         images = os.path.join(folder, split)
         if not os.path.isdir(images):
             continue
@@ -93,7 +94,7 @@ def folder_images(folder: str, source: str) -> Iterator[SourceImage]:
                 yield SourceImage(source, case_id(source, os.path.join(relative_dir, series)), slices)
 
 
-def find_images(inputs: Sequence[str], modality: str) -> Iterator[SourceImage]:
+def find_images(inputs: Sequence[str], modality: str, test_images: bool = True) -> Iterator[SourceImage]:
     """Each input: an nnU-Net dataset ID or name, or a folder (its name becomes the source name)."""
     seen_sources = set()
     for item in inputs:
@@ -104,7 +105,7 @@ def find_images(inputs: Sequence[str], modality: str) -> Iterator[SourceImage]:
             seen_sources.add(source)
             yield from folder_images(item, source)
         elif item.isdigit() or item.startswith("Dataset"):
-            yield from nnunet_dataset_images(item, modality)
+            yield from nnunet_dataset_images(item, modality, test_images)
         else:
             raise FileNotFoundError(f"input {item!r} is neither a folder nor an nnU-Net dataset ID or name")
 
