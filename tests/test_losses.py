@@ -69,7 +69,7 @@ def test_objective_terms_and_loss_decreases():
         opt.zero_grad()
         terms["loss"].backward()
         opt.step()
-        losses.append(float(terms["loss"]))
+        losses.append(terms["loss"].item())
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
 
 
