@@ -81,7 +81,7 @@ def test_collapse_monitor_sees_a_collapsed_projector():
     constant = lambda f: net.project(f) * 0 + 1  # noqa: E731  every volume -> one vector
     collapsed = mim_objective(net, constant, levels, 16, (1, 1, 1), 0.1)
     assert healthy > 0.01 and float(collapsed["proj_std"]) == 0.0
-    assert float(collapsed["align_l1_l2"]) < 1e-6  # the trivial way to win the alignment loss
+    assert collapsed["align_l1_l2"].item() < 1e-6  # the trivial way to win the alignment loss
 
 
 def test_hidden_voxels_never_reach_hidden_predictions():
