@@ -16,27 +16,34 @@ from typing import Optional, Sequence
 import blosc2
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, load_pickle
-from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetBaseDataset, nnUNetDatasetBlosc2
 
 COLLECTION_MANIFEST = "pretraining_collection.json"
 
 
 class ImagesOnlyDataset(nnUNetDatasetBlosc2):
-    def load_case(self, identifier):
-        data = blosc2.open(urlpath=os.path.join(self.source_folder, identifier + ".b2nd"), mode="r",
+    def open_image(self, identifier):
+        """The image, compressed and memory-mapped: its shape costs a header read."""
+        return blosc2.open(urlpath=os.path.join(self.source_folder, identifier + ".b2nd"), mode="r",
                            dparams={"nthreads": 1}, **self.mmap_kwargs)
+
+    def load_case(self, identifier):
+        data = self.open_image(identifier)
         properties = load_pickle(os.path.join(self.source_folder, identifier + ".pkl"))
         no_labels = np.broadcast_to(np.zeros((), dtype=np.int8), (1, *data.shape[1:]))
         return data, no_labels, None, properties
 
 
-def check_images_fit(dataset: ImagesOnlyDataset, patch_size: Sequence[int]) -> None:
+def check_images_fit(dataset: nnUNetBaseDataset, patch_size: Sequence[int]) -> None:
     """Refuse a patch that even the largest image fills less than half of on some axis: nnU-Net
     pads every crop (as it does for a patch slightly larger than the images, which is fine), but
     then pre-training would mostly reconstruct padding."""
+    # headers only, not the properties (they hold crop locations); nnU-Net's legacy numpy format
+    # has no header-only access
+    open_image = getattr(dataset, "open_image", lambda identifier: dataset.load_case(identifier)[0])
     largest = np.zeros(len(patch_size), dtype=int)
     for identifier in dataset.identifiers:
-        largest = np.maximum(largest, dataset.load_case(identifier)[0].shape[1:])
+        largest = np.maximum(largest, open_image(identifier).shape[1:])
     if np.any(2 * largest < np.asarray(patch_size)):
         raise RuntimeError(f"the patch {list(patch_size)} does not fit the images: the largest preprocessed image is "
                            f"{largest.tolist()} voxels (per axis), so every crop would be mostly padding. Use a "
