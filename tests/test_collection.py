@@ -159,6 +159,9 @@ def test_rerun_with_other_settings_is_refused(nnunet_env, sources, collection):
     result = run(["nnunet-mim", "pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME, "-i", "811",
                   "--spacing", "2", "2", "2", "--patch-size", "32", "32", "32"], nnunet_env, check=False)
     assert result.returncode != 0 and "other settings" in result.stderr
+    result = run(["nnunet-mim", "pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME, "-i", "811",
+                  "--no-test-images"], nnunet_env, check=False)
+    assert result.returncode != 0 and "test_images: stored True, given False" in result.stderr
 
 
 def test_an_interrupted_collection_is_continued(nnunet_env, sources, collection):
@@ -181,8 +184,13 @@ def test_rerun_without_an_earlier_input_is_refused(nnunet_env, collection):
 def test_test_images_can_be_left_out(nnunet_env, collection):
     run(["nnunet-mim", "pretrain-dataset", "create", "-d", "803", "-n", "TrainOnly", "-i", "811", "--no-test-images",
          "--spacing", "3", "3", "3", "--patch-size", "32", "32", "32"], nnunet_env)
-    cases = manifest_of(os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset803_TrainOnly"))["cases"]
+    folder = os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset803_TrainOnly")
+    cases = manifest_of(folder)["cases"]
     assert len(cases) == 2 and all("/imagesTr/" in c["files"][0] for c in cases)
+    # a rerun without the flag keeps the first run's choice instead of adding the test images
+    run(["nnunet-mim", "pretrain-dataset", "create", "-d", "803", "-n", "TrainOnly", "-i", "811"], nnunet_env)
+    manifest = manifest_of(folder)
+    assert len(manifest["cases"]) == 2 and manifest["summary"]["processed_now"] == 0
 
 
 def test_per_source_sampling_balances_sources(collection):

@@ -300,7 +300,7 @@ def resumed_settings(folder: str, settings: CollectionSettings) -> CollectionSet
     given = {k: v for k, v in asdict(settings).items()
              if v not in (None, {}) and v != getattr(CollectionSettings(), k)}
     clashes = {k: (fixed[k], v) for k, v in given.items()
-               if k in ("modality", "spacing", "patch_size", "ct_window", "like_dataset")
+               if k in ("modality", "spacing", "patch_size", "ct_window", "like_dataset", "test_images")
                and list(np.atleast_1d(v)) != list(np.atleast_1d(fixed[k]))}
     if clashes:
         raise ValueError(f"{folder} was created with other settings " + ", ".join(

@@ -34,6 +34,7 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
     iterations_per_epoch = 250
     val_iterations_per_epoch = 50
     test_time_mirroring = True
+    peak_lr = 3e-4                 # AdamW lr after the warm-up
     layer_decay = 1.0              # lr x layer_decay^(layers above); 1 = off (finetuning/param_groups.py)
     encoder_frozen_fraction = 0.0  # share of the epochs the pre-trained encoder waits for the decoder
 
@@ -44,7 +45,7 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
         self.num_epochs = self.epochs
         self.num_iterations_per_epoch = self.iterations_per_epoch
         self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
-        self.initial_lr = 3e-4
+        self.initial_lr = self.peak_lr
         self.weight_decay = 0.05
         self.warmup_fraction = 0.1
         self._initial_weights = None
