@@ -151,6 +151,8 @@ class DownstreamBenchmark:
             bar.set_description(f"pre-training {method}")
             checkpoints[method] = self.pretrain(method)
             bar.update()
+        labels = load_json(os.path.join(self.source, "dataset.json"))["labels"]
+        names = {str(value): name for name, value in labels.items()}
         rows = []
         for fraction in self.fractions:
             for fold in self.folds:
@@ -161,10 +163,10 @@ class DownstreamBenchmark:
                                                                                                  self.budget.finetune)
                     folder = self.train(env, trainer, fold, checkpoints.get(arm))
                     summary = load_json(os.path.join(folder, "validation", "summary.json"))
-                    for label, metrics in summary["mean"].items():
-                        rows.append({"arm": arm, "fraction": fraction, "fold": fold, "class": label,
-                                     "dice": metrics["Dice"], "trainer": trainer})
-                    rows.append({"arm": arm, "fraction": fraction, "fold": fold, "class": "mean",
+                    for label, metrics in summary["mean"].items():  # keyed by label value (or region)
+                        rows.append({"arm": arm, "fraction": fraction, "fold": fold, "class": names.get(label, label),
+                                     "label": label, "dice": metrics["Dice"], "trainer": trainer})
+                    rows.append({"arm": arm, "fraction": fraction, "fold": fold, "class": "mean", "label": "",
                                  "dice": summary["foreground_mean"]["Dice"], "trainer": trainer})
                     bar.update()
         bar.close()
@@ -181,7 +183,8 @@ def summarise(rows: List[dict], reference: str = "scratch") -> List[dict]:
     paired t-test over the folds."""
     from scipy.stats import ttest_rel
     table = []
-    keys = sorted({(r["fraction"], r["class"]) for r in rows})
+    classes = list(dict.fromkeys(r["class"] for r in rows))  # as the runs list them: labels, then mean
+    keys = sorted({(r["fraction"], r["class"]) for r in rows}, key=lambda k: (k[0], classes.index(k[1])))
     arms = arms_in(rows)
     for fraction, cls in keys:
         per_arm = {a: {r["fold"]: r["dice"] for r in rows

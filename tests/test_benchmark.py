@@ -43,7 +43,7 @@ def test_all_arms_run_and_the_table_matches_the_runs(nnunet_env, tmp_path):
     before = sorted(os.listdir(user_dataset))
     result = run([sys.executable, "-m", "nnunet_mim.cli", "benchmark", "991", "--budget", "smoke", "--folds", "0",
                   "1", "--fractions", "0.5", "--device", "cpu", "--work-folder", str(work)], nnunet_env)
-    assert "| 50% | mean | MiM |" in result.stdout
+    assert "| 50% | mean | MiM |" in result.stdout and "| 50% | grey_matter | MiM |" in result.stdout  # class names
     with open(work / "results" / "downstream_runs.csv") as f:
         runs = list(csv.DictReader(f))
     assert {(r["arm"], r["fold"]) for r in runs} == {(a, str(k)) for a in ARMS for k in (0, 1)}
@@ -53,7 +53,7 @@ def test_all_arms_run_and_the_table_matches_the_runs(nnunet_env, tmp_path):
         folder = work / "labels_050pct" / "nnUNet_results" / r["arm"] / "Dataset991_E2E" / \
             f"{r['trainer']}__nnUNetPlans__3d_fullres" / f"fold_{r['fold']}"
         summary = json.load(open(folder / "validation" / "summary.json"))
-        expected = summary["foreground_mean"]["Dice"] if r["class"] == "mean" else summary["mean"][r["class"]]["Dice"]
+        expected = summary["foreground_mean"]["Dice"] if r["class"] == "mean" else summary["mean"][r["label"]]["Dice"]
         assert math.isclose(float(r["dice"]), expected)
     # the three fine-tuned arms share a trainer name: each run must have started from its own checkpoint
     for arm, pretrainer in [("MAE", "nnUNetTrainerMAEPretrain"), ("MiM", "nnUNetTrainerMiMPretrain_"),
