@@ -233,7 +233,8 @@ def write_outputs(rows: List[dict], folder: str, title: str, reference: str = "s
     markdown = "\n".join(lines)
     with open(os.path.join(folder, f"{name}.md"), "w") as f:
         f.write(markdown + "\n")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    import textwrap
+    fig, ax = plt.subplots(figsize=(7, 5))
     for arm in arms_in(rows):
         points = sorted((e["fraction"], e["mean"], e["sd"]) for e in table if e["arm"] == arm and e["class"] == "mean")
         if points:
@@ -242,7 +243,7 @@ def write_outputs(rows: List[dict], folder: str, title: str, reference: str = "s
                         label=arm)
     ax.set_xlabel("labelled training cases (%)")
     ax.set_ylabel("mean foreground Dice (validation folds)")
-    ax.set_title(title, fontsize=8)
+    ax.set_title(textwrap.fill(title, 100), fontsize=7)  # the note can be long
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(folder, f"{name}.png"), dpi=100)
