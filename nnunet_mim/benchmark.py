@@ -20,6 +20,7 @@ Scores are nnU-Net's own final validation (fold_k/validation/summary.json).
 import csv
 import os
 import subprocess
+import textwrap
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -233,7 +234,6 @@ def write_outputs(rows: List[dict], folder: str, title: str, reference: str = "s
     markdown = "\n".join(lines)
     with open(os.path.join(folder, f"{name}.md"), "w") as f:
         f.write(markdown + "\n")
-    import textwrap
     fig, ax = plt.subplots(figsize=(7, 5))
     for arm in arms_in(rows):
         points = sorted((e["fraction"], e["mean"], e["sd"]) for e in table if e["arm"] == arm and e["class"] == "mean")
