@@ -228,7 +228,7 @@ class CasePreprocessor:
         from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
         crop = [2 * p for p in self.configuration.patch_size]  # what the pre-training loader reads
         blocks, chunks = comp_blosc2_params(data.shape, crop, data.itemsize)
-        properties["nnunet_mim"] = {"source": entry["source"], "files": entry["files"], "shape": list(data.shape)}
+        properties["nnunet_mim"] = {"source": entry["source"], "files": entry["files"]}  # provenance
         stem = os.path.join(self.output_folder, entry["case_id"])
 
         def write_properties(path):
