@@ -54,6 +54,27 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_example_dataset(args) -> int:
+    import os
+
+    from nnunet_mim.data.example import write_example_dataset
+    from nnunet_mim.data.templates import TEMPLATES
+    raw = os.environ.get("nnUNet_raw")
+    if not raw:
+        print("error: nnUNet_raw is not set: the dataset is written into nnU-Net's raw folder", file=sys.stderr)
+        return 1
+    name = args.name or "".join(part.capitalize() for part in args.template.split("-"))  # colin27-lobes: Colin27Lobes
+    try:
+        written = write_example_dataset(raw, args.dataset_id, args.num_train, args.num_test, args.spacing, args.seed,
+                                        name, template=args.template)
+    except (OSError, ValueError) as error:  # existing dataset, template not installed
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {written['folder']}\n  {TEMPLATES[args.template].source_note}\n"
+          f"next: nnUNetv2_plan_and_preprocess -d {args.dataset_id} -c 3d_fullres")
+    return 0
+
+
 def cmd_pretrain_dataset_create(args) -> int:
     from nnunet_mim.data.collection import CollectionSettings, create, format_summary
     from nnunet_mim.pretraining.data import load_collection_manifest
@@ -118,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-folder", default=None, help="default: WORK_FOLDER/results")
     p.add_argument("--note", default="", help="printed with the table, e.g. where the data comes from")
     p.set_defaults(func=cmd_benchmark)
+
+    from nnunet_mim.data import example, templates
+    p = sub.add_parser("example-dataset", help="write a labelled example dataset built from a template that "
+                       "installs offline (for trying things and for benchmarks)",
+                       description=example.__doc__ + "\n" + templates.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset_id", type=int, help="ID of the new dataset in $nnUNet_raw")
+    p.add_argument("--template", choices=sorted(templates.TEMPLATES), default="mni152")
+    p.add_argument("--name", default=None, help="default: derived from the template")
+    p.add_argument("--num-train", type=int, default=10)
+    p.add_argument("--num-test", type=int, default=0, help="held-out cases (imagesTs + labelsTs)")
+    p.add_argument("--spacing", type=float, default=4.0, help="isotropic spacing in mm")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=cmd_example_dataset)
 
     from nnunet_mim.data import collection
     p = sub.add_parser("pretrain-dataset", help="build a pre-training dataset from nnU-Net datasets and folders of "

@@ -17,7 +17,8 @@ from typing import Dict, List, Optional
 
 from tqdm import tqdm
 
-from nnunet_mim.data.example import SOURCE_NOTE, write_example_dataset
+from nnunet_mim.data.example import write_example_dataset
+from nnunet_mim.data.templates import TEMPLATES
 from nnunet_mim.environment import ext_trainer_value
 
 DATASET_ID = 990
@@ -110,7 +111,7 @@ class Demo:
         for sub in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
             os.makedirs(self.path(sub))
         self.dataset_name = write_example_dataset(self.path("nnUNet_raw"), DATASET_ID)["name"]
-        print(f"      {SOURCE_NOTE}")
+        print(f"      {TEMPLATES['mni152'].source_note}")
         announce()
         self.run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", CONFIGURATION,
                   "-np", "2"])

@@ -1,12 +1,8 @@
-"""A small labelled nnU-Net raw dataset built from real anatomy that installs offline.
+"""Small labelled nnU-Net raw datasets built from real anatomy that installs offline.
 
-Source: the MNI152 2009 T1 template that nilearn ships, with its grey- and white-matter
-probability maps. Label: inside nilearn's brain mask, the argmax of (CSF = 1 - GM - WM, GM, WM),
-so 0 = background and CSF, 1 = grey matter, 2 = white matter.
-
-Every case comes from this ONE template: a random smooth elastic deformation with a small
-rotation and scaling, a random crop, and random intensity changes (gamma, contrast, bias field,
-noise). The cases are not independent subjects, and figures made with them must say so.
+Every case comes from ONE template (``templates.py``): a random smooth elastic deformation with a
+small rotation and scaling, a random crop, and random intensity changes (gamma, contrast, bias
+field, noise). The cases are not independent subjects, and figures made with them must say so.
 """
 import json
 import os
@@ -16,28 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-LABELS = {"background": 0, "grey_matter": 1, "white_matter": 2}
-SOURCE_NOTE = ("all cases are deformations of ONE template (MNI152 2009, via nilearn); they are not "
-               "independent subjects")
-
-
-def load_template(spacing_mm: float) -> Tuple[np.ndarray, np.ndarray]:
-    """The MNI T1 template and tissue probabilities (3, Z, Y, X), resampled to ``spacing_mm``."""
-    from nilearn import datasets  # bundled with the package: no download
-
-    def array(image):
-        return np.asarray(image.dataobj, dtype=np.float32)
-
-    t1 = array(datasets.load_mni152_template(resolution=1))
-    gm = array(datasets.load_mni152_gm_template(resolution=1))
-    wm = array(datasets.load_mni152_wm_template(resolution=1))
-    brain = array(datasets.load_mni152_brain_mask(resolution=1)) > 0
-    csf = np.clip(1 - gm - wm, 0, 1)
-    probabilities = np.stack([np.where(brain, csf, 1.0), gm * brain, wm * brain])
-    zoom = 1.0 / spacing_mm
-    t1 = ndimage.zoom(t1, zoom, order=1)
-    probabilities = np.stack([ndimage.zoom(p, zoom, order=1) for p in probabilities])
-    return t1, probabilities
+from nnunet_mim.data.templates import TEMPLATES
 
 
 def random_deformation(shape, rng: np.random.Generator, amplitude: float, smoothness: float,
@@ -91,23 +66,27 @@ def write_nifti(array: np.ndarray, spacing_mm: float, filename: str) -> None:
 
 def write_example_dataset(raw_folder: str, dataset_id: int = 990, num_train: int = 6, num_test: int = 3,
                           spacing_mm: float = 4.0, seed: int = 0, name: str = "MNIDemo", channels: int = 1,
-                          binary: bool = False) -> Dict[str, str]:
+                          binary: bool = False, template: str = "mni152") -> Dict[str, str]:
     """Write ``Dataset{id}_{name}`` into ``raw_folder``: imagesTr/labelsTr, imagesTs and labelsTs
     (the held-out reference, not used by nnU-Net). Refuses to touch an existing dataset.
 
     ``channels`` > 1 adds contrast-inverted copies (a stand-in for a second MR sequence);
-    ``binary`` merges grey and white matter into one "brain" label."""
+    ``binary`` merges all foreground classes into one "brain" label. ``template``: a name in
+    ``templates.TEMPLATES``."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; choose from {sorted(TEMPLATES)}")
+    anatomy = TEMPLATES[template]
     folder = os.path.join(raw_folder, f"Dataset{dataset_id:03d}_{name}")
     if os.path.exists(folder):
         raise FileExistsError(f"{folder} exists; refusing to overwrite a dataset")
+    t1, probabilities = anatomy.load(spacing_mm)  # before any folder exists: a missing source leaves nothing
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         os.makedirs(os.path.join(folder, sub))
-    t1, probabilities = load_template(spacing_mm)
     rng = np.random.default_rng(seed)
     for i in range(num_train + num_test):
         split = "Tr" if i < num_train else "Ts"
         image, label = make_case(t1, probabilities, rng)
-        case = f"mni_{i:03d}"
+        case = f"{anatomy.case_prefix}_{i:03d}"
         for c in range(channels):
             channel = image if c == 0 else (image.max() - image) * rng.uniform(0.5, 1.5)
             write_nifti(channel, spacing_mm, os.path.join(folder, f"images{split}", f"{case}_{c:04d}.nii.gz"))
@@ -115,8 +94,8 @@ def write_example_dataset(raw_folder: str, dataset_id: int = 990, num_train: int
             label = (label > 0).astype(np.uint8)
         write_nifti(label, spacing_mm, os.path.join(folder, f"labels{split}", f"{case}.nii.gz"))
     with open(os.path.join(folder, "dataset.json"), "w") as f:
-        labels = {"background": 0, "brain": 1} if binary else LABELS
-        channel_names = {str(c): "T1" if c == 0 else f"inverted_{c}" for c in range(channels)}
+        labels = {"background": 0, "brain": 1} if binary else anatomy.labels
+        channel_names = {str(c): anatomy.channel_name if c == 0 else f"inverted_{c}" for c in range(channels)}
         json.dump({"channel_names": channel_names, "labels": labels, "numTraining": num_train,
-                   "file_ending": ".nii.gz", "description": SOURCE_NOTE}, f, indent=2)
+                   "file_ending": ".nii.gz", "description": anatomy.source_note}, f, indent=2)
     return {"folder": folder, "name": os.path.basename(folder)}

@@ -1,0 +1,95 @@
+"""The example datasets' templates: the Colin27 lobe map on a synthetic atlas laid out like
+mricron-data's files, and on the real one where it is installed."""
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_mim.data import templates
+from nnunet_mim.data.example import write_example_dataset
+
+
+def write_volume(array, path):
+    sitk.WriteImage(sitk.GetImageFromArray(array), path)
+
+
+@pytest.fixture
+def fake_mricron(tmp_path, monkeypatch):
+    """A 20x20x40 'head': brain = the central box; AAL region 1 (a frontal code) in the low-x
+    end, region 2 (a temporal code) in the high-x end, white matter (no AAL label) between."""
+    aal = np.zeros((20, 20, 40), np.uint8)
+    aal[8:12, 8:12, 4:8] = 1
+    aal[8:12, 8:12, 32:36] = 2
+    brain = np.zeros_like(aal)
+    brain[2:18, 2:18, 2:38] = 1
+    brain[10, 10, 20] = 0  # a hole (a ventricle ch2bet left out): filled
+    write_volume(aal, str(tmp_path / "aal.nii.gz"))
+    write_volume(brain * 100, str(tmp_path / "ch2bet.nii.gz"))
+    write_volume(np.full_like(aal, 50), str(tmp_path / "ch2.nii.gz"))
+    (tmp_path / "aal.nii.txt").write_text("1 Precentral_L 2001\n2 Temporal_Sup_L 8111\n\n")
+    monkeypatch.setattr(templates, "MRICRON_TEMPLATES", str(tmp_path))
+    return aal, brain
+
+
+def test_lobe_map_assigns_each_brain_voxel_the_family_of_its_nearest_region(fake_mricron):
+    aal, brain = fake_mricron
+    lobes = templates.colin27_lobe_map()
+    frontal = 1 + list(templates.AAL_FAMILIES).index(2)
+    temporal = 1 + list(templates.AAL_FAMILIES).index(8)
+    assert (lobes[aal == 1] == frontal).all() and (lobes[aal == 2] == temporal).all()
+    outside = brain == 0
+    outside[10, 10, 20] = False  # the filled hole
+    assert (lobes[outside] == 0).all()
+    # white matter: the nearer region decides (regions end at x=7 and start at x=32); the hole is brain
+    assert (lobes[2:18, 2:18, 2:20] == frontal).all()
+    assert (lobes[2:18, 2:18, 20:38] == temporal).all()
+    assert set(np.unique(lobes)) == {0, frontal, temporal}
+
+
+def test_colin27_example_dataset_labels_match_dataset_json(fake_mricron, tmp_path):
+    written = write_example_dataset(str(tmp_path / "raw"), 995, num_train=2, num_test=1, spacing_mm=2.0,
+                                    name="Fake", template="colin27-lobes")
+    meta = json.load(open(os.path.join(written["folder"], "dataset.json")))
+    assert meta["labels"] == {"background": 0, **{n: i + 1 for i, n in enumerate(templates.AAL_FAMILIES.values())}}
+    assert "ONE subject" in meta["description"]
+    assert sorted(os.listdir(os.path.join(written["folder"], "labelsTr"))) == ["colin_000.nii.gz", "colin_001.nii.gz"]
+    label = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(written["folder"], "labelsTr", "colin_000.nii.gz")))
+    assert set(np.unique(label)) <= set(meta["labels"].values())
+    assert (label > 0).any()
+
+
+def test_missing_mricron_data_is_named_and_leaves_no_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(templates, "MRICRON_TEMPLATES", str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="apt-get install -y mricron-data"):
+        write_example_dataset(str(tmp_path), 996, template="colin27-lobes")
+    assert not os.path.exists(tmp_path / "Dataset996_MNIDemo")
+
+
+def test_unknown_template_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="colin27-lobes"):
+        write_example_dataset(str(tmp_path), 997, template="colin")
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(templates.MRICRON_TEMPLATES, "aal.nii.gz")),
+                    reason="Debian mricron-data is not installed (.ci/run installs it when apt can)")
+def test_real_colin27_lobes_are_plausible():
+    lobes = templates.colin27_lobe_map()
+    volumes_ml = np.bincount(lobes.ravel(), minlength=len(templates.AAL_FAMILIES) + 1)[1:] / 1000  # 1 mm voxels
+    assert (volumes_ml > 5).all(), volumes_ml  # every family present
+    assert 1000 < volumes_ml.sum() < 1900, volumes_ml.sum()  # an adult brain, in ml
+    families = list(templates.AAL_FAMILIES.values())
+    assert volumes_ml[families.index("frontal")] == volumes_ml.max()  # the largest lobe
+
+
+def test_example_dataset_command_writes_into_nnunet_raw_and_refuses_to_overwrite(fake_mricron, tmp_path, monkeypatch,
+                                                                                 capsys):
+    from nnunet_mim.cli import main
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    args = ["example-dataset", "998", "--template", "colin27-lobes", "--num-train", "2", "--spacing", "2"]
+    assert main(args) == 0
+    assert os.path.isfile(tmp_path / "raw" / "Dataset998_Colin27Lobes" / "dataset.json")
+    assert "ONE subject" in capsys.readouterr().out
+    assert main(args) == 1
+    assert "refusing to overwrite" in capsys.readouterr().err
