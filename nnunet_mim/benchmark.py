@@ -152,8 +152,7 @@ class DownstreamBenchmark:
             bar.set_description(f"pre-training {method}")
             checkpoints[method] = self.pretrain(method)
             bar.update()
-        labels = load_json(os.path.join(self.source, "dataset.json"))["labels"]
-        names = {str(value): name for name, value in labels.items()}
+        names = class_names(load_json(os.path.join(self.source, "dataset.json"))["labels"])
         rows = []
         for fraction in self.fractions:
             for fold in self.folds:
@@ -172,6 +171,14 @@ class DownstreamBenchmark:
                     bar.update()
         bar.close()
         return rows
+
+
+def class_names(labels: Dict[str, object]) -> Dict[str, str]:
+    """summary.json key -> class name from dataset.json "labels": nnU-Net keys a label by its
+    value ("2") and a region by its tuple of labels ("(1, 2, 3)")."""
+    from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
+    return {label_or_region_to_key(tuple(value) if isinstance(value, list) else value): name
+            for name, value in labels.items()}
 
 
 def arms_in(rows: List[dict]) -> List[str]:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import run
-from nnunet_mim.benchmark import ARMS, label_fraction_splits, summarise
+from nnunet_mim.benchmark import ARMS, class_names, label_fraction_splits, summarise
 
 
 def test_label_fraction_splits_are_nested_and_keep_validation():
@@ -21,6 +21,16 @@ def test_label_fraction_splits_are_nested_and_keep_validation():
         assert small[k]["val"] == splits[k]["val"]
     assert label_fraction_splits(splits, 0.25, 0) == small  # seeded
     assert label_fraction_splits(splits, 0.25, 1) != small
+
+
+def test_class_names_match_nnunet_summary_keys_for_labels_and_regions():
+    from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+    labels = {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing": 3}
+    manager = LabelManager(labels, regions_class_order=[1, 2, 3])
+    keys = [label_or_region_to_key(r) for r in manager.foreground_regions]  # as nnU-Net writes summary.json
+    assert [class_names(labels)[k] for k in keys] == ["whole_tumor", "tumor_core", "enhancing"]
+    assert class_names({"background": 0, "liver": 1})["1"] == "liver"
 
 
 def test_summary_pairs_folds_against_scratch():
