@@ -9,15 +9,13 @@ Schedules (all AdamW, 3e-4, weight decay 0.05, 10% linear warm-up, cosine):
     layer decay    lr x 0.75^(layers above) along the pre-trained encoder (..._LayerDecay)
     decoder first  pre-trained encoder frozen for the first 10% of the epochs (..._DecoderFirst)
 
-Prints a table (mean Dice over folds, difference to the default, paired t-test) and writes
+Prints a table (Dice per class and mean over folds, difference to the default, paired t-test) and writes
 schedules.md/.csv/.png into WORK/results. "default" is the benchmark's MiM arm: a work folder
 shared with `nnunet-mim benchmark` reuses those runs (same trainer, folds and checkpoint).
 """
 import argparse
 import os
 import sys
-
-from batchgenerators.utilities.file_and_folder_operations import load_json
 
 from nnunet_mim.benchmark import BUDGETS, DownstreamBenchmark, write_outputs
 
@@ -47,9 +45,8 @@ def main() -> int:
                 # the default schedule is the benchmark's MiM arm: same results folder, reused if done
                 env = bench.fraction_env(fraction, "MiM" if not suffix else f"MiM-{suffix.strip('_')}")
                 folder = bench.train(env, base + suffix, fold, checkpoint)
-                summary = load_json(os.path.join(folder, "validation", "summary.json"))
-                rows.append({"arm": schedule, "fraction": fraction, "fold": fold, "class": "mean",
-                             "dice": summary["foreground_mean"]["Dice"], "trainer": base + suffix})
+                rows += bench.scores(folder, {"arm": schedule, "fraction": fraction, "fold": fold,
+                                              "trainer": base + suffix})
     title = (f"Fine-tuning schedules after MiM pre-training: {bench.dataset_name}, budget '{args.budget}', "
              f"folds {args.folds}" + (f"; {args.note}" if args.note else ""))
     print(write_outputs(rows, os.path.join(bench.work, "results"), title, reference="default", name="schedules"))

@@ -152,7 +152,6 @@ class DownstreamBenchmark:
             bar.set_description(f"pre-training {method}")
             checkpoints[method] = self.pretrain(method)
             bar.update()
-        names = class_names(load_json(os.path.join(self.source, "dataset.json"))["labels"])
         rows = []
         for fraction in self.fractions:
             for fold in self.folds:
@@ -162,15 +161,19 @@ class DownstreamBenchmark:
                     trainer = {"nnU-Net": self.budget.stock, "scratch": self.budget.scratch}.get(arm,
                                                                                                  self.budget.finetune)
                     folder = self.train(env, trainer, fold, checkpoints.get(arm))
-                    summary = load_json(os.path.join(folder, "validation", "summary.json"))
-                    for label, metrics in summary["mean"].items():  # keyed by label value (or region)
-                        rows.append({"arm": arm, "fraction": fraction, "fold": fold, "class": names.get(label, label),
-                                     "label": label, "dice": metrics["Dice"], "trainer": trainer})
-                    rows.append({"arm": arm, "fraction": fraction, "fold": fold, "class": "mean", "label": "",
-                                 "dice": summary["foreground_mean"]["Dice"], "trainer": trainer})
+                    rows += self.scores(folder, {"arm": arm, "fraction": fraction, "fold": fold, "trainer": trainer})
                     bar.update()
         bar.close()
         return rows
+
+    def scores(self, run_folder: str, run: dict) -> List[dict]:
+        """One row per class and one for the mean foreground Dice of a finished fold (nnU-Net's
+        own validation summary), each row ``run`` plus class, label and dice."""
+        names = class_names(load_json(os.path.join(self.source, "dataset.json"))["labels"])
+        summary = load_json(os.path.join(run_folder, "validation", "summary.json"))
+        rows = [dict(run, **{"class": names.get(key, key), "label": key, "dice": metrics["Dice"]})
+                for key, metrics in summary["mean"].items()]  # keyed by label value or region
+        return rows + [dict(run, **{"class": "mean", "label": "", "dice": summary["foreground_mean"]["Dice"]})]
 
 
 def class_names(labels: Dict[str, object]) -> Dict[str, str]:
