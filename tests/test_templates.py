@@ -1,5 +1,6 @@
 """The example datasets' templates: the Colin27 lobe map on a synthetic atlas laid out like
-mricron-data's files, and on the real one where it is installed."""
+mricron-data's files, and on the real one where it is installed; the `example-dataset` command;
+the intensity-only ceiling that tells intensity-decided from context-decided labels."""
 import json
 import os
 
@@ -93,3 +94,32 @@ def test_example_dataset_command_writes_into_nnunet_raw_and_refuses_to_overwrite
     assert "ONE subject" in capsys.readouterr().out
     assert main(args) == 1
     assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_intensity_only_ceiling_separates_intensity_from_position_labels(tmp_path):
+    """benchmarks/intensity_only.py: labels that follow intensity score 1, labels that follow
+    position only (one intensity everywhere in the foreground) score no better than one class."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "intensity_only", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "intensity_only.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    intensity_only_dice = module.intensity_only_dice
+    rng = np.random.default_rng(0)
+    for name, by_intensity in (("Intensity", True), ("Position", False)):
+        folder = tmp_path / name
+        for sub in ("imagesTr", "labelsTr"):
+            (folder / sub).mkdir(parents=True)
+        for case in range(2):
+            label = np.zeros((8, 8, 8), np.uint8)
+            label[2:6, 2:6, 2:4], label[2:6, 2:6, 4:6] = 1, 2
+            image = rng.normal(0, 0.01, label.shape) + (label if by_intensity else label > 0)
+            write_volume(image.astype(np.float32), str(folder / "imagesTr" / f"c{case}_0000.nii.gz"))
+            write_volume(label, str(folder / "labelsTr" / f"c{case}.nii.gz"))
+        (folder / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz", "channel_names": {"0": "MR"},
+                                                         "labels": {"background": 0, "left": 1, "right": 2}}))
+        dice = intensity_only_dice(str(folder))["dice"]
+        if by_intensity:
+            assert dice["all voxels"]["mean"] == dice["foreground given"]["mean"] == 1.0
+        else:
+            assert dice["all voxels"]["mean"] <= 0.5 and dice["foreground given"]["mean"] <= 0.5
