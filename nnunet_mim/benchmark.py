@@ -9,7 +9,9 @@ same plan, budget, seeds and folds, through nnU-Net's own commands:
     MiM          MiM self pre-training, then nnUNetTrainerMiMFinetune
     MiM-noalign  MiM without cross-level alignment (ablation), then fine-tuning
 
-Self pre-training uses the images of all training cases (labels never), once per method.
+Self pre-training uses the images of all training cases (labels never), once per method;
+``--pretrain-dataset`` pre-trains on another planned dataset instead (e.g. a collection made with
+``nnunet-mim pretrain-dataset create --like DATASET``, so that the networks match).
 Label fraction f keeps, in every fold, the first round(f * n) training cases of a fixed
 per-fold permutation (so 10% is inside 25% is inside 100%); validation cases are unchanged.
 Each fraction gets its own nnUNet_preprocessed folder (links to the dataset's files plus its own
@@ -69,15 +71,19 @@ def label_fraction_splits(splits: List[dict], fraction: float, seed: int) -> Lis
 class DownstreamBenchmark:
     def __init__(self, dataset: str, configuration: str, folds: Sequence[int], fractions: Sequence[float],
                  budget: str, work_folder: str, seed: int = 0, arms: Sequence[str] = ARMS,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, pretrain_dataset: Optional[str] = None):
         from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
         for var in ("nnUNet_raw", "nnUNet_preprocessed"):
             if var not in os.environ:
                 raise RuntimeError(f"{var} is not set: the benchmark reads the dataset from nnU-Net's folders")
         self.dataset_name = maybe_convert_to_dataset_name(dataset)
         self.source = os.path.join(os.environ["nnUNet_preprocessed"], self.dataset_name)
-        if not os.path.isfile(os.path.join(self.source, "nnUNetPlans.json")):
-            raise RuntimeError(f"{self.source} has no nnUNetPlans.json: run nnUNetv2_plan_and_preprocess first")
+        self.pretrain_dataset_name = maybe_convert_to_dataset_name(pretrain_dataset or dataset)
+        for name in {self.dataset_name, self.pretrain_dataset_name}:
+            plans = os.path.join(os.environ["nnUNet_preprocessed"], name, "nnUNetPlans.json")
+            if not os.path.isfile(plans):
+                raise RuntimeError(f"{plans} not found: run nnUNetv2_plan_and_preprocess (or nnunet-mim "
+                                   f"pretrain-dataset create) for {name} first")
         self.configuration, self.folds, self.fractions = configuration, list(folds), list(fractions)
         self.budget, self.budget_name, self.seed, self.arms = BUDGETS[budget], budget, seed, list(arms)
         if device is None:
@@ -118,14 +124,16 @@ class DownstreamBenchmark:
                     nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer", "")))
 
     # ---- runs ----------------------------------------------------------------------------------
-    def train(self, env: Dict[str, str], trainer: str, fold, pretrained: Optional[str] = None) -> str:
-        folder = os.path.join(env["nnUNet_results"], self.dataset_name,
+    def train(self, env: Dict[str, str], trainer: str, fold, pretrained: Optional[str] = None,
+              dataset: Optional[str] = None) -> str:
+        dataset = dataset or self.dataset_name
+        folder = os.path.join(env["nnUNet_results"], dataset,
                               f"{trainer}__nnUNetPlans__{self.configuration}", f"fold_{fold}")
         done = os.path.join(folder, "validation", "summary.json") if fold != "all" else \
             os.path.join(folder, "checkpoint_final.pth")
         if os.path.isfile(done):  # rerunning the benchmark continues where it stopped
             return folder
-        args = [nnunet_command("nnUNetv2_train"), self.dataset_name, self.configuration, str(fold), "-tr", trainer,
+        args = [nnunet_command("nnUNetv2_train"), dataset, self.configuration, str(fold), "-tr", trainer,
                 "-device", self.device]
         if any(os.path.isfile(os.path.join(folder, c)) for c in CHECKPOINTS):
             args += ["--c"]  # an interrupted run: continue it (its weights already hold the pre-training)
@@ -140,7 +148,8 @@ class DownstreamBenchmark:
 
     def pretrain(self, method: str) -> str:
         env = self.env(os.environ["nnUNet_preprocessed"], os.path.join(self.work, "pretraining", "nnUNet_results"))
-        return os.path.join(self.train(env, self.budget.pretrain[method], "all"), "checkpoint_final.pth")
+        return os.path.join(self.train(env, self.budget.pretrain[method], "all", dataset=self.pretrain_dataset_name),
+                            "checkpoint_final.pth")
 
     def run(self) -> List[dict]:
         from tqdm import tqdm

@@ -46,6 +46,30 @@ def test_summary_pairs_folds_against_scratch():
     assert math.isclose(other["scratch"]["diff_vs_reference"], -(0.1 + 0.05 + 0.1) / 3)
 
 
+def test_pretraining_on_another_dataset(nnunet_env, tmp_path, monkeypatch):
+    """--pretrain-dataset: refused with the missing plan named until that dataset is planned; then
+    the pre-training runs on it."""
+    import shutil
+    from nnunet_mim.benchmark import DownstreamBenchmark
+    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(key, nnunet_env[key])
+    with pytest.raises(RuntimeError, match="Dataset995_Pre/nnUNetPlans.json not found"):
+        DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
+                            pretrain_dataset="Dataset995_Pre")
+    preprocessed = tmp_path / "pre"
+    shutil.copytree(nnunet_env["nnUNet_preprocessed"], preprocessed, symlinks=True)
+    (preprocessed / "Dataset995_Pre").mkdir()
+    shutil.copy(preprocessed / "Dataset991_E2E" / "nnUNetPlans.json", preprocessed / "Dataset995_Pre")
+    monkeypatch.setenv("nnUNet_preprocessed", str(preprocessed))
+    bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
+                                arms=["MiM"], pretrain_dataset="Dataset995_Pre")
+    calls = []
+    monkeypatch.setattr(bench, "train", lambda env, trainer, fold, pretrained=None, dataset=None:
+                        calls.append((trainer, fold, dataset)) or str(tmp_path))
+    bench.pretrain("MiM")
+    assert calls == [("nnUNetTrainerMiMPretrain_T_CPUsmoke", "all", "Dataset995_Pre")]
+
+
 @pytest.mark.slow  # 13 nnU-Net runs: about 6 minutes on 2 cores; `python -m pytest -m slow`
 def test_all_arms_run_and_the_table_matches_the_runs(nnunet_env, tmp_path):
     work = tmp_path / "bench"
