@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--configuration", default="3d_fullres")
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0])
-    p.add_argument("--budget", choices=["smoke", "cpu", "gpu"], default="cpu")
+    p.add_argument("--budget", choices=list(benchmark_module.BUDGETS), default="cpu")
     p.add_argument("--arms", nargs="+", default=["nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"])
     p.add_argument("--pretrain-dataset", default=None, help="pre-train on this planned dataset (ID or name) "
                    "instead of the benchmark dataset's own training images")
