@@ -88,6 +88,7 @@ class DownstreamBenchmark:
             if not os.path.isfile(plans):
                 raise RuntimeError(f"{plans} not found: run nnUNetv2_plan_and_preprocess (or nnunet-mim "
                                    f"pretrain-dataset create) for {name} first")
+        self.class_names = class_names(load_json(os.path.join(self.source, "dataset.json"))["labels"])
         self.configuration, self.folds, self.fractions = configuration, list(folds), list(fractions)
         self.budget, self.budget_name, self.seed, self.arms = BUDGETS[budget], budget, seed, list(arms)
         if device is None:
@@ -182,9 +183,8 @@ class DownstreamBenchmark:
     def scores(self, run_folder: str, run: dict) -> List[dict]:
         """One row per class and one for the mean foreground Dice of a finished fold (nnU-Net's
         own validation summary), each row ``run`` plus class, label and dice."""
-        names = class_names(load_json(os.path.join(self.source, "dataset.json"))["labels"])
         summary = load_json(os.path.join(run_folder, "validation", "summary.json"))
-        rows = [dict(run, **{"class": names.get(key, key), "label": key, "dice": metrics["Dice"]})
+        rows = [dict(run, **{"class": self.class_names.get(key, key), "label": key, "dice": metrics["Dice"]})
                 for key, metrics in summary["mean"].items()]  # keyed by label value or region
         return rows + [dict(run, **{"class": "mean", "label": "", "dice": summary["foreground_mean"]["Dice"]})]
 
