@@ -25,7 +25,9 @@ SCHEDULES = {"default": "", "layer decay": "_LayerDecay", "decoder first": "_Dec
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset")
-    parser.add_argument("--budget", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--budget", choices=["cpu", "cpu-long", "gpu"], default="cpu")
+    parser.add_argument("--schedules", nargs="+", choices=list(SCHEDULES), default=list(SCHEDULES),
+                        help="the default is always run: it is the reference")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25])
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--seed", type=int, default=0)
@@ -41,7 +43,8 @@ def main() -> int:
     rows = []
     for fraction in args.fractions:
         for fold in args.folds:
-            for schedule, suffix in SCHEDULES.items():
+            for schedule in dict.fromkeys(["default", *args.schedules]):
+                suffix = SCHEDULES[schedule]
                 # the default schedule is the benchmark's MiM arm: same results folder, reused if done
                 env = bench.fraction_env(fraction, "MiM" if not suffix else f"MiM-{suffix.strip('_')}")
                 folder = bench.train(env, base + suffix, fold, checkpoint)

@@ -195,6 +195,14 @@ class nnUNetTrainerMiMFinetune_T_CPUdemo_DecoderFirst(DecoderFirst, nnUNetTraine
     pass
 
 
+class nnUNetTrainerMiMFinetune_T_CPUlong_LayerDecay(LayerDecay, nnUNetTrainerMiMFinetune_T_CPUlong):
+    pass
+
+
+class nnUNetTrainerMiMFinetune_T_CPUlong_DecoderFirst(DecoderFirst, nnUNetTrainerMiMFinetune_T_CPUlong):
+    pass
+
+
 class nnUNetTrainerMiMFinetune_T_CPUsmoke(FinetuneCPUSmokeBudget, nnUNetTrainerMiMFinetune):
     pass
 

@@ -6,6 +6,7 @@ from nnunet_mim.variants import (  # noqa: F401
     nnUNetTrainerMiMFinetune_250ep_LayerDecay, nnUNetTrainerMiMFinetune_DecoderFirst,
     nnUNetTrainerMiMFinetune_LayerDecay, nnUNetTrainerMiMFinetune_S, nnUNetTrainerMiMFinetune_T_CPUdemo,
     nnUNetTrainerMiMFinetune_T_CPUdemo_DecoderFirst, nnUNetTrainerMiMFinetune_T_CPUdemo_LayerDecay,
-    nnUNetTrainerMiMFinetune_T_CPUlong, nnUNetTrainerMiMFinetune_T_CPUsmoke, nnUNetTrainerMiMScratch_100ep,
+    nnUNetTrainerMiMFinetune_T_CPUlong, nnUNetTrainerMiMFinetune_T_CPUlong_DecoderFirst,
+    nnUNetTrainerMiMFinetune_T_CPUlong_LayerDecay, nnUNetTrainerMiMFinetune_T_CPUsmoke, nnUNetTrainerMiMScratch_100ep,
     nnUNetTrainerMiMScratch_250ep, nnUNetTrainerMiMScratch_S, nnUNetTrainerMiMScratch_T_CPUdemo,
     nnUNetTrainerMiMScratch_T_CPUlong, nnUNetTrainerMiMScratch_T_CPUsmoke)
