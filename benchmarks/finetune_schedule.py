@@ -4,10 +4,13 @@ decay and a decoder-first start, from the same MiM pre-training, on the same fol
     python benchmarks/finetune_schedule.py DATASET --budget cpu --fractions 0.25 --folds 0 1 2 \\
         --work-folder WORK     # WORK of an earlier `nnunet-mim benchmark`: its runs are reused
 
-Schedules (all AdamW, 3e-4, weight decay 0.05, 10% linear warm-up, cosine):
+Schedules (all AdamW at the budget's peak lr, weight decay 0.05, 10% linear warm-up, cosine):
     default        every layer at the same rate (nnUNetTrainerMiMFinetune)
-    layer decay    lr x 0.75^(layers above) along the pre-trained encoder (..._LayerDecay)
-    decoder first  pre-trained encoder frozen for the first 10% of the epochs (..._DecoderFirst)
+    layer-decay    lr x 0.75^(layers above) along the pre-trained encoder (..._LayerDecay)
+    decoder-first  pre-trained encoder frozen for the first 10% of the epochs (..._DecoderFirst)
+
+Whether a schedule's gain comes from the pre-training: `nnunet-mim benchmark --schedule S` runs
+the scratch arm with the same schedule.
 
 Prints a table (Dice per class and mean over folds, difference to the default, paired t-test) and writes
 schedules.md/.csv/.png into WORK/results. "default" is the benchmark's MiM arm: a work folder
@@ -17,9 +20,7 @@ import argparse
 import os
 import sys
 
-from nnunet_mim.benchmark import BUDGETS, DownstreamBenchmark, write_outputs
-
-SCHEDULES = {"default": "", "layer decay": "_LayerDecay", "decoder first": "_DecoderFirst"}
+from nnunet_mim.benchmark import BUDGETS, SCHEDULES, DownstreamBenchmark, write_outputs
 
 
 def main() -> int:
@@ -44,12 +45,10 @@ def main() -> int:
     for fraction in args.fractions:
         for fold in args.folds:
             for schedule in dict.fromkeys(["default", *args.schedules]):
-                suffix = SCHEDULES[schedule]
-                # the default schedule is the benchmark's MiM arm: same results folder, reused if done
-                env = bench.fraction_env(fraction, "MiM" if not suffix else f"MiM-{suffix.strip('_')}")
-                folder = bench.train(env, base + suffix, fold, checkpoint)
-                rows += bench.scores(folder, {"arm": schedule, "fraction": fraction, "fold": fold,
-                                              "trainer": base + suffix})
+                trainer = base + SCHEDULES[schedule]
+                # the benchmark's MiM arm folder: its runs with the same trainer are reused
+                folder = bench.train(bench.fraction_env(fraction, "MiM"), trainer, fold, checkpoint)
+                rows += bench.scores(folder, {"arm": schedule, "fraction": fraction, "fold": fold, "trainer": trainer})
     title = (f"Fine-tuning schedules after MiM pre-training: {bench.dataset_name}, budget '{args.budget}', "
              f"folds {args.folds}" + (f"; {args.note}" if args.note else ""))
     print(write_outputs(rows, os.path.join(bench.work, "results"), title, reference="default", name="schedules"))

@@ -60,6 +60,8 @@ BUDGETS = {
                    "MiM-noalign": "nnUNetTrainerMiMPretrainNoAlign_100ep"}),
 }
 ARMS = ["nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"]
+# fine-tuning schedules: the suffix of their trainer variants (nnunet_mim/variants.py)
+SCHEDULES = {"default": "", "layer-decay": "_LayerDecay", "decoder-first": "_DecoderFirst"}
 
 
 def label_fraction_splits(splits: List[dict], fraction: float, seed: int) -> List[dict]:
@@ -75,7 +77,7 @@ def label_fraction_splits(splits: List[dict], fraction: float, seed: int) -> Lis
 class DownstreamBenchmark:
     def __init__(self, dataset: str, configuration: str, folds: Sequence[int], fractions: Sequence[float],
                  budget: str, work_folder: str, seed: int = 0, arms: Sequence[str] = ARMS,
-                 device: Optional[str] = None, pretrain_dataset: Optional[str] = None):
+                 device: Optional[str] = None, pretrain_dataset: Optional[str] = None, schedule: str = "default"):
         from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
         for var in ("nnUNet_raw", "nnUNet_preprocessed"):
             if var not in os.environ:
@@ -91,6 +93,11 @@ class DownstreamBenchmark:
         self.class_names = class_names(load_json(os.path.join(self.source, "dataset.json"))["labels"])
         self.configuration, self.folds, self.fractions = configuration, list(folds), list(fractions)
         self.budget, self.budget_name, self.seed, self.arms = BUDGETS[budget], budget, seed, list(arms)
+        self.schedule = schedule
+        from nnunet_mim import variants
+        for arm in ("scratch", "MiM"):
+            if not hasattr(variants, self.trainer(arm)):
+                raise ValueError(f"budget '{budget}' has no '{schedule}' schedule ({self.trainer(arm)} does not exist)")
         if device is None:
             import torch
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -129,6 +136,13 @@ class DownstreamBenchmark:
                     nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer", "")))
 
     # ---- runs ----------------------------------------------------------------------------------
+    def trainer(self, arm: str) -> str:
+        """The arm's trainer. The schedule applies to scratch and the pre-trained arms alike, so they
+        still differ only in their initial weights; the stock reference keeps nnU-Net's own."""
+        if arm == "nnU-Net":
+            return self.budget.stock
+        return (self.budget.scratch if arm == "scratch" else self.budget.finetune) + SCHEDULES[self.schedule]
+
     def train(self, env: Dict[str, str], trainer: str, fold, pretrained: Optional[str] = None,
               dataset: Optional[str] = None) -> str:
         dataset = dataset or self.dataset_name
@@ -172,8 +186,7 @@ class DownstreamBenchmark:
                 for arm in self.arms:
                     env = self.fraction_env(fraction, arm)
                     bar.set_description(f"{arm}, {fraction:.0%} labels, fold {fold}")
-                    trainer = {"nnU-Net": self.budget.stock, "scratch": self.budget.scratch}.get(arm,
-                                                                                                 self.budget.finetune)
+                    trainer = self.trainer(arm)
                     folder = self.train(env, trainer, fold, checkpoints.get(arm))
                     rows += self.scores(folder, {"arm": arm, "fraction": fraction, "fold": fold, "trainer": trainer})
                     bar.update()

@@ -46,12 +46,13 @@ def cmd_adapt_checkpoint(args) -> int:
 def cmd_benchmark(args) -> int:
     from nnunet_mim.benchmark import DownstreamBenchmark, write_outputs
     bench = DownstreamBenchmark(args.dataset, args.configuration, args.folds, args.fractions, args.budget,
-                                args.work_folder, args.seed, args.arms, args.device, args.pretrain_dataset)
+                                args.work_folder, args.seed, args.arms, args.device, args.pretrain_dataset,
+                                args.schedule)
     rows = bench.run()
     pretraining = "" if bench.pretrain_dataset_name == bench.dataset_name else \
         f", pre-trained on {bench.pretrain_dataset_name}"
-    title = (f"{bench.dataset_name}, {args.configuration}, budget '{args.budget}', folds {args.folds}, "
-             f"seed {args.seed}{pretraining}" + (f"; {args.note}" if args.note else ""))
+    title = (f"{bench.dataset_name}, {args.configuration}, budget '{args.budget}', schedule {args.schedule}, "
+             f"folds {args.folds}, seed {args.seed}{pretraining}" + (f"; {args.note}" if args.note else ""))
     print(write_outputs(rows, args.results_folder or bench.work + "/results", title))
     return 0
 
@@ -135,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0])
     p.add_argument("--budget", choices=list(benchmark_module.BUDGETS), default="cpu")
     p.add_argument("--arms", nargs="+", default=["nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"])
+    p.add_argument("--schedule", choices=list(benchmark_module.SCHEDULES), default="default",
+                   help="fine-tuning schedule of scratch and the pre-trained arms (the stock arm keeps nnU-Net's)")
     p.add_argument("--pretrain-dataset", default=None, help="pre-train on this planned dataset (ID or name) "
                    "instead of the benchmark dataset's own training images")
     p.add_argument("--seed", type=int, default=0, help="seed of the label-fraction subsets")

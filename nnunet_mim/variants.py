@@ -203,6 +203,31 @@ class nnUNetTrainerMiMFinetune_T_CPUlong_DecoderFirst(DecoderFirst, nnUNetTraine
     pass
 
 
+# the same schedules from random weights: the matched scratch arm of `nnunet-mim benchmark --schedule`
+class nnUNetTrainerMiMScratch_250ep_LayerDecay(LayerDecay, nnUNetTrainerMiMScratch_250ep):
+    pass
+
+
+class nnUNetTrainerMiMScratch_250ep_DecoderFirst(DecoderFirst, nnUNetTrainerMiMScratch_250ep):
+    pass
+
+
+class nnUNetTrainerMiMScratch_T_CPUdemo_LayerDecay(LayerDecay, nnUNetTrainerMiMScratch_T_CPUdemo):
+    pass
+
+
+class nnUNetTrainerMiMScratch_T_CPUdemo_DecoderFirst(DecoderFirst, nnUNetTrainerMiMScratch_T_CPUdemo):
+    pass
+
+
+class nnUNetTrainerMiMScratch_T_CPUlong_LayerDecay(LayerDecay, nnUNetTrainerMiMScratch_T_CPUlong):
+    pass
+
+
+class nnUNetTrainerMiMScratch_T_CPUlong_DecoderFirst(DecoderFirst, nnUNetTrainerMiMScratch_T_CPUlong):
+    pass
+
+
 class nnUNetTrainerMiMFinetune_T_CPUsmoke(FinetuneCPUSmokeBudget, nnUNetTrainerMiMFinetune):
     pass
 

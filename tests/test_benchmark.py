@@ -70,6 +70,33 @@ def test_pretraining_on_another_dataset(nnunet_env, tmp_path, monkeypatch):
     assert calls == [("nnUNetTrainerMiMPretrain_T_CPUsmoke", "all", "Dataset995_Pre")]
 
 
+def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(nnunet_env, tmp_path, monkeypatch):
+    """--schedule: scratch and every fine-tuned arm get the same schedule variant (so they still
+    differ only in their initial weights), the stock arm keeps nnU-Net's own; every schedule exists
+    at the cpu, cpu-long and gpu budgets, and a budget without one is refused by name."""
+    from nnunet_mim import variants
+    from nnunet_mim.benchmark import BUDGETS, SCHEDULES, DownstreamBenchmark
+    from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMScratch
+    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(key, nnunet_env[key])
+    for budget in ("cpu", "cpu-long", "gpu"):
+        for schedule in SCHEDULES:
+            bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], budget, str(tmp_path / "w"),
+                                        schedule=schedule)
+            assert bench.trainer("MAE") == bench.trainer("MiM-noalign") == bench.trainer("MiM")
+            assert bench.trainer("nnU-Net") == BUDGETS[budget].stock
+            scratch, finetune = getattr(variants, bench.trainer("scratch")), getattr(variants, bench.trainer("MiM"))
+            assert issubclass(scratch, nnUNetTrainerMiMScratch) and not issubclass(finetune, nnUNetTrainerMiMScratch)
+            for setting in ("encoder_frozen_fraction", "layer_decay", "peak_lr", "epochs", "encoder_preset"):
+                assert getattr(scratch, setting) == getattr(finetune, setting), (budget, schedule, setting)
+            frozen = variants.DecoderFirst.encoder_frozen_fraction if schedule == "decoder-first" else 0.0
+            decay = variants.LayerDecay.layer_decay if schedule == "layer-decay" else 1.0
+            assert (finetune.encoder_frozen_fraction, finetune.layer_decay) == (frozen, decay)
+    with pytest.raises(ValueError, match="budget 'smoke' has no 'decoder-first' schedule"):
+        DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
+                            schedule="decoder-first")
+
+
 @pytest.mark.slow  # 13 nnU-Net runs: about 6 minutes on 2 cores; `python -m pytest -m slow`
 def test_all_arms_run_and_the_table_matches_the_runs(nnunet_env, tmp_path):
     work = tmp_path / "bench"
