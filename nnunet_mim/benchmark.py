@@ -12,6 +12,7 @@ same plan, budget, seeds and folds, through nnU-Net's own commands:
 Self pre-training uses the images of all training cases (labels never), once per method;
 ``--pretrain-dataset`` pre-trains on another planned dataset instead (e.g. a collection made with
 ``nnunet-mim pretrain-dataset create``).
+``--schedule`` fine-tunes scratch and the pre-trained arms with one schedule variant (SCHEDULES).
 Label fraction f keeps, in every fold, the first round(f * n) training cases of a fixed
 per-fold permutation (so 10% is inside 25% is inside 100%); validation cases are unchanged.
 Each fraction gets its own nnUNet_preprocessed folder (links to the dataset's files plus its own
