@@ -157,6 +157,9 @@ class FinetuneCPUDemoBudget:
     encoder_preset, epochs, iterations_per_epoch, val_iterations_per_epoch = "T", 10, 20, 2
     peak_lr = 3e-3
     test_time_mirroring = False
+    # nnU-Net's 50 would mean no checkpoint_latest.pth at all in these short runs: a killed run
+    # then continues (--c) from checkpoint_best.pth and redoes every epoch since the best one
+    checkpoint_every = 5
 
 
 class FinetuneCPUSmokeBudget(FinetuneCPUDemoBudget):
@@ -246,6 +249,7 @@ class nnUNetTrainerStockCNN_CPUdemo(nnUNetTrainer):
         self.num_epochs = self.budget.epochs
         self.num_iterations_per_epoch = self.budget.iterations_per_epoch
         self.num_val_iterations_per_epoch = self.budget.val_iterations_per_epoch
+        self.save_every = self.budget.checkpoint_every
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()

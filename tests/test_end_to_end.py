@@ -83,6 +83,26 @@ def test_resume_continues_exactly(nnunet_env):
     assert abs(losses["resumed"][1] - losses["uninterrupted"][1]) < 1e-6, losses
 
 
+CHECKPOINT_INTERVAL_SCRIPT = """
+import json, sys, torch
+from nnunetv2.run.run_training import get_trainer_from_args
+trainers = {name: get_trainer_from_args("991", "3d_fullres", "all", name, device=torch.device("cpu"))
+            for name in sys.argv[1:]}
+print(json.dumps({name: (t.num_epochs, t.save_every) for name, t in trainers.items()}))
+"""
+
+
+def test_cpu_budgets_write_checkpoint_latest_within_the_run(nnunet_env):
+    """nnU-Net writes checkpoint_latest.pth every `save_every` epochs (50 by default): the 10- and
+    30-epoch CPU budgets must write it during the run, so that --c after a kill loses little."""
+    names = ["nnUNetTrainerMiMFinetune_T_CPUdemo", "nnUNetTrainerMiMScratch_T_CPUlong_DecoderFirst",
+             "nnUNetTrainerStockCNN_CPUlong"]
+    out = run([sys.executable, "-c", CHECKPOINT_INTERVAL_SCRIPT, *names], nnunet_env).stdout.strip().splitlines()
+    intervals = json.loads(out[-1])
+    assert set(intervals) == set(names)
+    assert all(every < epochs for epochs, every in intervals.values()), intervals
+
+
 def test_finetune_loads_and_predicts(nnunet_env, finetuned, tmp_path):
     assert "encoder tensors loaded: 100.0%" in finetuned
     folder = output_folder(nnunet_env, FINETUNE)

@@ -33,6 +33,7 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
     epochs = 1000
     iterations_per_epoch = 250
     val_iterations_per_epoch = 50
+    checkpoint_every = 50          # epochs between checkpoint_latest.pth writes (nnU-Net's default)
     test_time_mirroring = True
     peak_lr = 3e-4                 # AdamW lr after the warm-up
     layer_decay = 1.0              # lr x layer_decay^(layers above); 1 = off (finetuning/param_groups.py)
@@ -45,6 +46,7 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
         self.num_epochs = self.epochs
         self.num_iterations_per_epoch = self.iterations_per_epoch
         self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+        self.save_every = self.checkpoint_every
         self.initial_lr = self.peak_lr
         self.weight_decay = 0.05
         self.warmup_fraction = 0.1
