@@ -119,16 +119,23 @@ class DownstreamBenchmark:
 
     def fraction_env(self, fraction: float, arm: str) -> Dict[str, str]:
         """The fraction's preprocessed folder; results per arm (the fine-tuned arms share one
-        trainer name, so they must not share a results folder)."""
-        root = os.path.join(self.work, f"labels_{int(round(fraction * 100)):03d}pct")
+        trainer name, so they must not share a results folder). Each seed (label draw) has its own
+        folders, so a rerun with another --seed never reuses another draw's runs; seed 0 keeps the
+        plain name that work folders from before seeds were named still use."""
+        name = f"labels_{int(round(fraction * 100)):03d}pct" + (f"_seed{self.seed}" if self.seed else "")
+        root = os.path.join(self.work, name)
         dataset = os.path.join(root, "nnUNet_preprocessed", self.dataset_name)
+        splits = label_fraction_splits(self.base_splits(), fraction, self.seed)
         if not os.path.isdir(dataset):
             os.makedirs(dataset)
             for entry in os.listdir(self.source):
                 if entry != "splits_final.json":
                     os.symlink(os.path.join(self.source, entry), os.path.join(dataset, entry))
-            save_json(label_fraction_splits(self.base_splits(), fraction, self.seed),
-                      os.path.join(dataset, "splits_final.json"))
+            save_json(splits, os.path.join(dataset, "splits_final.json"))
+        elif load_json(os.path.join(dataset, "splits_final.json")) != splits:
+            raise RuntimeError(f"{root} holds runs on other label subsets than {self.dataset_name}'s splits "
+                               f"and seed {self.seed} give now (did its splits_final.json change?): "
+                               "use a new --work-folder")
         return self.env(os.path.join(root, "nnUNet_preprocessed"), os.path.join(root, "nnUNet_results", arm))
 
     def env(self, preprocessed: str, results: str) -> Dict[str, str]:

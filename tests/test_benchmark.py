@@ -97,6 +97,28 @@ def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(nnunet_env,
                             schedule="decoder-first")
 
 
+def test_each_label_draw_has_its_own_folders(nnunet_env, tmp_path, monkeypatch):
+    """--seed N in a work folder that holds seed 0's runs gets its own label subsets and results,
+    never seed 0's; a folder whose subsets no longer match the splits is refused, not reused."""
+    import json
+    from nnunet_mim.benchmark import DownstreamBenchmark
+    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(key, nnunet_env[key])
+    work = str(tmp_path / "w")
+    first, second = (DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", work, seed=seed)
+                     for seed in (0, 1))
+    envs = [bench.fraction_env(0.5, "scratch") for bench in (first, second)]
+    assert envs[0]["nnUNet_results"] != envs[1]["nnUNet_results"]
+    split_files = [os.path.join(env["nnUNet_preprocessed"], "Dataset991_E2E", "splits_final.json") for env in envs]
+    drawn = [json.load(open(path)) for path in split_files]
+    assert drawn == [label_fraction_splits(first.base_splits(), 0.5, seed) for seed in (0, 1)]
+    assert drawn[0] != drawn[1]
+    with open(split_files[0], "w") as f:
+        json.dump(drawn[1], f)
+    with pytest.raises(RuntimeError, match="other label subsets"):
+        first.fraction_env(0.5, "scratch")
+
+
 @pytest.mark.slow  # 13 nnU-Net runs: about 6 minutes on 2 cores; `python -m pytest -m slow`
 def test_all_arms_run_and_the_table_matches_the_runs(nnunet_env, tmp_path):
     work = tmp_path / "bench"
