@@ -84,6 +84,35 @@ def test_real_colin27_lobes_are_plausible():
     assert volumes_ml[families.index("frontal")] == volumes_ml.max()  # the largest lobe
 
 
+def test_colin27_lobes_are_carried_to_another_grid_through_world_coordinates(fake_mricron):
+    """A grid whose voxel (i, j, k) lies where Colin27's (i + 2, j, k) lies gets Colin27's class of that
+    voxel; nibabel's axis order (x, y, z) is the reverse of SimpleITK's arrays."""
+    import nibabel as nib
+    lobes = templates.colin27_lobe_map().transpose(2, 1, 0)
+    colin_affine = nib.load(os.path.join(templates.MRICRON_TEMPLATES, "aal.nii.gz")).affine
+    shifted = colin_affine.copy()
+    shifted[:3, 3] = colin_affine[:3, :3] @ [2, 0, 0] + colin_affine[:3, 3]
+    carried = templates.colin27_lobes_on_grid(lobes.shape, shifted)
+    assert (carried[:-2] == lobes[2:]).all()
+    assert (carried[-2:] == 0).all()  # beyond Colin27's volume
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(templates.MRICRON_TEMPLATES, "aal.nii.gz")),
+                    reason="Debian mricron-data is not installed (.ci/run installs it when apt can)")
+def test_real_mni152_lobes_fill_the_mni152_brain_and_colin27s_brain_lands_on_it():
+    from nilearn import datasets
+    t1_image = datasets.load_mni152_template(resolution=1)
+    brain = np.asarray(datasets.load_mni152_brain_mask(resolution=1).dataobj) > 0
+    carried_brain = templates.colin27_lobes_on_grid(t1_image.shape, t1_image.affine) > 0
+    # both heads lie in MNI space: a wrong axis order or affine would overlap far less
+    assert 2 * (carried_brain & brain).sum() / (carried_brain.sum() + brain.sum()) > 0.9
+    t1, lobes = templates.mni152_lobe_map()
+    assert t1.shape == lobes.shape == brain.shape
+    assert ((lobes > 0) == brain).all()
+    volumes_ml = np.bincount(lobes.ravel(), minlength=len(templates.AAL_FAMILIES) + 1)[1:] / 1000
+    assert (volumes_ml > 5).all(), volumes_ml
+
+
 def test_example_dataset_command_writes_into_nnunet_raw_and_refuses_to_overwrite(fake_mricron, tmp_path, monkeypatch,
                                                                                  capsys):
     from nnunet_mim.cli import main

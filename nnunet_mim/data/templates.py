@@ -13,6 +13,13 @@ leading digit of each region's code in aal.nii.txt), and every brain voxel takes
 its nearest AAL region, so the classes are solid territories (grey and white matter) whose
 borders run through tissue of one intensity: where a voxel lies decides its class, not how bright
 it is. The brain is ch2bet's mask joined with the AAL regions, holes filled.
+
+``mni152-lobes``: the MNI152 2009 T1 template (another head: an average of 152 brains, skull-stripped)
+with ``colin27-lobes``' classes carried over through both files' world coordinates (both lie in MNI
+space, so no registration is run). Every voxel of nilearn's MNI152 brain mask takes the class of the
+nearest carried-over voxel. The classes are therefore approximate on this anatomy (the two brain
+masks overlap with Dice 0.95), but they are the same position-decided territories on a different
+image, which is what a second context-decided dataset needs.
 """
 import os
 from dataclasses import dataclass
@@ -42,11 +49,12 @@ def resample(volumes: np.ndarray, spacing_mm: float) -> np.ndarray:
     return np.stack([ndimage.zoom(v, 1.0 / spacing_mm, order=1) for v in volumes])
 
 
+def array(image) -> np.ndarray:
+    return np.asarray(image.dataobj, dtype=np.float32)
+
+
 def load_mni152_tissue(spacing_mm: float) -> Tuple[np.ndarray, np.ndarray]:
     from nilearn import datasets  # bundled with the package: no download
-
-    def array(image):
-        return np.asarray(image.dataobj, dtype=np.float32)
 
     t1 = array(datasets.load_mni152_template(resolution=1))
     gm = array(datasets.load_mni152_gm_template(resolution=1))
@@ -87,11 +95,39 @@ def colin27_lobe_map() -> np.ndarray:
     return np.where(brain, families, 0).astype(np.uint8)
 
 
+def one_hot(classes: np.ndarray) -> np.ndarray:
+    return np.stack([(classes == c).astype(np.float32) for c in range(len(AAL_FAMILIES) + 1)])
+
+
 def load_colin27_lobes(spacing_mm: float) -> Tuple[np.ndarray, np.ndarray]:
     t1 = read_mricron("ch2.nii.gz").astype(np.float32)
-    lobes = colin27_lobe_map()
-    one_hot = np.stack([(lobes == c).astype(np.float32) for c in range(len(AAL_FAMILIES) + 1)])
-    return resample(t1[None], spacing_mm)[0], resample(one_hot, spacing_mm)
+    return resample(t1[None], spacing_mm)[0], resample(one_hot(colin27_lobe_map()), spacing_mm)
+
+
+def colin27_lobes_on_grid(shape: Tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+    """Colin27's lobe map carried to a grid in the same world space (nearest voxel), array axes as
+    nibabel's (x, y, z); 0 where the grid lies outside Colin27's volume."""
+    import nibabel as nib
+    colin_affine = nib.load(os.path.join(MRICRON_TEMPLATES, "aal.nii.gz")).affine
+    lobes = colin27_lobe_map().transpose(2, 1, 0)  # SimpleITK's (z, y, x) -> nibabel's (x, y, z)
+    grid_to_colin = np.linalg.inv(colin_affine) @ affine
+    return ndimage.affine_transform(lobes, grid_to_colin[:3, :3], grid_to_colin[:3, 3], output_shape=shape,
+                                    order=0, cval=0)
+
+
+def mni152_lobe_map() -> Tuple[np.ndarray, np.ndarray]:
+    """The MNI152 T1 and its class per voxel (1 mm, nibabel axes; 0 outside nilearn's brain mask)."""
+    from nilearn import datasets  # bundled with the package: no download
+    t1_image = datasets.load_mni152_template(resolution=1)
+    brain = array(datasets.load_mni152_brain_mask(resolution=1)) > 0
+    carried = colin27_lobes_on_grid(t1_image.shape, t1_image.affine)
+    _, nearest = ndimage.distance_transform_edt(carried == 0, return_indices=True)
+    return array(t1_image), np.where(brain, carried[tuple(nearest)], 0).astype(np.uint8)
+
+
+def load_mni152_lobes(spacing_mm: float) -> Tuple[np.ndarray, np.ndarray]:
+    t1, lobes = mni152_lobe_map()
+    return resample(t1[None], spacing_mm)[0], resample(one_hot(lobes), spacing_mm)
 
 
 TEMPLATES = {
@@ -105,4 +141,10 @@ TEMPLATES = {
         "all cases are deformations of ONE subject (Colin27 T1 with the AAL atlas grouped into region families, "
         "via Debian mricron-data); they are not independent subjects",
         load_colin27_lobes),
+    "mni152-lobes": Template(
+        "mni152-lobes", {"background": 0, **{name: i + 1 for i, name in enumerate(AAL_FAMILIES.values())}},
+        "T1", "mnilobes",
+        "all cases are deformations of ONE template (MNI152 2009 via nilearn) whose labels are Colin27's AAL region "
+        "families carried over through MNI world coordinates (approximate on this anatomy); not independent subjects",
+        load_mni152_lobes),
 }
