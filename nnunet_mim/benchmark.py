@@ -136,7 +136,16 @@ class DownstreamBenchmark:
             raise RuntimeError(f"{root} holds runs on other label subsets than {self.dataset_name}'s splits "
                                f"and seed {self.seed} give now (did its splits_final.json change?): "
                                "use a new --work-folder")
-        return self.env(os.path.join(root, "nnUNet_preprocessed"), os.path.join(root, "nnUNet_results", arm))
+        return self.env(os.path.join(root, "nnUNet_preprocessed"), os.path.join(root, "nnUNet_results",
+                                                                                self.results_name(arm)))
+
+    def results_name(self, arm: str) -> str:
+        """A pre-trained arm's results folder names its pre-training dataset when that is not the
+        benchmark's own, so runs from another pre-training are never reused; scratch and the stock
+        arm do not depend on it and are shared."""
+        if arm in self.budget.pretrain and self.pretrain_dataset_name != self.dataset_name:
+            return f"{arm}_pretrained_on_{self.pretrain_dataset_name}"
+        return arm
 
     def env(self, preprocessed: str, results: str) -> Dict[str, str]:
         os.makedirs(results, exist_ok=True)

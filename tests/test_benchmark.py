@@ -68,6 +68,13 @@ def test_pretraining_on_another_dataset(nnunet_env, tmp_path, monkeypatch):
                         calls.append((trainer, fold, dataset)) or str(tmp_path))
     bench.pretrain("MiM")
     assert calls == [("nnUNetTrainerMiMPretrain_T_CPUsmoke", "all", "Dataset995_Pre")]
+    # in one work folder, fine-tuned runs of the two pre-trainings never share a results folder;
+    # scratch runs, which do not depend on pre-training, are shared
+    own = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"))
+    results = {name: {arm: b.fraction_env(1.0, arm)["nnUNet_results"] for arm in ("scratch", "MiM")}
+               for name, b in (("own", own), ("other", bench))}
+    assert results["own"]["scratch"] == results["other"]["scratch"]
+    assert results["own"]["MiM"] != results["other"]["MiM"]
 
 
 def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(nnunet_env, tmp_path, monkeypatch):
