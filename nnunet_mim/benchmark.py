@@ -136,8 +136,8 @@ class DownstreamBenchmark:
             raise RuntimeError(f"{root} holds runs on other label subsets than {self.dataset_name}'s splits "
                                f"and seed {self.seed} give now (did its splits_final.json change?): "
                                "use a new --work-folder")
-        return self.env(os.path.join(root, "nnUNet_preprocessed"), os.path.join(root, "nnUNet_results",
-                                                                                self.results_name(arm)))
+        results = os.path.join(root, "nnUNet_results", self.results_name(arm))
+        return self.env(os.path.join(root, "nnUNet_preprocessed"), results)
 
     def results_name(self, arm: str) -> str:
         """A pre-trained arm's results folder names its pre-training dataset when that is not the
