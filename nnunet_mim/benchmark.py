@@ -41,6 +41,9 @@ class Budget:
     scratch: str
     finetune: str
     pretrain: Dict[str, str]  # method -> pre-training trainer
+    # names the pre-trained arms' results folders when this budget fine-tunes like another one but
+    # pre-trains otherwise, so one work folder never reuses fine-tuned runs of the other pre-training
+    pretrain_label: str = ""
 
 
 BUDGETS = {
@@ -56,6 +59,12 @@ BUDGETS = {
                        "nnUNetTrainerMiMFinetune_T_CPUlong",
                        {"MAE": "nnUNetTrainerMAEPretrain_T_CPUbench", "MiM": "nnUNetTrainerMiMPretrain_T_CPUbench",
                         "MiM-noalign": "nnUNetTrainerMiMPretrainNoAlign_T_CPUbench"}),
+    "cpu-long-pretrain300": Budget("nnUNetTrainerStockCNN_CPUlong", "nnUNetTrainerMiMScratch_T_CPUlong",
+                                   "nnUNetTrainerMiMFinetune_T_CPUlong",
+                                   {"MAE": "nnUNetTrainerMAEPretrain_T_CPUbench300",
+                                    "MiM": "nnUNetTrainerMiMPretrain_T_CPUbench300",
+                                    "MiM-noalign": "nnUNetTrainerMiMPretrainNoAlign_T_CPUbench300"},
+                                   pretrain_label="pretrain300ep"),
     "gpu": Budget("nnUNetTrainer_250epochs", "nnUNetTrainerMiMScratch_250ep", "nnUNetTrainerMiMFinetune_250ep",
                   {"MAE": "nnUNetTrainerMAEPretrain_100ep", "MiM": "nnUNetTrainerMiMPretrain_100ep",
                    "MiM-noalign": "nnUNetTrainerMiMPretrainNoAlign_100ep"}),
@@ -140,12 +149,15 @@ class DownstreamBenchmark:
         return self.env(os.path.join(root, "nnUNet_preprocessed"), results)
 
     def results_name(self, arm: str) -> str:
-        """A pre-trained arm's results folder names its pre-training dataset when that is not the
-        benchmark's own, so runs from another pre-training are never reused; scratch and the stock
-        arm do not depend on it and are shared."""
-        if arm in self.budget.pretrain and self.pretrain_dataset_name != self.dataset_name:
-            return f"{arm}_pretrained_on_{self.pretrain_dataset_name}"
-        return arm
+        """A pre-trained arm's results folder names its pre-training (the budget's label, the
+        dataset when that is not the benchmark's own), so runs from another pre-training are never
+        reused; scratch and the stock arm do not depend on it and are shared."""
+        if arm not in self.budget.pretrain:
+            return arm
+        name = f"{arm}_{self.budget.pretrain_label}" if self.budget.pretrain_label else arm
+        if self.pretrain_dataset_name != self.dataset_name:
+            name += f"_pretrained_on_{self.pretrain_dataset_name}"
+        return name
 
     def env(self, preprocessed: str, results: str) -> Dict[str, str]:
         os.makedirs(results, exist_ok=True)
