@@ -263,7 +263,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         epoch = self.current_epoch
         if (epoch + 1) % self.save_every == 0 and epoch != self.num_epochs - 1:
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
-            self.save_reconstruction_preview(f"reconstruction_epoch_{epoch + 1:04d}.png")
+            self.save_reconstruction_preview(f"reconstruction_epoch_{epoch + 1:04d}.png", epoch + 1)
         val_loss = get("val_losses", -1)
         if self._best_ema is None or (math.isfinite(val_loss) and val_loss < self._best_ema):
             self._best_ema = val_loss  # nnU-Net's "best" slot, here the lowest validation loss
@@ -302,7 +302,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
             torch.set_rng_state(extras["torch_rng_state"])
             self.skipped_steps = extras.get("skipped_steps", 0)
 
-    def save_reconstruction_preview(self, name: str) -> None:
+    def save_reconstruction_preview(self, name: str, epochs_done: int) -> None:
         if self.local_rank != 0 or self.dataloader_val is None:
             return
         self.network.eval()
@@ -312,7 +312,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
             levels = build_levels(crops, self.levels, generator)
             predictions = [self.pretrain_network(lv.volumes, lv.hidden)[0] for lv in levels]
         save_preview(levels, predictions, self.levels.token_size, join(self.output_folder, name),
-                     f"{self.method} pre-training, epoch {self.current_epoch + 1}")
+                     f"{self.method} pre-training, after {epochs_done} epochs")
         self.network.train()
 
     def plot_losses(self) -> None:
@@ -334,7 +334,8 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         """Pre-training has no segmentation to validate: save the final reconstruction picture."""
         if self.dataloader_val is None:
             self.dataloader_val = self.get_dataloaders()[1]
-        self.save_reconstruction_preview("reconstruction_final.png")
+        # after training (or loading checkpoint_final for --val) current_epoch counts the epochs done
+        self.save_reconstruction_preview("reconstruction_final.png", self.current_epoch)
         self.print_to_log_file("Pre-training done. Fine-tune with: nnUNetv2_train DATASET CONFIG FOLD "
                                "-tr nnUNetTrainerMiMFinetune -pretrained_weights "
                                + join(self.output_folder, "checkpoint_final.pth"))
