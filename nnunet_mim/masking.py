@@ -39,6 +39,21 @@ class LevelConfig:
         # octants of the token grid need an even number of tokens per axis
         check_patch_size(patch_size, self.token_size * (2 if self.num_levels > 1 else 1))
 
+    def hierarchy_warning(self, patch_size: Sequence[int]) -> Optional[str]:
+        """Why MiM's levels lose what makes them MiM at this patch, or None.
+
+        At the paper's 96^3 an L1 octant is 3x3x3 tokens (hiding it hides a region, not a token)
+        and an L3 volume is one token magnified 6x. With one token per octant along an axis,
+        octant masking is per-token masking and L3 barely magnifies: the three levels are then
+        nearly three per-token tasks at other scales."""
+        octant = [p // self.token_size // 2 for p in patch_size]
+        if self.num_levels == 1 or min(octant) >= 2:
+            return None
+        magnification = [p // self.token_size for p in patch_size]
+        return (f"at patch {list(patch_size)} an L1 octant is {octant} tokens (3x3x3 at the paper's 96^3): "
+                f"hiding octants is hiding single tokens, and an L3 volume is one token magnified only "
+                f"{magnification}x (6x at 96^3). MiM's hierarchy needs at least 64 voxels per axis.")
+
 
 @dataclass
 class Level:

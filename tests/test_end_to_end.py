@@ -51,6 +51,10 @@ def test_pretraining_outputs(nnunet_env, pretrained):
     log = checkpoint["logging"]
     assert len(log["train_rec_l3"]) == 2 and len(log["val_align_l1_l2"]) == 2
     assert not any(f.endswith(".partial") for f in os.listdir(folder))
+    # the smoke plan's 32^3 patch gives single-token octants: the log says what that costs MiM
+    (log_file,) = [f for f in os.listdir(folder) if f.startswith("training_log")]
+    with open(os.path.join(folder, log_file)) as f:
+        assert "an L1 octant is [1, 1, 1] tokens" in f.read()
 
 
 RESUME_SCRIPT = """

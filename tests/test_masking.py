@@ -92,3 +92,13 @@ def test_anisotropic_patch_and_bad_patch():
 def test_random_token_mask_exact():
     mask = random_token_mask(5, (3, 4, 5), 0.3, torch.Generator().manual_seed(0))
     assert (mask.flatten(1).sum(1) == 18).all()
+
+
+@pytest.mark.parametrize("patch, warns", [((32, 32, 32), True), ((32, 64, 64), True), ((64, 64, 64), False),
+                                          ((96, 96, 96), False), ((64, 160, 128), False)])
+def test_hierarchy_warning_when_octants_are_single_tokens(patch, warns):
+    warning = LevelConfig().hierarchy_warning(patch)
+    assert (warning is not None) == warns
+    if warns:
+        assert str(list(patch)) in warning
+    assert LevelConfig(num_levels=1).hierarchy_warning(patch) is None  # MAE has no octants

@@ -132,6 +132,9 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     def get_dataloaders(self):
         patch = self.configuration_manager.patch_size
         self.levels.check_patch_size(patch)
+        warning = self.levels.hierarchy_warning(patch)
+        if warning:
+            self.print_to_log_file(f"WARNING: {warning}")
         crop = [p * self.levels.crop_factor for p in patch]
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
         check_images_fit(dataset_tr, patch)
