@@ -199,9 +199,30 @@ class DownstreamBenchmark:
         return os.path.join(self.train(env, self.budget.pretrain[method], "all", dataset=self.pretrain_dataset_name),
                             "checkpoint_final.pth")
 
+    def pretraining_warnings(self, methods: Sequence[str]) -> List[str]:
+        """Said before hours of runs, not only deep in a pre-training log: what the plan's patch
+        leaves of each method (MiM's hierarchy needs 64 voxels per axis)."""
+        from nnunet_mim import variants
+        from nnunet_mim.plans import adapt_plans
+        plans = load_json(os.path.join(os.environ["nnUNet_preprocessed"], self.pretrain_dataset_name,
+                                       "nnUNetPlans.json"))
+        warnings = []
+        for method in methods:
+            trainer = getattr(variants, self.budget.pretrain[method])
+            levels = trainer.levels
+            config = adapt_plans(plans, self.configuration, trainer.encoder_preset,
+                                 levels.token_size * levels.crop_factor)
+            warning = levels.hierarchy_warning(config["configurations"][self.configuration]["patch_size"])
+            if warning:
+                warnings.append(f"WARNING ({method} pre-training): {warning}")
+        return warnings
+
     def run(self) -> List[dict]:
         from tqdm import tqdm
         methods = [arm for arm in self.arms if arm in self.budget.pretrain]
+        for warning in self.pretraining_warnings(methods):
+            print(warning, flush=True)
+            self.log.write(warning + "\n")
         total = len(methods) + len(self.fractions) * len(self.folds) * len(self.arms)
         bar = tqdm(total=total, unit="run")
         checkpoints = {}
