@@ -199,15 +199,19 @@ class DownstreamBenchmark:
         return os.path.join(self.train(env, self.budget.pretrain[method], "all", dataset=self.pretrain_dataset_name),
                             "checkpoint_final.pth")
 
-    def pretraining_warnings(self, methods: Sequence[str]) -> List[str]:
-        """Said before hours of runs, not only deep in a pre-training log: what the plan's patch
-        leaves of each method (MiM's hierarchy needs 64 voxels per axis)."""
+    @property
+    def pretrained_methods(self) -> List[str]:
+        return [arm for arm in self.arms if arm in self.budget.pretrain]
+
+    def pretraining_warnings(self) -> List[str]:
+        """Said before hours of runs and under the results table, not only deep in a pre-training
+        log: what the plan's patch leaves of each method (MiM's hierarchy needs 64 voxels per axis)."""
         from nnunet_mim import variants
         from nnunet_mim.plans import adapt_plans
         plans = load_json(os.path.join(os.environ["nnUNet_preprocessed"], self.pretrain_dataset_name,
                                        "nnUNetPlans.json"))
         warnings = []
-        for method in methods:
+        for method in self.pretrained_methods:
             trainer = getattr(variants, self.budget.pretrain[method])
             levels = trainer.levels
             config = adapt_plans(plans, self.configuration, trainer.encoder_preset,
@@ -219,8 +223,8 @@ class DownstreamBenchmark:
 
     def run(self) -> List[dict]:
         from tqdm import tqdm
-        methods = [arm for arm in self.arms if arm in self.budget.pretrain]
-        for warning in self.pretraining_warnings(methods):
+        methods = self.pretrained_methods
+        for warning in self.pretraining_warnings():
             print(warning, flush=True)
             self.log.write(warning + "\n")
         total = len(methods) + len(self.fractions) * len(self.folds) * len(self.arms)
@@ -295,8 +299,8 @@ def summarise(rows: List[dict], reference: str = "scratch") -> List[dict]:
 
 
 def write_outputs(rows: List[dict], folder: str, title: str, reference: str = "scratch",
-                  name: str = "downstream") -> str:
-    """NAME_runs.csv (one row per run and class), NAME.csv/.md (summary), NAME.png."""
+                  name: str = "downstream", notes: Sequence[str] = ()) -> str:
+    """NAME_runs.csv (one row per run and class), NAME.csv/.md (summary, then ``notes``), NAME.png."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -317,7 +321,7 @@ def write_outputs(rows: List[dict], folder: str, title: str, reference: str = "s
         lines.append(f"| {e['fraction']:.0%} | {e['class']} | {e['arm']} | {e['folds']} | {e['mean']:.3f} | "
                      f"{fmt(e['sd'], '.3f')} | {fmt(e['diff_vs_reference'], '+.3f')} | "
                      f"{fmt(e['p_vs_reference'], '.3f')} |")
-    markdown = "\n".join(lines)
+    markdown = "\n".join(lines + [""] * bool(notes) + list(notes))
     with open(os.path.join(folder, f"{name}.md"), "w") as f:
         f.write(markdown + "\n")
     fig, ax = plt.subplots(figsize=(7, 5))

@@ -53,7 +53,8 @@ def cmd_benchmark(args) -> int:
         f", pre-trained on {bench.pretrain_dataset_name}"
     title = (f"{bench.dataset_name}, {args.configuration}, budget '{args.budget}', schedule {args.schedule}, "
              f"folds {args.folds}, seed {args.seed}{pretraining}" + (f"; {args.note}" if args.note else ""))
-    print(write_outputs(rows, args.results_folder or bench.work + "/results", title))
+    print(write_outputs(rows, args.results_folder or bench.work + "/results", title,
+                        notes=bench.pretraining_warnings()))
     return 0
 
 

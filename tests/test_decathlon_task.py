@@ -70,8 +70,10 @@ def test_benchmark_runs_on_a_decathlon_task_given_only_its_id(hippocampus_env, t
     for arm in ("scratch", "MiM"):
         for name in ("Anterior", "Posterior", "mean"):
             assert f"| 25% | {name} | {arm} |" in result.stdout, (arm, name)
-    # images this small give MiM single-token octants: the benchmark says so first, then the pre-training log
-    assert "WARNING (MiM pre-training): at patch [32, 32, 32]" in result.stdout
+    # images this small give MiM single-token octants: said before the runs, under the table, in the log
+    assert "WARNING (MiM pre-training): at patch [32, 32, 32]" in result.stdout.split("| labels |")[0]
+    with open(tmp_path / "results" / "downstream.md") as f:
+        assert "WARNING (MiM pre-training): at patch [32, 32, 32]" in f.read()
     plans = os.path.join(hippocampus_env["nnUNet_preprocessed"], "Dataset004_Hippocampus", "nnUNetPlans.json")
     with open(plans) as f:
         assert max(json.load(f)["configurations"]["3d_fullres"]["patch_size"]) < 64
