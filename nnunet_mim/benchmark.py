@@ -13,6 +13,8 @@ Self pre-training uses the images of all training cases (labels never), once per
 ``--pretrain-dataset`` pre-trains on another planned dataset instead (e.g. a collection made with
 ``nnunet-mim pretrain-dataset create``).
 ``--schedule`` fine-tunes scratch and the pre-trained arms with one schedule variant (SCHEDULES).
+``-p`` names the plans (nnUNetPlans unless given, e.g. nnUNetResEncUNetMPlans): the stock arm trains
+the network they describe, the hybrid arms take their patch size and spacing.
 Label fraction f keeps, in every fold, the first round(f * n) training cases of a fixed
 per-fold permutation (so 10% is inside 25% is inside 100%); validation cases are unchanged.
 Each fraction gets its own nnUNet_preprocessed folder (links to the dataset's files plus its own
@@ -87,7 +89,8 @@ def label_fraction_splits(splits: List[dict], fraction: float, seed: int) -> Lis
 class DownstreamBenchmark:
     def __init__(self, dataset: str, configuration: str, folds: Sequence[int], fractions: Sequence[float],
                  budget: str, work_folder: str, seed: int = 0, arms: Sequence[str] = ARMS,
-                 device: Optional[str] = None, pretrain_dataset: Optional[str] = None, schedule: str = "default"):
+                 device: Optional[str] = None, pretrain_dataset: Optional[str] = None, schedule: str = "default",
+                 plans: str = "nnUNetPlans", pretrain_plans: Optional[str] = None):
         from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
         for var in ("nnUNet_raw", "nnUNet_preprocessed"):
             if var not in os.environ:
@@ -95,11 +98,15 @@ class DownstreamBenchmark:
         self.dataset_name = maybe_convert_to_dataset_name(dataset)
         self.source = os.path.join(os.environ["nnUNet_preprocessed"], self.dataset_name)
         self.pretrain_dataset_name = maybe_convert_to_dataset_name(pretrain_dataset or dataset)
-        for name in {self.dataset_name, self.pretrain_dataset_name}:
-            plans = os.path.join(os.environ["nnUNet_preprocessed"], name, "nnUNetPlans.json")
-            if not os.path.isfile(plans):
-                raise RuntimeError(f"{plans} not found: run nnUNetv2_plan_and_preprocess (or nnunet-mim "
-                                   f"pretrain-dataset create) for {name} first")
+        # another pre-training dataset has its own plans: a collection only ever has nnUNetPlans
+        self.plans = plans
+        self.pretrain_plans = pretrain_plans or (plans if self.pretrain_dataset_name == self.dataset_name
+                                                 else "nnUNetPlans")
+        for name, plans_name in {(self.dataset_name, self.plans), (self.pretrain_dataset_name, self.pretrain_plans)}:
+            plans_file = os.path.join(os.environ["nnUNet_preprocessed"], name, plans_name + ".json")
+            if not os.path.isfile(plans_file):
+                raise RuntimeError(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess (or nnunet-mim "
+                                   f"pretrain-dataset create) for {name} first, or name the plans it has with -p")
         self.class_names = class_names(load_json(os.path.join(self.source, "dataset.json"))["labels"])
         self.configuration, self.folds, self.fractions = configuration, list(folds), list(fractions)
         self.budget, self.budget_name, self.seed, self.arms = BUDGETS[budget], budget, seed, list(arms)
@@ -122,8 +129,9 @@ class DownstreamBenchmark:
         if os.path.isfile(own):
             return load_json(own)
         from nnunetv2.utilities.crossval_split import generate_crossval_split
-        cases = sorted(f[:-len(".pkl")] for f in os.listdir(os.path.join(self.source, "nnUNetPlans_" +
-                                                                          self.configuration)) if f.endswith(".pkl"))
+        plans = load_json(os.path.join(self.source, self.plans + ".json"))
+        data = os.path.join(self.source, plans["configurations"][self.configuration]["data_identifier"])
+        cases = sorted(f[:-len(".pkl")] for f in os.listdir(data) if f.endswith(".pkl"))
         return generate_crossval_split(cases, seed=12345, n_splits=5)
 
     def fraction_env(self, fraction: float, arm: str) -> Dict[str, str]:
@@ -173,16 +181,16 @@ class DownstreamBenchmark:
         return (self.budget.scratch if arm == "scratch" else self.budget.finetune) + SCHEDULES[self.schedule]
 
     def train(self, env: Dict[str, str], trainer: str, fold, pretrained: Optional[str] = None,
-              dataset: Optional[str] = None) -> str:
-        dataset = dataset or self.dataset_name
-        folder = os.path.join(env["nnUNet_results"], dataset,
-                              f"{trainer}__nnUNetPlans__{self.configuration}", f"fold_{fold}")
+              dataset: Optional[str] = None, plans: Optional[str] = None) -> str:
+        dataset, plans = dataset or self.dataset_name, plans or self.plans
+        folder = os.path.join(env["nnUNet_results"], dataset, f"{trainer}__{plans}__{self.configuration}",
+                              f"fold_{fold}")
         done = os.path.join(folder, "validation", "summary.json") if fold != "all" else \
             os.path.join(folder, "checkpoint_final.pth")
         if os.path.isfile(done):  # rerunning the benchmark continues where it stopped
             return folder
         args = [nnunet_command("nnUNetv2_train"), dataset, self.configuration, str(fold), "-tr", trainer,
-                "-device", self.device]
+                "-p", plans, "-device", self.device]
         if any(os.path.isfile(os.path.join(folder, c)) for c in CHECKPOINTS):
             args += ["--c"]  # an interrupted run: continue it (its weights already hold the pre-training)
         elif pretrained:
@@ -196,8 +204,8 @@ class DownstreamBenchmark:
 
     def pretrain(self, method: str) -> str:
         env = self.env(os.environ["nnUNet_preprocessed"], os.path.join(self.work, "pretraining", "nnUNet_results"))
-        return os.path.join(self.train(env, self.budget.pretrain[method], "all", dataset=self.pretrain_dataset_name),
-                            "checkpoint_final.pth")
+        return os.path.join(self.train(env, self.budget.pretrain[method], "all", dataset=self.pretrain_dataset_name,
+                                       plans=self.pretrain_plans), "checkpoint_final.pth")
 
     @property
     def pretrained_methods(self) -> List[str]:
@@ -209,7 +217,7 @@ class DownstreamBenchmark:
         from nnunet_mim import variants
         from nnunet_mim.plans import adapt_plans
         plans = load_json(os.path.join(os.environ["nnUNet_preprocessed"], self.pretrain_dataset_name,
-                                       "nnUNetPlans.json"))
+                                       self.pretrain_plans + ".json"))
         warnings = []
         for method in self.pretrained_methods:
             trainer = getattr(variants, self.budget.pretrain[method])

@@ -47,11 +47,12 @@ def cmd_benchmark(args) -> int:
     from nnunet_mim.benchmark import DownstreamBenchmark, write_outputs
     bench = DownstreamBenchmark(args.dataset, args.configuration, args.folds, args.fractions, args.budget,
                                 args.work_folder, args.seed, args.arms, args.device, args.pretrain_dataset,
-                                args.schedule)
+                                args.schedule, args.plans, args.pretrain_plans)
     rows = bench.run()
     pretraining = "" if bench.pretrain_dataset_name == bench.dataset_name else \
-        f", pre-trained on {bench.pretrain_dataset_name}"
-    title = (f"{bench.dataset_name}, {args.configuration}, budget '{args.budget}', schedule {args.schedule}, "
+        f", pre-trained on {bench.pretrain_dataset_name} ({bench.pretrain_plans})"
+    title = (f"{bench.dataset_name}, {args.plans} {args.configuration}, budget '{args.budget}', "
+             f"schedule {args.schedule}, "
              f"folds {args.folds}, seed {args.seed}{pretraining}" + (f"; {args.note}" if args.note else ""))
     print(write_outputs(rows, args.results_folder or bench.work + "/results", title,
                         notes=bench.pretraining_warnings()))
@@ -133,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", help="nnU-Net dataset ID or name (planned and preprocessed)")
     p.add_argument("-c", "--configuration", default="3d_fullres")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier, as nnUNetv2_train -p (e.g. "
+                   "nnUNetResEncUNetMPlans): the stock arm trains its network, the hybrid arms its patch and spacing")
+    p.add_argument("--pretrain-plans", default=None, help="plans of --pretrain-dataset (default: -p for self "
+                   "pre-training, nnUNetPlans for another dataset, the only plans a collection has)")
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0])
     p.add_argument("--budget", choices=list(benchmark_module.BUDGETS), default="cpu")

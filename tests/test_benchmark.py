@@ -56,6 +56,9 @@ def test_pretraining_on_another_dataset(nnunet_env, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="Dataset995_Pre/nnUNetPlans.json not found"):
         DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
                             pretrain_dataset="Dataset995_Pre")
+    with pytest.raises(RuntimeError, match="Dataset991_E2E/nnUNetResEncUNetMPlans.json not found.*with -p"):
+        DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
+                            plans="nnUNetResEncUNetMPlans")
     preprocessed = tmp_path / "pre"
     shutil.copytree(nnunet_env["nnUNet_preprocessed"], preprocessed, symlinks=True)
     (preprocessed / "Dataset995_Pre").mkdir()
@@ -64,10 +67,10 @@ def test_pretraining_on_another_dataset(nnunet_env, tmp_path, monkeypatch):
     bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
                                 arms=["MiM"], pretrain_dataset="Dataset995_Pre")
     calls = []
-    monkeypatch.setattr(bench, "train", lambda env, trainer, fold, pretrained=None, dataset=None:
-                        calls.append((trainer, fold, dataset)) or str(tmp_path))
+    monkeypatch.setattr(bench, "train", lambda env, trainer, fold, pretrained=None, dataset=None, plans=None:
+                        calls.append((trainer, fold, dataset, plans)) or str(tmp_path))
     bench.pretrain("MiM")
-    assert calls == [("nnUNetTrainerMiMPretrain_T_CPUsmoke", "all", "Dataset995_Pre")]
+    assert calls == [("nnUNetTrainerMiMPretrain_T_CPUsmoke", "all", "Dataset995_Pre", "nnUNetPlans")]
     # in one work folder, fine-tuned runs of the two pre-trainings never share a results folder;
     # scratch runs, which do not depend on pre-training, are shared
     own = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"))

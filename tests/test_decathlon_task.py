@@ -81,3 +81,28 @@ def test_benchmark_runs_on_a_decathlon_task_given_only_its_id(hippocampus_env, t
                            / "training_log_*.txt"))
     with open(log) as f:
         assert "WARNING: at patch [32, 32, 32] an L1 octant is [1, 1, 1] tokens" in f.read()
+
+
+def test_benchmark_with_residual_encoder_plans(hippocampus_env, tmp_path):
+    """-p: nnU-Net's recommended ResEnc presets (which share nnUNetPlans' preprocessed data) work as
+    with nnUNetv2_train -p, for pre-training and for fine-tuning from its weights. (The stock arm
+    takes the same path and would train their residual encoder U-Net: left out for time.)"""
+    planning = {k: v for k, v in hippocampus_env.items() if k != "nnUNet_n_proc_DA"}
+    run([nnunet_command("nnUNetv2_plan_experiment"), "-d", "4", "-pl", "nnUNetPlannerResEncM"], planning)
+    result = run([sys.executable, "-m", "nnunet_mim.cli", "benchmark", "4", "-p", "nnUNetResEncUNetMPlans",
+                  "--budget", "smoke", "--arms", "scratch", "MAE", "--folds", "0", "--fractions", "0.25",
+                  "--device", "cpu", "--work-folder", str(tmp_path)], hippocampus_env)
+    assert "Dataset004_Hippocampus, nnUNetResEncUNetMPlans 3d_fullres" in result.stdout
+    pretraining = (tmp_path / "pretraining" / "nnUNet_results" / "Dataset004_Hippocampus"
+                   / "nnUNetTrainerMAEPretrain_T_CPUsmoke__nnUNetResEncUNetMPlans__3d_fullres")
+    finetuned = (tmp_path / "labels_025pct" / "nnUNet_results" / "MAE" / "Dataset004_Hippocampus"
+                 / "nnUNetTrainerMiMFinetune_T_CPUsmoke__nnUNetResEncUNetMPlans__3d_fullres")
+    scratch = (tmp_path / "labels_025pct" / "nnUNet_results" / "scratch" / "Dataset004_Hippocampus"
+               / "nnUNetTrainerMiMScratch_T_CPUsmoke__nnUNetResEncUNetMPlans__3d_fullres")
+    for arm in ("scratch", "MAE"):
+        assert f"| 25% | mean | {arm} |" in result.stdout
+    for folder in (pretraining, finetuned, scratch):
+        with open(folder / "plans.json") as f:
+            assert json.load(f)["plans_name"] == "nnUNetResEncUNetMPlans", folder
+    with open(finetuned / "fold_0" / "pretrained_weights_report.json") as f:
+        assert json.load(f)["checkpoint"] == str(pretraining / "fold_all" / "checkpoint_final.pth")

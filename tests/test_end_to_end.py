@@ -236,6 +236,14 @@ def test_finetune_without_weights_fails_loudly(nnunet_env):
     assert "needs pre-trained weights" in result.stderr + result.stdout
 
 
+def test_the_plans_option_is_not_taken_for_pretrained_weights():
+    """nnUNetv2_train -p PLANS: argparse would read it as an abbreviation of -pretrained_weights."""
+    from nnunet_mim.finetuning.load_report import pretrained_weights_from_argv
+    argv = ["991", "3d_fullres", "0", "-tr", FINETUNE, "-p", "nnUNetResEncUNetMPlans", "-device", "cpu"]
+    assert pretrained_weights_from_argv(argv) is None
+    assert pretrained_weights_from_argv(argv + ["-pretrained_weights", "ckpt.pth"]) == "ckpt.pth"
+
+
 def test_scratch_refuses_pretrained_weights(nnunet_env, pretrained):
     # a variant that has not trained yet: the smoke variant's folder holds a run (and would be refused)
     result = train(nnunet_env, "nnUNetTrainerMiMScratch_T_CPUdemo", "-pretrained_weights", pretrained, check=False)

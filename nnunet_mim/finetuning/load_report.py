@@ -21,6 +21,9 @@ def pretrained_weights_from_argv(argv: List[str] = None) -> Optional[str]:
     """The ``-pretrained_weights`` file of the running ``nnUNetv2_train`` command, if any."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("-pretrained_weights", default=None)
+    # declared as nnUNetv2_train declares it: otherwise argparse reads "-p PLANS" as an abbreviation
+    # of -pretrained_weights (allow_abbrev=False does not stop that for single-dash options)
+    parser.add_argument("-p", default=None)
     known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     return known.pretrained_weights
 
