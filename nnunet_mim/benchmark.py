@@ -103,7 +103,7 @@ class DownstreamBenchmark:
         self.pretrain_plans = pretrain_plans or (plans if self.pretrain_dataset_name == self.dataset_name
                                                  else "nnUNetPlans")
         for name, plans_name in {(self.dataset_name, self.plans), (self.pretrain_dataset_name, self.pretrain_plans)}:
-            plans_file = os.path.join(os.environ["nnUNet_preprocessed"], name, plans_name + ".json")
+            plans_file = self.plans_file(name, plans_name)
             if not os.path.isfile(plans_file):
                 raise RuntimeError(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess (or nnunet-mim "
                                    f"pretrain-dataset create) for {name} first, or name the plans it has with -p")
@@ -124,12 +124,16 @@ class DownstreamBenchmark:
         self.log = open(os.path.join(self.work, "benchmark.log"), "a")
 
     # ---- folders -----------------------------------------------------------------------------
+    @staticmethod
+    def plans_file(dataset_name: str, plans: str) -> str:
+        return os.path.join(os.environ["nnUNet_preprocessed"], dataset_name, plans + ".json")
+
     def base_splits(self) -> List[dict]:
         own = os.path.join(self.source, "splits_final.json")
         if os.path.isfile(own):
             return load_json(own)
         from nnunetv2.utilities.crossval_split import generate_crossval_split
-        plans = load_json(os.path.join(self.source, self.plans + ".json"))
+        plans = load_json(self.plans_file(self.dataset_name, self.plans))
         data = os.path.join(self.source, plans["configurations"][self.configuration]["data_identifier"])
         cases = sorted(f[:-len(".pkl")] for f in os.listdir(data) if f.endswith(".pkl"))
         return generate_crossval_split(cases, seed=12345, n_splits=5)
@@ -216,8 +220,7 @@ class DownstreamBenchmark:
         log: what the plan's patch leaves of each method (MiM's hierarchy needs 64 voxels per axis)."""
         from nnunet_mim import variants
         from nnunet_mim.plans import adapt_plans
-        plans = load_json(os.path.join(os.environ["nnUNet_preprocessed"], self.pretrain_dataset_name,
-                                       self.pretrain_plans + ".json"))
+        plans = load_json(self.plans_file(self.pretrain_dataset_name, self.pretrain_plans))
         warnings = []
         for method in self.pretrained_methods:
             trainer = getattr(variants, self.budget.pretrain[method])
