@@ -63,6 +63,14 @@ class PretrainCPUBench300Budget(PretrainCPUBenchBudget):
     epochs, warmup_epochs = 300, 30
 
 
+class PretrainCPUBench25Budget(PretrainCPUBenchBudget):
+    """A quarter of the CPU benchmark's pre-training (25 epochs of 25 steps, the same warm-up
+    share), for MiM at its design point: at 64^3, where an L1 octant is 2 tokens per axis, a MiM
+    step costs 12.5x a 32^3 step on a 2-core CPU (benchmarks/pretrain.py), so 100 epochs would
+    take about 4 hours."""
+    epochs, warmup_epochs = 25, 3
+
+
 class nnUNetTrainerMiMPretrain_T_CPUdemo(PretrainCPUDemoBudget, nnUNetTrainerMiMPretrain):
     pass
 
@@ -92,6 +100,18 @@ class nnUNetTrainerMAEPretrain_T_CPUbench300(PretrainCPUBench300Budget, nnUNetTr
 
 
 class nnUNetTrainerMiMPretrainNoAlign_T_CPUbench300(PretrainCPUBench300Budget, nnUNetTrainerMiMPretrainNoAlign):
+    pass
+
+
+class nnUNetTrainerMiMPretrain_T_CPUbench25(PretrainCPUBench25Budget, nnUNetTrainerMiMPretrain):
+    pass
+
+
+class nnUNetTrainerMAEPretrain_T_CPUbench25(PretrainCPUBench25Budget, nnUNetTrainerMAEPretrain):
+    pass
+
+
+class nnUNetTrainerMiMPretrainNoAlign_T_CPUbench25(PretrainCPUBench25Budget, nnUNetTrainerMiMPretrainNoAlign):
     pass
 
 
