@@ -68,7 +68,7 @@ BUDGETS = {
                                     "MiM-noalign": "nnUNetTrainerMiMPretrainNoAlign_T_CPUbench300"},
                                    pretrain_label="pretrain300ep"),
     # for a plan whose patch is 64^3 or more (e.g. --pretrain-dataset at a finer spacing), where MiM's
-    # octants are 2 tokens per axis and a step costs 12.5x a 32^3 one on the CPU
+    # octants are 2 tokens per axis and a step costs 8-12x a 32^3 one on the CPU
     "cpu-long-pretrain25": Budget("nnUNetTrainerStockCNN_CPUlong", "nnUNetTrainerMiMScratch_T_CPUlong",
                                   "nnUNetTrainerMiMFinetune_T_CPUlong",
                                   {"MAE": "nnUNetTrainerMAEPretrain_T_CPUbench25",

@@ -66,8 +66,8 @@ class PretrainCPUBench300Budget(PretrainCPUBenchBudget):
 class PretrainCPUBench25Budget(PretrainCPUBenchBudget):
     """A quarter of the CPU benchmark's pre-training (25 epochs of 25 steps, the same warm-up
     share), for MiM at its design point: at 64^3, where an L1 octant is 2 tokens per axis, a MiM
-    step costs 12.5x a 32^3 step on a 2-core CPU (benchmarks/pretrain.py), so 100 epochs would
-    take about 4 hours."""
+    step costs 8-12x a 32^3 step on a 2-core CPU (benchmarks/pretrain.py, two runs), so 100
+    epochs would take about 4 hours."""
     epochs, warmup_epochs = 25, 3
 
 
