@@ -48,36 +48,28 @@ class Budget:
     pretrain_label: str = ""
 
 
+def pretraining_trainers(variant: str) -> Dict[str, str]:
+    """method -> pre-training trainer of one variant suffix (nnunet_mim/variants.py), e.g. "_100ep"."""
+    return {"MAE": f"nnUNetTrainerMAEPretrain{variant}", "MiM": f"nnUNetTrainerMiMPretrain{variant}",
+            "MiM-noalign": f"nnUNetTrainerMiMPretrainNoAlign{variant}"}
+
+
+CPU_LONG_FINETUNING = ("nnUNetTrainerStockCNN_CPUlong", "nnUNetTrainerMiMScratch_T_CPUlong",
+                       "nnUNetTrainerMiMFinetune_T_CPUlong")
 BUDGETS = {
     "smoke": Budget("nnUNetTrainerStockCNN_CPUsmoke", "nnUNetTrainerMiMScratch_T_CPUsmoke",
-                    "nnUNetTrainerMiMFinetune_T_CPUsmoke",
-                    {"MAE": "nnUNetTrainerMAEPretrain_T_CPUsmoke", "MiM": "nnUNetTrainerMiMPretrain_T_CPUsmoke",
-                     "MiM-noalign": "nnUNetTrainerMiMPretrainNoAlign_T_CPUsmoke"}),
+                    "nnUNetTrainerMiMFinetune_T_CPUsmoke", pretraining_trainers("_T_CPUsmoke")),
     "cpu": Budget("nnUNetTrainerStockCNN_CPUdemo", "nnUNetTrainerMiMScratch_T_CPUdemo",
-                  "nnUNetTrainerMiMFinetune_T_CPUdemo",
-                  {"MAE": "nnUNetTrainerMAEPretrain_T_CPUbench", "MiM": "nnUNetTrainerMiMPretrain_T_CPUbench",
-                   "MiM-noalign": "nnUNetTrainerMiMPretrainNoAlign_T_CPUbench"}),
-    "cpu-long": Budget("nnUNetTrainerStockCNN_CPUlong", "nnUNetTrainerMiMScratch_T_CPUlong",
-                       "nnUNetTrainerMiMFinetune_T_CPUlong",
-                       {"MAE": "nnUNetTrainerMAEPretrain_T_CPUbench", "MiM": "nnUNetTrainerMiMPretrain_T_CPUbench",
-                        "MiM-noalign": "nnUNetTrainerMiMPretrainNoAlign_T_CPUbench"}),
-    "cpu-long-pretrain300": Budget("nnUNetTrainerStockCNN_CPUlong", "nnUNetTrainerMiMScratch_T_CPUlong",
-                                   "nnUNetTrainerMiMFinetune_T_CPUlong",
-                                   {"MAE": "nnUNetTrainerMAEPretrain_T_CPUbench300",
-                                    "MiM": "nnUNetTrainerMiMPretrain_T_CPUbench300",
-                                    "MiM-noalign": "nnUNetTrainerMiMPretrainNoAlign_T_CPUbench300"},
+                  "nnUNetTrainerMiMFinetune_T_CPUdemo", pretraining_trainers("_T_CPUbench")),
+    "cpu-long": Budget(*CPU_LONG_FINETUNING, pretraining_trainers("_T_CPUbench")),
+    "cpu-long-pretrain300": Budget(*CPU_LONG_FINETUNING, pretraining_trainers("_T_CPUbench300"),
                                    pretrain_label="pretrain300ep"),
     # for a plan whose patch is 64^3 or more (e.g. --pretrain-dataset at a finer spacing), where MiM's
     # octants are 2 tokens per axis and a step costs 8-12x a 32^3 one on the CPU
-    "cpu-long-pretrain25": Budget("nnUNetTrainerStockCNN_CPUlong", "nnUNetTrainerMiMScratch_T_CPUlong",
-                                  "nnUNetTrainerMiMFinetune_T_CPUlong",
-                                  {"MAE": "nnUNetTrainerMAEPretrain_T_CPUbench25",
-                                   "MiM": "nnUNetTrainerMiMPretrain_T_CPUbench25",
-                                   "MiM-noalign": "nnUNetTrainerMiMPretrainNoAlign_T_CPUbench25"},
+    "cpu-long-pretrain25": Budget(*CPU_LONG_FINETUNING, pretraining_trainers("_T_CPUbench25"),
                                   pretrain_label="pretrain25ep"),
     "gpu": Budget("nnUNetTrainer_250epochs", "nnUNetTrainerMiMScratch_250ep", "nnUNetTrainerMiMFinetune_250ep",
-                  {"MAE": "nnUNetTrainerMAEPretrain_100ep", "MiM": "nnUNetTrainerMiMPretrain_100ep",
-                   "MiM-noalign": "nnUNetTrainerMiMPretrainNoAlign_100ep"}),
+                  pretraining_trainers("_100ep")),
 }
 ARMS = ["nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"]
 # fine-tuning schedules: the suffix of their trainer variants (nnunet_mim/variants.py)
