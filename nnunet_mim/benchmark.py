@@ -27,7 +27,7 @@ import os
 import subprocess
 import textwrap
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
@@ -280,6 +280,51 @@ def arms_in(rows: List[dict]) -> List[str]:
     return list(dict.fromkeys(r["arm"] for r in rows))
 
 
+RUNS_CSV = "downstream_runs.csv"
+
+
+def read_runs(results: str) -> Tuple[List[dict], str]:
+    """A finished benchmark's rows (from its results folder or its downstream_runs.csv), typed as
+    ``run`` made them, and its title (the first line of downstream.md next to it; "" if absent)."""
+    path = os.path.join(results, RUNS_CSV) if os.path.isdir(results) else results
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {RUNS_CSV} in {results}: name a results folder of nnunet-mim benchmark")
+    with open(path, newline="") as f:
+        rows = [dict(r, fraction=float(r["fraction"]), fold=int(r["fold"]), dice=float(r["dice"]))
+                for r in csv.DictReader(f)]
+    if not rows:
+        raise ValueError(f"{path} holds no runs")
+    markdown = os.path.join(os.path.dirname(path), "downstream.md")
+    title = open(markdown).readline().strip() if os.path.isfile(markdown) else ""
+    return rows, title
+
+
+def combine_runs(benchmarks: Dict[str, List[dict]]) -> List[dict]:
+    """The rows of several benchmarks (label -> rows) as one benchmark's, each tagged with the
+    label of the benchmark it came from. A run that two benchmarks share (same arm, labels and
+    fold, the same Dice for every class: a run reused in one work folder, such as scratch) is kept
+    once under its arm's name. An arm whose runs differ between benchmarks at the same labels and
+    fold (MiM pre-trained two ways) is named "ARM LABEL" in every benchmark, so that no fold is
+    averaged or paired across two different runs."""
+    scores = {}  # (label, arm, fraction, fold) -> {class: dice}
+    for label, rows in benchmarks.items():
+        for r in rows:
+            scores.setdefault((label, r["arm"], r["fraction"], r["fold"]), {})[r["class"]] = r["dice"]
+    first_scores, differing = {}, set()
+    for (label, arm, fraction, fold), dice in scores.items():
+        if first_scores.setdefault((arm, fraction, fold), dice) != dice:
+            differing.add(arm)
+    combined, kept = [], set()
+    for label, rows in benchmarks.items():
+        for r in rows:
+            arm = f"{r['arm']} {label}" if r["arm"] in differing else r["arm"]
+            key = (arm, r["fraction"], r["fold"], r["class"])
+            if key not in kept:  # else the same run, already taken from an earlier benchmark
+                kept.add(key)
+                combined.append(dict(r, arm=arm, benchmark=label))
+    return combined
+
+
 def summarise(rows: List[dict], reference: str = "scratch") -> List[dict]:
     """Mean and sd over folds per arm, fraction and class; difference to the reference arm and a
     paired t-test over the folds."""
@@ -293,6 +338,8 @@ def summarise(rows: List[dict], reference: str = "scratch") -> List[dict]:
                        if (r["arm"], r["fraction"], r["class"]) == (a, fraction, cls)} for a in arms}
         for arm in arms:
             folds = sorted(per_arm[arm])
+            if not folds:  # combined benchmarks: an arm need not be run at every label fraction
+                continue
             values = np.array([per_arm[arm][f] for f in folds])
             entry = {"fraction": fraction, "class": cls, "arm": arm, "folds": len(folds),
                      "mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),

@@ -59,6 +59,34 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from nnunet_mim.benchmark import arms_in, combine_runs, read_runs, write_outputs
+    benchmarks, titles = {}, []
+    for item in args.benchmarks:
+        label, _, results = item.partition("=")
+        if not results or not label:
+            print(f"expected LABEL=RESULTS_FOLDER, got {item!r}", file=sys.stderr)
+            return 2
+        if label in benchmarks:
+            print(f"the label {label!r} is given twice", file=sys.stderr)
+            return 2
+        try:
+            benchmarks[label], title = read_runs(results)
+        except (OSError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        titles.append(f"- {label}: {title or results}")
+    rows = combine_runs(benchmarks)
+    if args.reference not in arms_in(rows):
+        print(f"error: no arm {args.reference!r} to compare with; the arms are {arms_in(rows)} (choose one with "
+              "--reference)", file=sys.stderr)
+        return 1
+    title = f"{len(benchmarks)} benchmarks combined ({', '.join(benchmarks)})"
+    print(write_outputs(rows, args.output_folder, title, reference=args.reference, name="comparison",
+                        notes=titles))
+    return 0
+
+
 def cmd_example_dataset(args) -> int:
     import os
 
@@ -152,6 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-folder", default=None, help="default: WORK_FOLDER/results")
     p.add_argument("--note", default="", help="printed with the table, e.g. where the data comes from")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("compare", help="one table from several finished benchmarks (e.g. MiM pre-trained two "
+                       "ways, or two label fractions run apart)",
+                       description="Combine the results folders of several `nnunet-mim benchmark` runs into one "
+                       "table, CSV and chart, with every arm compared to --reference by a paired t-test over the "
+                       "folds both have. A run two benchmarks share (same arm, labels, fold and Dice, such as "
+                       "scratch reused in one work folder) is counted once; an arm that differs between them "
+                       "(MiM pre-trained two ways) becomes 'ARM LABEL' in each. Writes OUTPUT/comparison.md, .csv, "
+                       "_runs.csv and .png.")
+    p.add_argument("benchmarks", nargs="+", metavar="LABEL=RESULTS",
+                   help="a short label and a benchmark's results folder (or its downstream_runs.csv)")
+    p.add_argument("--reference", default="scratch", help="the arm every other is compared with (default: "
+                   "scratch), e.g. 'MiM 32' to compare with one benchmark's MiM")
+    p.add_argument("-o", "--output-folder", required=True)
+    p.set_defaults(func=cmd_compare)
 
     from nnunet_mim.data import example, templates
     p = sub.add_parser("example-dataset", help="write a labelled example dataset built from a template that "

@@ -184,3 +184,46 @@ def test_all_arms_run_and_the_table_matches_the_runs(nnunet_env, tmp_path):
     for name in ("downstream.md", "downstream.csv", "downstream.png"):
         assert os.path.isfile(work / "results" / name)
     assert sorted(os.listdir(user_dataset)) == before  # the user's preprocessed folder is only read
+
+
+def test_compare_counts_a_shared_run_once_and_keeps_differing_runs_apart(tmp_path, capsys):
+    """nnunet-mim compare: scratch reused by two benchmarks is one arm with its three folds, MiM
+    pre-trained two ways is one arm per benchmark, a benchmark at another label fraction joins the
+    table; every figure is the one the runs give."""
+    from nnunet_mim.benchmark import write_outputs
+    from nnunet_mim.cli import main
+
+    def runs(arm, fraction, mean_dice):
+        return [{"arm": arm, "fraction": fraction, "fold": fold, "trainer": "t", "class": cls, "label": label,
+                 "dice": dice + offset}
+                for fold, dice in enumerate(mean_dice) for cls, label, offset in (("liver", "1", 0.1), ("mean", "", 0))]
+    scratch = runs("scratch", 0.25, [0.5, 0.6, 0.55])
+    benchmarks = {"a": scratch + runs("MiM", 0.25, [0.6, 0.62, 0.58]),
+                  "b": scratch + runs("MiM", 0.25, [0.52, 0.61, 0.57]),
+                  "full": runs("scratch", 1.0, [0.8, 0.82, 0.81]) + runs("MiM", 1.0, [0.79, 0.8, 0.84])}
+    for label, rows in benchmarks.items():
+        write_outputs(rows, str(tmp_path / label), f"benchmark {label}")
+    out = tmp_path / "out"
+    args = ["compare", *(f"{label}={tmp_path / label}" for label in benchmarks), "-o", str(out)]
+    assert main(args) == 0
+    assert "- b: benchmark b" in capsys.readouterr().out
+    with open(out / "comparison.csv") as f:
+        table = {(float(e["fraction"]), e["class"], e["arm"]): e for e in csv.DictReader(f)}
+    assert {arm for _, _, arm in table} == {"scratch", "MiM a", "MiM b", "MiM full"}
+    assert table[0.25, "mean", "scratch"]["folds"] == "3"
+    assert (1.0, "mean", "MiM a") not in table  # not run at 100%: no row, rather than an empty one
+    assert math.isclose(float(table[0.25, "mean", "MiM b"]["diff_vs_reference"]), (0.02 + 0.01 + 0.02) / 3)
+    assert math.isclose(float(table[1.0, "liver", "MiM full"]["diff_vs_reference"]), (-0.01 - 0.02 + 0.03) / 3)
+    assert math.isclose(float(table[0.25, "mean", "MiM a"]["p_vs_reference"]),
+                        next(e for e in summarise(benchmarks["a"]) if e["arm"] == "MiM" and e["class"] == "mean")
+                        ["p_vs_reference"])
+    assert main(args + ["--reference", "MiM a"]) == 0
+    with open(out / "comparison.csv") as f:
+        table = {(float(e["fraction"]), e["class"], e["arm"]): e for e in csv.DictReader(f)}
+    assert math.isclose(float(table[0.25, "mean", "MiM b"]["diff_vs_reference"]), (-0.08 - 0.01 - 0.01) / 3)
+    # what a user gets wrong is said, not a traceback
+    assert main(args + ["--reference", "MAE"]) == 1
+    assert "no arm 'MAE'" in capsys.readouterr().err
+    assert main(["compare", f"x={tmp_path / 'missing'}", "-o", str(out)]) == 1
+    assert "no downstream_runs.csv" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "a"), "-o", str(out)]) == 2
