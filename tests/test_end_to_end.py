@@ -189,7 +189,13 @@ def test_not_a_pretraining_checkpoint_is_refused(nnunet_env, pretrained, tmp_pat
     torch.save(checkpoint, foreign)
     corrupt = str(tmp_path / "corrupt.pth")
     open(corrupt, "wb").write(open(pretrained, "rb").read()[:1000])
-    for path, message in [(foreign, "not an nnunet-mim pre-training checkpoint"), (corrupt, "cannot read")]:
+    nnssl = str(tmp_path / "nnssl.pth")  # the layout of nnssl's checkpoints (e.g. the OpenMind models)
+    torch.save({"network_weights": {"encoder.stem.convs.0.conv.weight": torch.zeros(32, 1, 3, 3, 3)},
+                "nnssl_adaptation_plan": {"architecture_plans": {"arch_class_name": "ResEncL"},
+                                          "pretrain_num_input_channels": 1, "key_to_encoder": "encoder.stages"}},
+               nnssl)
+    for path, message in [(foreign, "not an nnunet-mim pre-training checkpoint"), (corrupt, "cannot read"),
+                          (nnssl, "is an nnssl checkpoint (ResEncL)")]:
         result = train(nnunet_env, "nnUNetTrainerMiMFinetune_T_CPUdemo", "-pretrained_weights", path, check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
 

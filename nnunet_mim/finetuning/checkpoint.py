@@ -42,6 +42,13 @@ def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.
     itself (the checkpoint's ``nnunet_mim`` entry)."""
     checkpoint = load_checkpoint(filename)
     weights = checkpoint["network_weights"]
+    nnssl_plan = checkpoint.get("nnssl_adaptation_plan")
+    if isinstance(nnssl_plan, dict):  # e.g. the OpenMind models: a ResEnc or Primus encoder, not ours
+        architecture = (nnssl_plan.get("architecture_plans") or {}).get("arch_class_name", "unknown architecture")
+        raise RuntimeError(f"{filename} is an nnssl checkpoint ({architecture}), whose encoder is not this hybrid "
+                           "network's. Fine-tune it with nnU-Net's own nnssl route (nnU-Net after 2.8.1: "
+                           "nnUNetv2_preprocess_like_nnssl, then nnUNetv2_train_pretrained -tr PretrainedTrainer), "
+                           "or pre-train this network with nnUNetTrainerMiMPretrain")
     if "pretraining_record" not in weights:
         raise RuntimeError(f"{filename} is not an nnunet-mim pre-training checkpoint (written by "
                            "nnUNetTrainerMiMPretrain / nnUNetTrainerMAEPretrain); its network has no "
