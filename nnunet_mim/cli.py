@@ -21,7 +21,11 @@ def cmd_check(args) -> int:
 
 def cmd_demo(args) -> int:
     from nnunet_mim.demo import Demo, format_results
-    results = Demo(args.work_folder, args.pretrain_trainer, args.finetune_trainer, args.scratch_trainer)()
+    try:
+        results = Demo(args.work_folder, args.pretrain_trainer, args.finetune_trainer, args.scratch_trainer)()
+    except (FileExistsError, RuntimeError) as error:  # a used work folder; a failed step (its log is named)
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print("\nDice on the held-out cases (cases built from one template; a smoke-sized CPU run):")
     print(format_results(results))
     return 0
