@@ -356,6 +356,20 @@ def summarise(rows: List[dict], reference: str = "scratch") -> List[dict]:
     return table
 
 
+def per_fold_table(rows: List[dict]) -> List[str]:
+    """Markdown lines: the mean-Dice row of every run, one line per label fraction and arm, one
+    column per fold ("-" where that arm has no run of that fold)."""
+    means = {(r["fraction"], r["arm"], r["fold"]): r["dice"] for r in rows if r["class"] == "mean"}
+    folds = sorted({fold for _, _, fold in means})
+    lines = ["| labels | arm | " + " | ".join(f"fold {f}" for f in folds) + " |", "|---|---|" + "---|" * len(folds)]
+    for fraction in sorted({fraction for fraction, _, _ in means}):
+        for arm in arms_in(rows):
+            if any((fraction, arm, f) in means for f in folds):
+                cells = [f"{means[fraction, arm, f]:.3f}" if (fraction, arm, f) in means else "-" for f in folds]
+                lines.append(f"| {fraction:.0%} | {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_outputs(rows: List[dict], folder: str, title: str, reference: str = "scratch",
                   name: str = "downstream", notes: Sequence[str] = ()) -> str:
     """NAME_runs.csv (one row per run and class), NAME.csv/.md (summary, then ``notes``), NAME.png."""
@@ -379,6 +393,7 @@ def write_outputs(rows: List[dict], folder: str, title: str, reference: str = "s
         lines.append(f"| {e['fraction']:.0%} | {e['class']} | {e['arm']} | {e['folds']} | {e['mean']:.3f} | "
                      f"{fmt(e['sd'], '.3f')} | {fmt(e['diff_vs_reference'], '+.3f')} | "
                      f"{fmt(e['p_vs_reference'], '.3f')} |")
+    lines += ["", "Mean Dice per fold (the pairs behind each paired test):", ""] + per_fold_table(rows)
     markdown = "\n".join(lines + [""] * bool(notes) + list(notes))
     with open(os.path.join(folder, f"{name}.md"), "w") as f:
         f.write(markdown + "\n")
