@@ -85,7 +85,7 @@ def cmd_compare(args) -> int:
         print(f"error: no arm {args.reference!r} to compare with; the arms are {arms_in(rows)} (choose one with "
               "--reference)", file=sys.stderr)
         return 1
-    title = f"{len(benchmarks)} benchmarks combined ({', '.join(benchmarks)})"
+    title = f"{len(benchmarks)} benchmarks combined ({', '.join(benchmarks)})" + (f"; {args.note}" if args.note else "")
     print(write_outputs(rows, args.output_folder, title, reference=args.reference, name="comparison",
                         notes=titles))
     return 0
@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default="scratch", help="the arm every other is compared with (default: "
                    "scratch), e.g. 'MiM 32' to compare with one benchmark's MiM")
     p.add_argument("-o", "--output-folder", required=True)
+    p.add_argument("--note", default="", help="added to the title of the table and chart, e.g. the dataset")
     p.set_defaults(func=cmd_compare)
 
     from nnunet_mim.data import example, templates
