@@ -280,21 +280,22 @@ def arms_in(rows: List[dict]) -> List[str]:
     return list(dict.fromkeys(r["arm"] for r in rows))
 
 
-RUNS_CSV = "downstream_runs.csv"
+RESULTS_NAME = "downstream"  # a benchmark's outputs: downstream.md, downstream_runs.csv, ... (write_outputs)
 
 
 def read_runs(results: str) -> Tuple[List[dict], str]:
     """A finished benchmark's rows (from its results folder or its downstream_runs.csv), typed as
     ``run`` made them, and its title (the first line of downstream.md next to it; "" if absent)."""
-    path = os.path.join(results, RUNS_CSV) if os.path.isdir(results) else results
+    runs_csv = f"{RESULTS_NAME}_runs.csv"
+    path = os.path.join(results, runs_csv) if os.path.isdir(results) else results
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no {RUNS_CSV} in {results}: name a results folder of nnunet-mim benchmark")
+        raise FileNotFoundError(f"no {runs_csv} in {results}: name a results folder of nnunet-mim benchmark")
     with open(path, newline="") as f:
         rows = [dict(r, fraction=float(r["fraction"]), fold=int(r["fold"]), dice=float(r["dice"]))
                 for r in csv.DictReader(f)]
     if not rows:
         raise ValueError(f"{path} holds no runs")
-    markdown = os.path.join(os.path.dirname(path), "downstream.md")
+    markdown = os.path.join(os.path.dirname(path), f"{RESULTS_NAME}.md")
     title = open(markdown).readline().strip() if os.path.isfile(markdown) else ""
     return rows, title
 
@@ -371,7 +372,7 @@ def per_fold_table(rows: List[dict]) -> List[str]:
 
 
 def write_outputs(rows: List[dict], folder: str, title: str, reference: str = "scratch",
-                  name: str = "downstream", notes: Sequence[str] = ()) -> str:
+                  name: str = RESULTS_NAME, notes: Sequence[str] = ()) -> str:
     """NAME_runs.csv (one row per run and class), NAME.csv/.md (summary, then ``notes``), NAME.png."""
     import matplotlib
     matplotlib.use("Agg")
