@@ -62,6 +62,8 @@ BUDGETS = {
     "cpu": Budget("nnUNetTrainerStockCNN_CPUdemo", "nnUNetTrainerMiMScratch_T_CPUdemo",
                   "nnUNetTrainerMiMFinetune_T_CPUdemo", pretraining_trainers("_T_CPUbench")),
     "cpu-long": Budget(*CPU_LONG_FINETUNING, pretraining_trainers("_T_CPUbench")),
+    "cpu-xlong": Budget("nnUNetTrainerStockCNN_CPUxlong", "nnUNetTrainerMiMScratch_T_CPUxlong",
+                        "nnUNetTrainerMiMFinetune_T_CPUxlong", pretraining_trainers("_T_CPUbench")),
     "cpu-long-pretrain300": Budget(*CPU_LONG_FINETUNING, pretraining_trainers("_T_CPUbench300"),
                                    pretrain_label="pretrain300ep"),
     # for a plan whose patch is 64^3 or more (e.g. --pretrain-dataset at a finer spacing), where MiM's

@@ -7,9 +7,13 @@ from nnunet_mim.variants import (  # noqa: F401
     nnUNetTrainerMiMFinetune_LayerDecay, nnUNetTrainerMiMFinetune_S, nnUNetTrainerMiMFinetune_T_CPUdemo,
     nnUNetTrainerMiMFinetune_T_CPUdemo_DecoderFirst, nnUNetTrainerMiMFinetune_T_CPUdemo_LayerDecay,
     nnUNetTrainerMiMFinetune_T_CPUlong, nnUNetTrainerMiMFinetune_T_CPUlong_DecoderFirst,
-    nnUNetTrainerMiMFinetune_T_CPUlong_LayerDecay, nnUNetTrainerMiMFinetune_T_CPUsmoke, nnUNetTrainerMiMScratch_100ep,
+    nnUNetTrainerMiMFinetune_T_CPUlong_LayerDecay, nnUNetTrainerMiMFinetune_T_CPUsmoke,
+    nnUNetTrainerMiMFinetune_T_CPUxlong,
+    nnUNetTrainerMiMFinetune_T_CPUxlong_DecoderFirst, nnUNetTrainerMiMFinetune_T_CPUxlong_LayerDecay,
+    nnUNetTrainerMiMScratch_100ep,
     nnUNetTrainerMiMScratch_250ep, nnUNetTrainerMiMScratch_250ep_DecoderFirst, nnUNetTrainerMiMScratch_250ep_LayerDecay,
     nnUNetTrainerMiMScratch_S, nnUNetTrainerMiMScratch_T_CPUdemo, nnUNetTrainerMiMScratch_T_CPUdemo_DecoderFirst,
     nnUNetTrainerMiMScratch_T_CPUdemo_LayerDecay, nnUNetTrainerMiMScratch_T_CPUlong,
     nnUNetTrainerMiMScratch_T_CPUlong_DecoderFirst, nnUNetTrainerMiMScratch_T_CPUlong_LayerDecay,
-    nnUNetTrainerMiMScratch_T_CPUsmoke)
+    nnUNetTrainerMiMScratch_T_CPUsmoke, nnUNetTrainerMiMScratch_T_CPUxlong,
+    nnUNetTrainerMiMScratch_T_CPUxlong_DecoderFirst, nnUNetTrainerMiMScratch_T_CPUxlong_LayerDecay)
