@@ -54,21 +54,22 @@ def pretraining_trainers(variant: str) -> Dict[str, str]:
             "MiM-noalign": f"nnUNetTrainerMiMPretrainNoAlign{variant}"}
 
 
-CPU_LONG_FINETUNING = ("nnUNetTrainerStockCNN_CPUlong", "nnUNetTrainerMiMScratch_T_CPUlong",
-                       "nnUNetTrainerMiMFinetune_T_CPUlong")
+def cpu_finetuning_trainers(variant: str) -> Tuple[str, str, str]:
+    """(stock, scratch, fine-tuning) trainers of one CPU fine-tuning budget (nnunet_mim/variants.py), e.g. "CPUlong"."""
+    return (f"nnUNetTrainerStockCNN_{variant}", f"nnUNetTrainerMiMScratch_T_{variant}",
+            f"nnUNetTrainerMiMFinetune_T_{variant}")
+
+
 BUDGETS = {
-    "smoke": Budget("nnUNetTrainerStockCNN_CPUsmoke", "nnUNetTrainerMiMScratch_T_CPUsmoke",
-                    "nnUNetTrainerMiMFinetune_T_CPUsmoke", pretraining_trainers("_T_CPUsmoke")),
-    "cpu": Budget("nnUNetTrainerStockCNN_CPUdemo", "nnUNetTrainerMiMScratch_T_CPUdemo",
-                  "nnUNetTrainerMiMFinetune_T_CPUdemo", pretraining_trainers("_T_CPUbench")),
-    "cpu-long": Budget(*CPU_LONG_FINETUNING, pretraining_trainers("_T_CPUbench")),
-    "cpu-xlong": Budget("nnUNetTrainerStockCNN_CPUxlong", "nnUNetTrainerMiMScratch_T_CPUxlong",
-                        "nnUNetTrainerMiMFinetune_T_CPUxlong", pretraining_trainers("_T_CPUbench")),
-    "cpu-long-pretrain300": Budget(*CPU_LONG_FINETUNING, pretraining_trainers("_T_CPUbench300"),
+    "smoke": Budget(*cpu_finetuning_trainers("CPUsmoke"), pretraining_trainers("_T_CPUsmoke")),
+    "cpu": Budget(*cpu_finetuning_trainers("CPUdemo"), pretraining_trainers("_T_CPUbench")),
+    "cpu-long": Budget(*cpu_finetuning_trainers("CPUlong"), pretraining_trainers("_T_CPUbench")),
+    "cpu-xlong": Budget(*cpu_finetuning_trainers("CPUxlong"), pretraining_trainers("_T_CPUbench")),
+    "cpu-long-pretrain300": Budget(*cpu_finetuning_trainers("CPUlong"), pretraining_trainers("_T_CPUbench300"),
                                    pretrain_label="pretrain300ep"),
     # for a plan whose patch is 64^3 or more (e.g. --pretrain-dataset at a finer spacing), where MiM's
     # octants are 2 tokens per axis and a step costs 8-12x a 32^3 one on the CPU
-    "cpu-long-pretrain25": Budget(*CPU_LONG_FINETUNING, pretraining_trainers("_T_CPUbench25"),
+    "cpu-long-pretrain25": Budget(*cpu_finetuning_trainers("CPUlong"), pretraining_trainers("_T_CPUbench25"),
                                   pretrain_label="pretrain25ep"),
     "gpu": Budget("nnUNetTrainer_250epochs", "nnUNetTrainerMiMScratch_250ep", "nnUNetTrainerMiMFinetune_250ep",
                   pretraining_trainers("_100ep")),
