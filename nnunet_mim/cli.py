@@ -1,6 +1,7 @@
 """The ``nnunet-mim`` command."""
 import argparse
 import sys
+import warnings
 
 
 def cmd_env(args) -> int:
@@ -261,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # Importing timm (every subcommand that builds or reads the network) warns about timm's own use
+    # of torch.jit.interface, on every call: nothing a user of this command can act on.
+    warnings.filterwarnings("ignore", message="`torch.jit.interface` is deprecated", category=FutureWarning)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

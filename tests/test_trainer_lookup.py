@@ -29,3 +29,11 @@ def test_every_trainer_is_found_by_nnunet():
     env = dict(os.environ, nnUNet_extTrainer=trainers_path())
     out = subprocess.run([sys.executable, "-c", LOOKUP, *names], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_env_line_names_the_trainers_and_says_nothing_else():
+    """``eval "$(nnunet-mim env)"`` runs in every shell a user sets up: its line must name the trainers'
+    folder, and nothing may reach the terminal beside it (timm's import warned on every call)."""
+    out = subprocess.run([sys.executable, "-m", "nnunet_mim.cli", "env"], capture_output=True, text=True, check=True)
+    assert trainers_path() in out.stdout
+    assert out.stderr == ""
