@@ -2,6 +2,7 @@
 import argparse
 import sys
 import warnings
+from typing import Iterable
 
 
 def cmd_env(args) -> int:
@@ -137,34 +138,30 @@ def cmd_pretrain_dataset_create(args) -> int:
     return 0 if summary["done"] else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from nnunet_mim import benchmark as benchmark_module
-    parser = argparse.ArgumentParser(prog="nnunet-mim", description="MiM / MAE self-supervised pre-training for "
-                                     "nnU-Net v2. Training itself runs through nnUNetv2_train -tr <trainer>.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("env", help="print the shell line that lets nnU-Net find the nnunet-mim trainers",
-                       description="Print `export nnUNet_extTrainer=...` (existing entries kept). "
-                                   "Use: eval \"$(nnunet-mim env)\"")
+def env_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = "Print `export nnUNet_extTrainer=...` (existing entries kept). Use: eval \"$(nnunet-mim env)\""
     p.set_defaults(func=cmd_env)
 
-    p = sub.add_parser("check", help="check that nnU-Net finds the trainers; say what is missing",
-                       description="Exit status 1 and one line per problem when nnUNetv2_train would not find "
-                                   "or could not load the nnunet-mim trainers.")
+
+def check_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Exit status 1 and one line per problem when nnUNetv2_train would not find or could not load "
+                     "the nnunet-mim trainers.")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("adapt-checkpoint", help="adapt a pre-training checkpoint to another number of input "
-                       "channels", description="Rewrite the input projections of a pre-training checkpoint for "
-                       "N input channels (each new kernel = mean of the source kernels x source/N channels) and "
-                       "write a new file for nnUNetv2_train -pretrained_weights. The source is only read.")
+
+def adapt_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Rewrite the input projections of a pre-training checkpoint for N input channels (each new "
+                     "kernel = mean of the source kernels x source/N channels) and write a new file for "
+                     "nnUNetv2_train -pretrained_weights. The source is only read.")
     p.add_argument("checkpoint")
     p.add_argument("--input-channels", type=int, required=True)
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_adapt_checkpoint)
 
-    p = sub.add_parser("benchmark", help="matched comparison: stock nnU-Net, scratch, MAE, MiM, MiM without "
-                       "alignment, at several label fractions", description=benchmark_module.__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def benchmark_arguments(p: argparse.ArgumentParser) -> None:
+    from nnunet_mim import benchmark
+    p.description, p.formatter_class = benchmark.__doc__, argparse.RawDescriptionHelpFormatter
     p.add_argument("dataset", help="nnU-Net dataset ID or name (planned and preprocessed)")
     p.add_argument("-c", "--configuration", default="3d_fullres")
     p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier, as nnUNetv2_train -p (e.g. "
@@ -173,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "pre-training, nnUNetPlans for another dataset, the only plans a collection has)")
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0])
-    p.add_argument("--budget", choices=list(benchmark_module.BUDGETS), default="cpu")
+    p.add_argument("--budget", choices=list(benchmark.BUDGETS), default="cpu")
     p.add_argument("--arms", nargs="+", default=["nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"])
-    p.add_argument("--schedule", choices=list(benchmark_module.SCHEDULES), default="default",
+    p.add_argument("--schedule", choices=list(benchmark.SCHEDULES), default="default",
                    help="fine-tuning schedule of scratch and the pre-trained arms (the stock arm keeps nnU-Net's)")
     p.add_argument("--pretrain-dataset", default=None, help="pre-train on this planned dataset (ID or name) "
                    "instead of the benchmark dataset's own training images")
@@ -186,14 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="", help="printed with the table, e.g. where the data comes from")
     p.set_defaults(func=cmd_benchmark)
 
-    p = sub.add_parser("compare", help="one table from several finished benchmarks (e.g. MiM pre-trained two "
-                       "ways, or two label fractions run apart)",
-                       description="Combine the results folders of several `nnunet-mim benchmark` runs into one "
-                       "table, CSV and chart, with every arm compared to --reference by a paired t-test over the "
-                       "folds both have. A run two benchmarks share (same arm, labels, fold and Dice, such as "
-                       "scratch reused in one work folder) is counted once; an arm that differs between them "
-                       "(MiM pre-trained two ways) becomes 'ARM LABEL' in each. Writes OUTPUT/comparison.md, .csv, "
-                       "_runs.csv and .png.")
+
+def compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Combine the results folders of several `nnunet-mim benchmark` runs into one table, CSV and "
+                     "chart, with every arm compared to --reference by a paired t-test over the folds both have. A "
+                     "run two benchmarks share (same arm, labels, fold and Dice, such as scratch reused in one work "
+                     "folder) is counted once; an arm that differs between them (MiM pre-trained two ways) becomes "
+                     "'ARM LABEL' in each. Writes OUTPUT/comparison.md, .csv, _runs.csv and .png.")
     p.add_argument("benchmarks", nargs="+", metavar="LABEL=RESULTS",
                    help="a short label and a benchmark's results folder (or its downstream_runs.csv)")
     p.add_argument("--reference", default="scratch", help="the arm every other is compared with (default: "
@@ -202,11 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="", help="added to the title of the table and chart, e.g. the dataset")
     p.set_defaults(func=cmd_compare)
 
+
+def example_dataset_arguments(p: argparse.ArgumentParser) -> None:
     from nnunet_mim.data import example, templates
-    p = sub.add_parser("example-dataset", help="write a labelled example dataset built from a template that "
-                       "installs offline (for trying things and for benchmarks)",
-                       description=example.__doc__ + "\n" + templates.__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.description = example.__doc__ + "\n" + templates.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("dataset_id", type=int, help="ID of the new dataset in $nnUNet_raw")
     p.add_argument("--template", choices=sorted(templates.TEMPLATES), default="mni152")
     p.add_argument("--name", default=None, help="default: derived from the template")
@@ -216,9 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=cmd_example_dataset)
 
+
+def pretrain_dataset_arguments(p: argparse.ArgumentParser) -> None:
     from nnunet_mim.data import collection
-    p = sub.add_parser("pretrain-dataset", help="build a pre-training dataset from nnU-Net datasets and folders of "
-                       "unlabeled images (NIfTI, NRRD, MHA, DICOM series)")
     actions = p.add_subparsers(dest="action", required=True)
     p = actions.add_parser("create", help="collect, plan and preprocess (resumable: rerun to continue)",
                            description=collection.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -247,17 +243,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-np", type=int, default=1, help="parallel processes")
     p.set_defaults(func=cmd_pretrain_dataset_create)
 
-    p = sub.add_parser("demo", help="pre-train, fine-tune, predict and report Dice on a built-in example (CPU)",
-                       description="Builds a small labelled dataset from the MNI152 template shipped with "
-                                   "nilearn, then runs nnU-Net planning, MiM pre-training, fine-tuning, the "
-                                   "matched from-scratch run and nnUNetv2_predict on held-out cases, and prints "
-                                   "their Dice. Uses its own nnU-Net folders inside --work-folder.")
+
+def demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Builds a small labelled dataset from the MNI152 template shipped with nilearn, then runs "
+                     "nnU-Net planning, MiM pre-training, fine-tuning, the matched from-scratch run and "
+                     "nnUNetv2_predict on held-out cases, and prints their Dice. Uses its own nnU-Net folders "
+                     "inside --work-folder.")
     p.add_argument("--work-folder", default="nnunet_mim_demo", help="empty or new folder for all outputs "
                    "(default: ./nnunet_mim_demo)")
     p.add_argument("--pretrain-trainer", default="nnUNetTrainerMiMPretrain_T_CPUdemo")
     p.add_argument("--finetune-trainer", default="nnUNetTrainerMiMFinetune_T_CPUdemo")
     p.add_argument("--scratch-trainer", default="nnUNetTrainerMiMScratch_T_CPUdemo")
     p.set_defaults(func=cmd_demo)
+
+
+# name: (one line for `nnunet-mim --help`, the function that fills in its parser)
+COMMANDS = {
+    "env": ("print the shell line that lets nnU-Net find the nnunet-mim trainers", env_arguments),
+    "check": ("check that nnU-Net finds the trainers; say what is missing", check_arguments),
+    "adapt-checkpoint": ("adapt a pre-training checkpoint to another number of input channels",
+                         adapt_checkpoint_arguments),
+    "benchmark": ("matched comparison: stock nnU-Net, scratch, MAE, MiM, MiM without alignment, at several label "
+                  "fractions", benchmark_arguments),
+    "compare": ("one table from several finished benchmarks (e.g. MiM pre-trained two ways, or two label fractions "
+                "run apart)", compare_arguments),
+    "example-dataset": ("write a labelled example dataset built from a template that installs offline (for trying "
+                        "things and for benchmarks)", example_dataset_arguments),
+    "pretrain-dataset": ("build a pre-training dataset from nnU-Net datasets and folders of unlabeled images "
+                         "(NIfTI, NRRD, MHA, DICOM series)", pretrain_dataset_arguments),
+    "demo": ("pre-train, fine-tune, predict and report Dice on a built-in example (CPU)", demo_arguments),
+}
+
+
+def build_parser(commands: Iterable[str] = COMMANDS) -> argparse.ArgumentParser:
+    """The command line, with the arguments of ``commands`` filled in. Filling one in imports what its
+    description and choices come from (torch, timm, nnU-Net: seconds), so main fills in only the one
+    that runs, and `nnunet-mim env` answers at once."""
+    parser = argparse.ArgumentParser(prog="nnunet-mim", description="MiM / MAE self-supervised pre-training for "
+                                     "nnU-Net v2. Training itself runs through nnUNetv2_train -tr <trainer>.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_line, fill_in) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_line)
+        if name in commands:
+            fill_in(command_parser)
     return parser
 
 
@@ -265,7 +293,9 @@ def main(argv=None) -> int:
     # Importing timm (every subcommand that builds or reads the network) warns about timm's own use
     # of torch.jit.interface, on every call: nothing a user of this command can act on.
     warnings.filterwarnings("ignore", message="`torch.jit.interface` is deprecated", category=FutureWarning)
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)  # the first positional
+    args = build_parser([command]).parse_args(argv)
     return args.func(args)
 
 

@@ -1,0 +1,40 @@
+"""The ``nnunet-mim`` command line: each subcommand's parser is filled in only when it runs."""
+import subprocess
+import sys
+
+import pytest
+
+from nnunet_mim.cli import COMMANDS, main
+
+IMPORTS_AFTER_ENV = """
+import sys
+from nnunet_mim.cli import main
+main(["env"])
+print(" ".join(m for m in ("torch", "timm", "nnunetv2") if m in sys.modules))
+"""
+
+
+def test_env_imports_neither_torch_nor_nnunet():
+    """`eval "$(nnunet-mim env)"` sits in shell start-up files: it took 10 s when every subcommand's
+    parser (and so torch, timm and nnU-Net) was built for it."""
+    out = subprocess.run([sys.executable, "-c", IMPORTS_AFTER_ENV], capture_output=True, text=True, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("export nnUNet_extTrainer=")
+    assert lines[1:] in ([], [""]), f"imported for `env`: {lines[1:]}"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_shows_its_own_help(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith(f"usage: nnunet-mim {command}")
+    assert "options:" in help_text and len(help_text.splitlines()) > 4  # its arguments, not a bare stub
+
+
+def test_a_command_missing_an_argument_is_told_which(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["compare", "-o", "out"])  # the runs to compare are missing
+    assert stop.value.code == 2
+    assert "LABEL=RESULTS" in capsys.readouterr().err
