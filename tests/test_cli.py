@@ -20,7 +20,7 @@ def test_env_imports_neither_torch_nor_nnunet():
     out = subprocess.run([sys.executable, "-c", IMPORTS_AFTER_ENV], capture_output=True, text=True, check=True)
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("export nnUNet_extTrainer=")
-    assert lines[1:] in ([], [""]), f"imported for `env`: {lines[1:]}"
+    assert lines[1:] == [], f"imported for `env`: {lines[1:]}"
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
