@@ -67,6 +67,8 @@ BUDGETS = {
     "cpu-xlong": Budget(*cpu_finetuning_trainers("CPUxlong"), pretraining_trainers("_T_CPUbench")),
     "cpu-long-pretrain300": Budget(*cpu_finetuning_trainers("CPUlong"), pretraining_trainers("_T_CPUbench300"),
                                    pretrain_label="pretrain300ep"),
+    "cpu-xlong-pretrain300": Budget(*cpu_finetuning_trainers("CPUxlong"), pretraining_trainers("_T_CPUbench300"),
+                                    pretrain_label="pretrain300ep"),
     # for a plan whose patch is 64^3 or more (e.g. --pretrain-dataset at a finer spacing), where MiM's
     # octants are 2 tokens per axis and a step costs 8-12x a 32^3 one on the CPU
     "cpu-long-pretrain25": Budget(*cpu_finetuning_trainers("CPUlong"), pretraining_trainers("_T_CPUbench25"),

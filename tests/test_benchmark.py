@@ -80,26 +80,27 @@ def test_pretraining_on_another_dataset(nnunet_env, tmp_path, monkeypatch):
     assert results["own"]["MiM"] != results["other"]["MiM"]
 
 
-@pytest.mark.parametrize("other", ["cpu-long-pretrain300", "cpu-long-pretrain25"])
-def test_another_pretraining_length_never_reuses_the_other_ones_runs(nnunet_env, tmp_path, monkeypatch, other):
-    """cpu-long-pretrain300/25 fine-tune with cpu-long's trainers and pre-train 3x longer / 4x
-    shorter: in one work folder their fine-tuned arms get their own results folders and
-    pre-training runs, while scratch and the stock runs, which do not depend on pre-training, are
-    shared."""
+@pytest.mark.parametrize("base, other", [("cpu-long", "cpu-long-pretrain300"), ("cpu-long", "cpu-long-pretrain25"),
+                                         ("cpu-xlong", "cpu-xlong-pretrain300")])
+def test_another_pretraining_length_never_reuses_the_other_ones_runs(nnunet_env, tmp_path, monkeypatch, base, other):
+    """cpu-long-pretrain300/25 (cpu-xlong-pretrain300) fine-tune with cpu-long's (cpu-xlong's)
+    trainers and pre-train 3x longer / 4x shorter: in one work folder their fine-tuned arms get
+    their own results folders and pre-training runs, while scratch and the stock runs, which do not
+    depend on pre-training, are shared."""
     from nnunet_mim import variants
     from nnunet_mim.benchmark import BUDGETS, DownstreamBenchmark
     for key in ("nnUNet_raw", "nnUNet_preprocessed"):
         monkeypatch.setenv(key, nnunet_env[key])
     long, other_length = (DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], budget,
-                                              str(tmp_path / "w")) for budget in ("cpu-long", other))
+                                              str(tmp_path / "w")) for budget in (base, other))
     for arm in ("nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"):
         assert long.trainer(arm) == other_length.trainer(arm)
         same_folder = (long.fraction_env(1.0, arm)["nnUNet_results"]
                        == other_length.fraction_env(1.0, arm)["nnUNet_results"])
-        assert same_folder == (arm not in BUDGETS["cpu-long"].pretrain), arm
+        assert same_folder == (arm not in BUDGETS[base].pretrain), arm
     for method, trainer in BUDGETS[other].pretrain.items():
-        assert trainer != BUDGETS["cpu-long"].pretrain[method]
-        assert getattr(variants, trainer).epochs != getattr(variants, BUDGETS["cpu-long"].pretrain[method]).epochs
+        assert trainer != BUDGETS[base].pretrain[method]
+        assert getattr(variants, trainer).epochs != getattr(variants, BUDGETS[base].pretrain[method]).epochs
 
 
 def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(nnunet_env, tmp_path, monkeypatch):
