@@ -35,6 +35,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json, save
 from nnunet_mim.checkpointing import CHECKPOINTS
 from nnunet_mim.demo import nnunet_command
 from nnunet_mim.environment import ext_trainer_value
+from nnunet_mim.learning_curves import curve_rows
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,9 @@ class DownstreamBenchmark:
                 warnings.append(f"WARNING ({method} pre-training): {warning}")
         return warnings
 
-    def run(self) -> List[dict]:
+    def run(self) -> Tuple[List[dict], List[dict]]:
+        """Pre-train, then train every arm, label fraction and fold (finished runs are reused):
+        the Dice rows of every run (``scores``) and the learning curve of every run (``curve_rows``)."""
         from tqdm import tqdm
         methods = self.pretrained_methods
         for warning in self.pretraining_warnings():
@@ -250,7 +253,7 @@ class DownstreamBenchmark:
             bar.set_description(f"pre-training {method}")
             checkpoints[method] = self.pretrain(method)
             bar.update()
-        rows = []
+        rows, curves = [], []
         for fraction in self.fractions:
             for fold in self.folds:
                 for arm in self.arms:
@@ -259,9 +262,10 @@ class DownstreamBenchmark:
                     trainer = self.trainer(arm)
                     folder = self.train(env, trainer, fold, checkpoints.get(arm))
                     rows += self.scores(folder, {"arm": arm, "fraction": fraction, "fold": fold, "trainer": trainer})
+                    curves += curve_rows(folder, arm, fraction, fold)
                     bar.update()
         bar.close()
-        return rows
+        return rows, curves
 
     def scores(self, run_folder: str, run: dict) -> List[dict]:
         """One row per class and one for the mean foreground Dice of a finished fold (nnU-Net's

@@ -50,18 +50,22 @@ def cmd_adapt_checkpoint(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from nnunet_mim.benchmark import DownstreamBenchmark, write_outputs
+    from nnunet_mim.benchmark import RESULTS_NAME, DownstreamBenchmark, write_outputs
+    from nnunet_mim.learning_curves import end_of_training_table, write_curves
     bench = DownstreamBenchmark(args.dataset, args.configuration, args.folds, args.fractions, args.budget,
                                 args.work_folder, args.seed, args.arms, args.device, args.pretrain_dataset,
                                 args.schedule, args.plans, args.pretrain_plans)
-    rows = bench.run()
+    rows, curves = bench.run()
     pretraining = "" if bench.pretrain_dataset_name == bench.dataset_name else \
         f", pre-trained on {bench.pretrain_dataset_name} ({bench.pretrain_plans})"
     title = (f"{bench.dataset_name}, {args.plans} {args.configuration}, budget '{args.budget}', "
              f"schedule {args.schedule}, "
              f"folds {args.folds}, seed {args.seed}{pretraining}" + (f"; {args.note}" if args.note else ""))
-    print(write_outputs(rows, args.results_folder or bench.work + "/results", title,
-                        notes=bench.pretraining_warnings()))
+    results = args.results_folder or bench.work + "/results"
+    write_curves(curves, results, title, RESULTS_NAME)
+    warnings = bench.pretraining_warnings()
+    notes = warnings + [""] * bool(warnings) + end_of_training_table(curves, RESULTS_NAME)
+    print(write_outputs(rows, results, title, notes=notes))
     return 0
 
 

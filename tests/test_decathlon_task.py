@@ -5,6 +5,7 @@ own layout (imagesTr/labelsTr/imagesTs, MSD dataset.json with "modality" and "tr
 1 mm MR-like images of about 36x50x35 voxels with two adjacent labelled structures. nnU-Net's own
 converter and planner turn it into Dataset004_Hippocampus, as they would the real download.
 """
+import csv
 import glob
 import json
 import os
@@ -13,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from conftest import run
 from nnunet_mim.demo import nnunet_command
@@ -83,6 +85,19 @@ def test_benchmark_runs_on_a_decathlon_task_given_only_its_id(hippocampus_env, t
                            / "training_log_*.txt"))
     with open(log) as f:
         assert "WARNING: at patch [32, 32, 32] an L1 octant is [1, 1, 1] tokens" in f.read()
+    # every run's learning curve is the EMA pseudo-Dice nnU-Net logged in that run's checkpoint
+    with open(tmp_path / "results" / "downstream_curves.csv") as f:
+        curves = list(csv.DictReader(f))
+    assert {r["arm"] for r in curves} == {"scratch", "MiM"}
+    for arm, trainer in (("scratch", "nnUNetTrainerMiMScratch_T_CPUsmoke"),
+                         ("MiM", "nnUNetTrainerMiMFinetune_T_CPUsmoke")):
+        checkpoint = torch.load(tmp_path / "labels_025pct" / "nnUNet_results" / arm / "Dataset004_Hippocampus"
+                                / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0" / "checkpoint_final.pth",
+                                map_location="cpu", weights_only=False)
+        logged = [float(v) for v in checkpoint["logging"]["ema_fg_dice"]]
+        assert [float(r["ema_pseudo_dice"]) for r in curves if r["arm"] == arm] == pytest.approx(logged)
+    assert "| 25% | MiM | 1 | 1 |" in result.stdout  # the end-of-training table: one fold of one epoch
+    assert os.path.isfile(tmp_path / "results" / "downstream_curves.png")
 
 
 def test_benchmark_with_residual_encoder_plans(hippocampus_env, tmp_path):
