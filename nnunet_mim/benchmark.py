@@ -96,7 +96,7 @@ class DownstreamBenchmark:
     def __init__(self, dataset: str, configuration: str, folds: Sequence[int], fractions: Sequence[float],
                  budget: str, work_folder: str, seed: int = 0, arms: Sequence[str] = ARMS,
                  device: Optional[str] = None, pretrain_dataset: Optional[str] = None, schedule: str = "default",
-                 plans: str = "nnUNetPlans", pretrain_plans: Optional[str] = None):
+                 plans: str = "nnUNetPlans", pretrain_plans: Optional[str] = None, report_only: bool = False):
         from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
         for var in ("nnUNet_raw", "nnUNet_preprocessed"):
             if var not in os.environ:
@@ -116,7 +116,7 @@ class DownstreamBenchmark:
         self.class_names = class_names(load_json(os.path.join(self.source, "dataset.json"))["labels"])
         self.configuration, self.folds, self.fractions = configuration, list(folds), list(fractions)
         self.budget, self.budget_name, self.seed, self.arms = BUDGETS[budget], budget, seed, list(arms)
-        self.schedule = schedule
+        self.schedule, self.report_only = schedule, report_only
         from nnunet_mim import variants
         for arm in ("scratch", "MiM"):
             if not hasattr(variants, self.trainer(arm)):
@@ -199,6 +199,9 @@ class DownstreamBenchmark:
             os.path.join(folder, "checkpoint_final.pth")
         if os.path.isfile(done):  # rerunning the benchmark continues where it stopped
             return folder
+        if self.report_only:
+            raise RuntimeError(f"--report-only trains nothing, and {folder} holds no finished run: run the "
+                               "benchmark without it, or with the arms, folds and fractions that were run")
         args = [nnunet_command("nnUNetv2_train"), dataset, self.configuration, str(fold), "-tr", trainer,
                 "-p", plans, "-device", self.device]
         if any(os.path.isfile(os.path.join(folder, c)) for c in CHECKPOINTS):
@@ -242,7 +245,8 @@ class DownstreamBenchmark:
         """Pre-train, then train every arm, label fraction and fold (finished runs are reused):
         the Dice rows of every run (``scores``) and the learning curve of every run (``curve_rows``)."""
         from tqdm import tqdm
-        methods = self.pretrained_methods
+        # a report reads only the fine-tuned runs: it needs no pre-training checkpoint
+        methods = [] if self.report_only else self.pretrained_methods
         for warning in self.pretraining_warnings():
             print(warning, flush=True)
             self.log.write(warning + "\n")

@@ -54,7 +54,7 @@ def cmd_benchmark(args) -> int:
     from nnunet_mim.learning_curves import end_of_training_table, write_curves
     bench = DownstreamBenchmark(args.dataset, args.configuration, args.folds, args.fractions, args.budget,
                                 args.work_folder, args.seed, args.arms, args.device, args.pretrain_dataset,
-                                args.schedule, args.plans, args.pretrain_plans)
+                                args.schedule, args.plans, args.pretrain_plans, args.report_only)
     rows, curves = bench.run()
     pretraining = "" if bench.pretrain_dataset_name == bench.dataset_name else \
         f", pre-trained on {bench.pretrain_dataset_name} ({bench.pretrain_plans})"
@@ -185,6 +185,8 @@ def benchmark_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-folder", default="nnunet_mim_benchmark")
     p.add_argument("--results-folder", default=None, help="default: WORK_FOLDER/results")
     p.add_argument("--note", default="", help="printed with the table, e.g. where the data comes from")
+    p.add_argument("--report-only", action="store_true", help="train nothing: write the tables and charts from the "
+                   "runs finished in WORK_FOLDER (fails, naming it, if one is missing)")
     p.set_defaults(func=cmd_benchmark)
 
 

@@ -152,6 +152,22 @@ def test_each_label_draw_has_its_own_folders(nnunet_env, tmp_path, monkeypatch):
         first.fraction_env(0.5, "scratch")
 
 
+def test_report_only_trains_nothing(nnunet_env, tmp_path, monkeypatch):
+    """--report-only on a work folder without the runs fails, naming the missing run, and starts no
+    nnU-Net training, not even the pre-training (finished runs are reported: test_decathlon_task)."""
+    from nnunet_mim.benchmark import DownstreamBenchmark
+    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(key, nnunet_env[key])
+    bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", str(tmp_path / "w"),
+                                arms=["MiM"], device="cpu", report_only=True)
+    with pytest.raises(RuntimeError, match="--report-only trains nothing, and .*/MiM/.*fold_0 holds no finished run"):
+        bench.run()
+    bench.log.close()
+    with open(tmp_path / "w" / "benchmark.log") as f:
+        assert "nnUNetv2_train" not in f.read()
+    assert not os.path.exists(tmp_path / "w" / "pretraining")
+
+
 @pytest.mark.slow  # 13 nnU-Net runs: about 6 minutes on 2 cores; `python -m pytest -m slow`
 def test_all_arms_run_and_the_table_matches_the_runs(nnunet_env, tmp_path):
     work = tmp_path / "bench"

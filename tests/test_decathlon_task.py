@@ -98,6 +98,17 @@ def test_benchmark_runs_on_a_decathlon_task_given_only_its_id(hippocampus_env, t
         assert [float(r["ema_pseudo_dice"]) for r in curves if r["arm"] == arm] == pytest.approx(logged)
     assert "| 25% | MiM | 1 | 1 |" in result.stdout  # the end-of-training table: one fold of one epoch
     assert os.path.isfile(tmp_path / "results" / "downstream_curves.png")
+    # --report-only writes the same tables from the finished runs, and trains nothing
+    with open(tmp_path / "benchmark.log") as f:
+        log_before = f.read()
+    run([sys.executable, "-m", "nnunet_mim.cli", "benchmark", "4", "--budget", "smoke", "--arms", "scratch", "MiM",
+         "--folds", "0", "--fractions", "0.25", "--device", "cpu", "--work-folder", str(tmp_path), "--report-only",
+         "--results-folder", str(tmp_path / "report")], hippocampus_env)
+    for name in ("downstream_runs.csv", "downstream_curves.csv"):
+        with open(tmp_path / "results" / name) as first, open(tmp_path / "report" / name) as report:
+            assert report.read() == first.read(), name
+    with open(tmp_path / "benchmark.log") as f:
+        assert "nnUNetv2_train" not in f.read()[len(log_before):]
 
 
 def test_benchmark_with_residual_encoder_plans(hippocampus_env, tmp_path):
