@@ -3,13 +3,17 @@
 A benchmark at a fixed budget compares the arms where the budget stops them. If they are still
 improving then, an arm that only learns sooner looks better than one that ends better: on the CPU
 benchmark of MNI152 lobes at 25% labels (docs/benchmarks.md) MiM's +3.1 Dice points over scratch
-at 600 fine-tuning steps became -1.3 at 1200. So the benchmark keeps every run's learning curve and reports its last
-stretch.
+at 600 fine-tuning steps became -1.3 at 1200. So the benchmark keeps every run's learning curve
+and reports how it ends.
 
-The curve is nnU-Net's EMA pseudo-Dice: the mean foreground Dice on the validation batches it
-evaluates after every epoch, as a running average (weight 0.9 on the past), the figure nnU-Net
-picks checkpoint_best by. nnU-Net's logger stores it in the run's checkpoint, so it is read from
-there rather than parsed from a text log.
+The curve is nnU-Net's pseudo-Dice: the mean foreground Dice on the validation patches it
+evaluates after every epoch, kept by its logger in the run's checkpoint (so nothing is parsed from
+a text log), raw and as the running average it picks checkpoint_best by (EMA, weight 0.9 on the
+past). The EMA trails the raw figure by about ten epochs, so whether a run was still learning at
+its end is judged on the raw figure: its mean over the last 10% of the epochs minus its mean over
+the 10% before. A clear rise says the run was still learning. No rise proves less: fine-tuning's
+learning rate falls to zero on its cosine schedule, so every run flattens at its end; only a
+longer budget says whether it had converged.
 """
 import csv
 import os
@@ -18,73 +22,74 @@ from typing import List, Sequence
 
 import numpy as np
 
-END_SHARE = 0.1  # the last stretch of a run: this share of its epochs (at least one)
-CURVES_FIELDS = ["arm", "fraction", "fold", "epoch", "ema_pseudo_dice"]
-
-
-def read_curve(run_folder: str) -> List[float]:
-    """The EMA pseudo-Dice after every epoch of a finished nnU-Net run (its checkpoint_final.pth)."""
-    import torch
-    # mmap: only the logger's lists are read, not the weights and optimizer state (GBs at the GPU budget)
-    checkpoint = torch.load(os.path.join(run_folder, "checkpoint_final.pth"), map_location="cpu",
-                            weights_only=False, mmap=True)
-    return [float(v) for v in checkpoint["logging"]["ema_fg_dice"]]
+END_SHARE = 0.1  # a run's end: this share of its epochs (at least one)
+CURVES_FIELDS = ["arm", "fraction", "fold", "epoch", "pseudo_dice", "ema_pseudo_dice"]
 
 
 def curve_rows(run_folder: str, arm: str, fraction: float, fold: int) -> List[dict]:
-    """One row per epoch of a run's curve (the rows of NAME_curves.csv)."""
-    return [{"arm": arm, "fraction": fraction, "fold": fold, "epoch": epoch, "ema_pseudo_dice": value}
-            for epoch, value in enumerate(read_curve(run_folder))]
+    """One row per epoch of a finished nnU-Net run (the rows of NAME_curves.csv): the pseudo-Dice
+    and its EMA as nnU-Net logged them in the run's checkpoint_final.pth."""
+    import torch
+    # mmap: only the logger's lists are read, not the weights and optimizer state (GBs at the GPU budget)
+    logged = torch.load(os.path.join(run_folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False,
+                        mmap=True)["logging"]
+    return [{"arm": arm, "fraction": fraction, "fold": fold, "epoch": epoch, "pseudo_dice": float(raw),
+             "ema_pseudo_dice": float(ema)}
+            for epoch, (raw, ema) in enumerate(zip(logged["mean_fg_dice"], logged["ema_fg_dice"]))]
 
 
 def end_span(epochs: int) -> int:
-    """The number of epochs in a run's last stretch."""
+    """The number of epochs in a run's end."""
     return max(1, int(round(END_SHARE * epochs)))
 
 
-def end_rise(curve: Sequence[float]) -> float:
-    """How much the curve rose over its last stretch (nan for a run of one epoch)."""
-    if len(curve) < 2:
+def end_change(curve: Sequence[float]) -> float:
+    """Mean over a run's end minus mean over as many epochs before it (nan if the run is too short)."""
+    span = end_span(len(curve))
+    if len(curve) < 2 * span:
         return float("nan")
-    return float(curve[-1] - curve[-1 - end_span(len(curve))])
+    return float(np.mean(curve[-span:]) - np.mean(curve[-2 * span:-span]))
 
 
-def curves_by_run(rows: List[dict]) -> dict:
-    """(fraction, arm) -> {fold: curve}, arms in the order the rows give them."""
+def curves_by_run(rows: List[dict], field: str) -> dict:
+    """(fraction, arm) -> {fold: one field's curve}, arms in the order the rows give them."""
     runs = {}
     for r in rows:
-        runs.setdefault((r["fraction"], r["arm"]), {}).setdefault(r["fold"], []).append((r["epoch"],
-                                                                                         r["ema_pseudo_dice"]))
+        runs.setdefault((r["fraction"], r["arm"]), {}).setdefault(r["fold"], []).append((r["epoch"], r[field]))
     return {key: {fold: [v for _, v in sorted(points)] for fold, points in folds.items()}
             for key, folds in runs.items()}
 
 
 def end_of_training_table(rows: List[dict], name: str) -> List[str]:
-    """Markdown lines: per label fraction and arm, the EMA pseudo-Dice after the last epoch and its
-    rise over the last stretch, mean over folds, with the smallest and largest rise of a fold."""
-    lines = ["Were the runs still learning when the budget ended? nnU-Net's EMA pseudo-Dice (validation batches, "
-             "mean over folds) after the last epoch and its rise over the last "
-             f"{END_SHARE:.0%} of the epochs. A rise well above 0 says the budget stopped the runs while they were "
-             "learning: the table above then compares how soon the arms learn more than where they end "
-             f"(the curves: {name}_curves.png).", "",
-             "| labels | arm | folds | epochs | EMA pseudo-Dice, last epoch | rise over the last n epochs (n) "
-             "| rise range |",
+    """Markdown lines: per label fraction and arm, the EMA pseudo-Dice after the last epoch and the
+    change of the raw pseudo-Dice at the end (mean over folds, and the lowest and highest fold)."""
+    lines = ["Were the runs still learning when the budget ended? nnU-Net's pseudo-Dice (validation patches, mean "
+             f"over folds): its EMA after the last epoch, and the raw figure's mean over the last {END_SHARE:.0%} of "
+             "the epochs minus its mean over the 10% before. A clear rise says the budget stopped the runs while "
+             "they were learning: the table above then compares how soon the arms learn more than where they end. "
+             "No rise does not prove convergence (the learning rate ends at zero): compare with a longer budget. "
+             f"Curves: {name}_curves.png.", "",
+             "| labels | arm | folds | epochs | EMA pseudo-Dice, last epoch | change at the end (epochs) "
+             "| lowest, highest fold |",
              "|---|---|---|---|---|---|---|"]
-    for (fraction, arm), folds in curves_by_run(rows).items():
+    raw = curves_by_run(rows, "pseudo_dice")
+    for (fraction, arm), folds in curves_by_run(rows, "ema_pseudo_dice").items():
         curves = list(folds.values())
         epochs = sorted({len(c) for c in curves})
-        rises = np.array([end_rise(c) for c in curves])
-        span = ", ".join(str(end_span(n)) for n in epochs)
-        rise = "n/a" if np.isnan(rises).all() else f"{np.nanmean(rises):+.3f} ({span})"
-        spread = "n/a" if np.isnan(rises).all() else f"{np.nanmin(rises):+.3f} to {np.nanmax(rises):+.3f}"
+        changes = np.array([end_change(c) for c in raw[fraction, arm].values()])
+        if np.isnan(changes).all():
+            change = spread = "n/a"
+        else:
+            change = f"{np.nanmean(changes):+.3f} ({', '.join(str(end_span(n)) for n in epochs)})"
+            spread = f"{np.nanmin(changes):+.3f}, {np.nanmax(changes):+.3f}"
         lines.append(f"| {fraction:.0%} | {arm} | {len(curves)} | {', '.join(map(str, epochs))} | "
-                     f"{np.mean([c[-1] for c in curves]):.3f} | {rise} | {spread} |")
+                     f"{np.mean([c[-1] for c in curves]):.3f} | {change} | {spread} |")
     return lines
 
 
 def write_curves(rows: List[dict], folder: str, title: str, name: str) -> None:
     """NAME_curves.csv (one row per run and epoch) and NAME_curves.png (one panel per label
-    fraction: the mean curve of each arm over its folds, shaded from the lowest to the highest fold)."""
+    fraction: each arm's EMA pseudo-Dice, mean over its folds, shaded from the lowest to the highest fold)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -93,7 +98,7 @@ def write_curves(rows: List[dict], folder: str, title: str, name: str) -> None:
         writer = csv.DictWriter(f, fieldnames=CURVES_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    runs = curves_by_run(rows)
+    runs = curves_by_run(rows, "ema_pseudo_dice")
     fractions = sorted({fraction for fraction, _ in runs})
     fig, axes = plt.subplots(1, len(fractions), figsize=(5 * len(fractions), 4), squeeze=False, sharey=True)
     for ax, fraction in zip(axes[0], fractions):
@@ -108,7 +113,7 @@ def write_curves(rows: List[dict], folder: str, title: str, name: str) -> None:
         ax.set_title(f"{fraction:.0%} labels", fontsize=9)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("EMA pseudo-Dice (validation batches)")
+    axes[0][0].set_ylabel("EMA pseudo-Dice (validation patches)")
     fig.suptitle(textwrap.fill(title, 120), fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(folder, f"{name}_curves.png"), dpi=100)
