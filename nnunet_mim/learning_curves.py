@@ -11,9 +11,9 @@ evaluates after every epoch, kept by its logger in the run's checkpoint (so noth
 a text log), raw and as the running average it picks checkpoint_best by (EMA, weight 0.9 on the
 past). The EMA trails the raw figure by about ten epochs, so whether a run was still learning at
 its end is judged on the raw figure: its mean over the last 10% of the epochs minus its mean over
-the 10% before. A clear rise says the run was still learning. No rise proves less: fine-tuning's
-learning rate falls to zero on its cosine schedule, so every run flattens at its end; only a
-longer budget says whether it had converged.
+the 10% before. A clear rise says the run was still learning. No rise proves less: every arm's
+learning rate falls to about zero at the end of its schedule (cosine, or nnU-Net's poly), so every
+run flattens at its end; only a longer budget says whether it had converged.
 """
 import csv
 import os
@@ -28,11 +28,14 @@ CURVES_FIELDS = ["arm", "fraction", "fold", "epoch", "pseudo_dice", "ema_pseudo_
 
 def curve_rows(run_folder: str, arm: str, fraction: float, fold: int) -> List[dict]:
     """One row per epoch of a finished nnU-Net run (the rows of NAME_curves.csv): the pseudo-Dice
-    and its EMA as nnU-Net logged them in the run's checkpoint_final.pth."""
+    and its EMA as nnU-Net logged them in the run's checkpoint_final.pth; none for a run without
+    one (its Dice is still scored: a missing curve only leaves that run out of the curves)."""
     import torch
+    checkpoint = os.path.join(run_folder, "checkpoint_final.pth")
+    if not os.path.isfile(checkpoint):
+        return []
     # mmap: only the logger's lists are read, not the weights and optimizer state (GBs at the GPU budget)
-    logged = torch.load(os.path.join(run_folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False,
-                        mmap=True)["logging"]
+    logged = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["logging"]
     return [{"arm": arm, "fraction": fraction, "fold": fold, "epoch": epoch, "pseudo_dice": float(raw),
              "ema_pseudo_dice": float(ema)}
             for epoch, (raw, ema) in enumerate(zip(logged["mean_fg_dice"], logged["ema_fg_dice"]))]
@@ -99,6 +102,8 @@ def write_curves(rows: List[dict], folder: str, title: str, name: str) -> None:
         writer.writeheader()
         writer.writerows(rows)
     runs = curves_by_run(rows, "ema_pseudo_dice")
+    if not runs:  # no run had a checkpoint_final.pth
+        return
     fractions = sorted({fraction for fraction, _ in runs})
     fig, axes = plt.subplots(1, len(fractions), figsize=(5 * len(fractions), 4), squeeze=False, sharey=True)
     for ax, fraction in zip(axes[0], fractions):

@@ -29,6 +29,7 @@ def test_curve_rows_are_the_pseudo_dice_nnunet_logged(tmp_path):
     assert [(r["arm"], r["fraction"], r["fold"], r["epoch"]) for r in rows] == [("MiM", 0.1, 2, e) for e in range(3)]
     assert [r["pseudo_dice"] for r in rows] == pytest.approx(raw)
     assert [r["ema_pseudo_dice"] for r in rows] == pytest.approx(ema)
+    assert curve_rows(str(tmp_path / "no_checkpoint"), "MiM", 0.1, 2) == []
 
 
 def curves(arm, fraction, per_fold):
@@ -53,3 +54,6 @@ def test_the_table_says_which_arm_was_still_learning(tmp_path):
                     float(r["ema_pseudo_dice"])) for r in csv.DictReader(f)]
     assert written == [tuple(r.values()) for r in rows]
     assert (tmp_path / "downstream_curves.png").stat().st_size > 0
+    write_curves([], str(tmp_path / "none"), "no curves", "downstream")  # runs without checkpoint_final.pth
+    assert (tmp_path / "none" / "downstream_curves.csv").read_text().strip() == ",".join(CURVES_FIELDS)
+    assert not (tmp_path / "none" / "downstream_curves.png").exists()
