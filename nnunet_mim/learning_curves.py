@@ -68,9 +68,9 @@ def end_of_training_table(rows: List[dict], name: str) -> List[str]:
     change of the raw pseudo-Dice at the end (mean over folds, and the lowest and highest fold)."""
     lines = ["Were the runs still learning when the budget ended? nnU-Net's pseudo-Dice (validation patches, mean "
              f"over folds): its EMA after the last epoch, and the raw figure's mean over the last {END_SHARE:.0%} of "
-             "the epochs minus its mean over the 10% before. A clear rise says the budget stopped the runs while "
-             "they were learning: the table above then compares how soon the arms learn more than where they end. "
-             "No rise does not prove convergence (the learning rate ends at zero): compare with a longer budget. "
+             "the epochs minus its mean over as many epochs before. A clear rise says the budget stopped the runs "
+             "while they were learning: the table above then compares how soon the arms learn more than where they "
+             "end. No rise does not prove convergence (the learning rate ends at zero): compare with a longer budget. "
              f"Curves: {name}_curves.png.", "",
              "| labels | arm | folds | epochs | EMA pseudo-Dice, last epoch | change at the end (epochs) "
              "| lowest, highest fold |",

@@ -85,7 +85,7 @@ def test_benchmark_runs_on_a_decathlon_task_given_only_its_id(hippocampus_env, t
                            / "training_log_*.txt"))
     with open(log) as f:
         assert "WARNING: at patch [32, 32, 32] an L1 octant is [1, 1, 1] tokens" in f.read()
-    # every run's learning curve is the EMA pseudo-Dice nnU-Net logged in that run's checkpoint
+    # every run's learning curve is the pseudo-Dice (raw and EMA) nnU-Net logged in that run's checkpoint
     with open(tmp_path / "results" / "downstream_curves.csv") as f:
         curves = list(csv.DictReader(f))
     assert {r["arm"] for r in curves} == {"scratch", "MiM"}
