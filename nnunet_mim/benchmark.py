@@ -80,6 +80,11 @@ BUDGETS = {
 ARMS = ["nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"]
 # fine-tuning schedules: the suffix of their trainer variants (nnunet_mim/variants.py)
 SCHEDULES = {"default": "", "layer-decay": "_LayerDecay", "decoder-first": "_DecoderFirst"}
+LOG_TAIL_LINES = 15  # of a failed run's output, shown in its error: nnU-Net's exception is at the end
+
+
+class BenchmarkError(RuntimeError):
+    """Bad input or a failed run: a message the user can act on (the command prints it without a traceback)."""
 
 
 def label_fraction_splits(splits: List[dict], fraction: float, seed: int) -> List[dict]:
@@ -100,10 +105,18 @@ class DownstreamBenchmark:
         from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
         for var in ("nnUNet_raw", "nnUNet_preprocessed"):
             if var not in os.environ:
-                raise RuntimeError(f"{var} is not set: the benchmark reads the dataset from nnU-Net's folders")
-        self.dataset_name = maybe_convert_to_dataset_name(dataset)
+                raise BenchmarkError(f"{var} is not set: the benchmark reads the dataset from nnU-Net's folders")
+        unknown = [arm for arm in arms if arm not in ARMS]
+        if unknown:  # a misspelt pre-trained arm would otherwise fine-tune from random weights under its name
+            raise BenchmarkError(f"unknown arms {unknown}: choose from {ARMS}")
+        if not all(0 < fraction <= 1 for fraction in fractions):
+            raise BenchmarkError(f"label fractions must lie in (0, 1], got {list(fractions)}")
+        try:
+            self.dataset_name = maybe_convert_to_dataset_name(dataset)
+            self.pretrain_dataset_name = maybe_convert_to_dataset_name(pretrain_dataset or dataset)
+        except RuntimeError as error:  # nnU-Net's "Could not find a dataset with the ID ..."
+            raise BenchmarkError(str(error)) from error
         self.source = os.path.join(os.environ["nnUNet_preprocessed"], self.dataset_name)
-        self.pretrain_dataset_name = maybe_convert_to_dataset_name(pretrain_dataset or dataset)
         # another pre-training dataset has its own plans: a collection only ever has nnUNetPlans
         self.plans = plans
         self.pretrain_plans = pretrain_plans or (plans if self.pretrain_dataset_name == self.dataset_name
@@ -111,16 +124,28 @@ class DownstreamBenchmark:
         for name, plans_name in {(self.dataset_name, self.plans), (self.pretrain_dataset_name, self.pretrain_plans)}:
             plans_file = self.plans_file(name, plans_name)
             if not os.path.isfile(plans_file):
-                raise RuntimeError(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess (or nnunet-mim "
-                                   f"pretrain-dataset create) for {name} first, or name the plans it has with -p")
+                raise BenchmarkError(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess (or nnunet-mim "
+                                     f"pretrain-dataset create) for {name} first, or name the plans it has with -p")
         self.class_names = class_names(load_json(os.path.join(self.source, "dataset.json"))["labels"])
         self.configuration, self.folds, self.fractions = configuration, list(folds), list(fractions)
         self.budget, self.budget_name, self.seed, self.arms = BUDGETS[budget], budget, seed, list(arms)
         self.schedule, self.report_only = schedule, report_only
+        configurations = load_json(self.plans_file(self.dataset_name, self.plans))["configurations"]
+        if configuration not in configurations:
+            raise BenchmarkError(f"{self.plans} of {self.dataset_name} has no configuration {configuration!r}; "
+                                 f"it has {sorted(configurations)}")
+        data = os.path.join(self.source, configurations[configuration]["data_identifier"])
+        if not os.path.isdir(data):
+            raise BenchmarkError(f"{data} not found: {self.dataset_name} is planned but not preprocessed for "
+                                 f"{configuration} (run nnUNetv2_preprocess on it with -c {configuration})")
+        n_folds = len(self.base_splits())
+        if not all(0 <= fold < n_folds for fold in self.folds):
+            raise BenchmarkError(f"folds {self.folds}: {self.dataset_name}'s split has folds 0-{n_folds - 1}")
         from nnunet_mim import variants
         for arm in ("scratch", "MiM"):
             if not hasattr(variants, self.trainer(arm)):
-                raise ValueError(f"budget '{budget}' has no '{schedule}' schedule ({self.trainer(arm)} does not exist)")
+                raise BenchmarkError(f"budget '{budget}' has no '{schedule}' schedule "
+                                     f"({self.trainer(arm)} does not exist)")
         if device is None:
             import torch
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -160,9 +185,9 @@ class DownstreamBenchmark:
                     os.symlink(os.path.join(self.source, entry), os.path.join(dataset, entry))
             save_json(splits, os.path.join(dataset, "splits_final.json"))
         elif load_json(os.path.join(dataset, "splits_final.json")) != splits:
-            raise RuntimeError(f"{root} holds runs on other label subsets than {self.dataset_name}'s splits "
-                               f"and seed {self.seed} give now (did its splits_final.json change?): "
-                               "use a new --work-folder")
+            raise BenchmarkError(f"{root} holds runs on other label subsets than {self.dataset_name}'s splits "
+                                 f"and seed {self.seed} give now (did its splits_final.json change?): "
+                                 "use a new --work-folder")
         results = os.path.join(root, "nnUNet_results", self.results_name(arm))
         return self.env(os.path.join(root, "nnUNet_preprocessed"), results)
 
@@ -200,8 +225,8 @@ class DownstreamBenchmark:
         if os.path.isfile(done):  # rerunning the benchmark continues where it stopped
             return folder
         if self.report_only:
-            raise RuntimeError(f"--report-only trains nothing, and {folder} holds no finished run: run the "
-                               "benchmark without it, or with the arms, folds and fractions that were run")
+            raise BenchmarkError(f"--report-only trains nothing, and {folder} holds no finished run: run the "
+                                 "benchmark without it, or with the arms, folds and fractions that were run")
         args = [nnunet_command("nnUNetv2_train"), dataset, self.configuration, str(fold), "-tr", trainer,
                 "-p", plans, "-device", self.device]
         if any(os.path.isfile(os.path.join(folder, c)) for c in CHECKPOINTS):
@@ -212,7 +237,10 @@ class DownstreamBenchmark:
         self.log.flush()
         result = subprocess.run(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         if result.returncode:
-            raise RuntimeError(f"{' '.join(args)} failed; see {self.log.name}")
+            with open(self.log.name) as log:
+                tail = "".join(log.readlines()[-LOG_TAIL_LINES:])
+            raise BenchmarkError(f"{' '.join(args)} failed; its last lines below, all of it in {self.log.name}\n"
+                                 + textwrap.indent(tail, "    "))
         return folder
 
     def pretrain(self, method: str) -> str:

@@ -50,12 +50,16 @@ def cmd_adapt_checkpoint(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from nnunet_mim.benchmark import RESULTS_NAME, DownstreamBenchmark, write_outputs
+    from nnunet_mim.benchmark import RESULTS_NAME, BenchmarkError, DownstreamBenchmark, write_outputs
     from nnunet_mim.learning_curves import end_of_training_table, write_curves
-    bench = DownstreamBenchmark(args.dataset, args.configuration, args.folds, args.fractions, args.budget,
-                                args.work_folder, args.seed, args.arms, args.device, args.pretrain_dataset,
-                                args.schedule, args.plans, args.pretrain_plans, args.report_only)
-    rows, curves = bench.run()
+    try:
+        bench = DownstreamBenchmark(args.dataset, args.configuration, args.folds, args.fractions, args.budget,
+                                    args.work_folder, args.seed, args.arms, args.device, args.pretrain_dataset,
+                                    args.schedule, args.plans, args.pretrain_plans, args.report_only)
+        rows, curves = bench.run()
+    except BenchmarkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     pretraining = "" if bench.pretrain_dataset_name == bench.dataset_name else \
         f", pre-trained on {bench.pretrain_dataset_name} ({bench.pretrain_plans})"
     title = (f"{bench.dataset_name}, {args.plans} {args.configuration}, budget '{args.budget}', "
@@ -175,7 +179,7 @@ def benchmark_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0])
     p.add_argument("--budget", choices=list(benchmark.BUDGETS), default="cpu")
-    p.add_argument("--arms", nargs="+", default=["nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"])
+    p.add_argument("--arms", nargs="+", choices=benchmark.ARMS, default=benchmark.ARMS)
     p.add_argument("--schedule", choices=list(benchmark.SCHEDULES), default="default",
                    help="fine-tuning schedule of scratch and the pre-trained arms (the stock arm keeps nnU-Net's)")
     p.add_argument("--pretrain-dataset", default=None, help="pre-train on this planned dataset (ID or name) "

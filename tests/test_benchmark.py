@@ -108,7 +108,7 @@ def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(nnunet_env,
     differ only in their initial weights), the stock arm keeps nnU-Net's own; every schedule exists
     at the cpu, cpu-long, cpu-xlong and gpu budgets, and a budget without one is refused by name."""
     from nnunet_mim import variants
-    from nnunet_mim.benchmark import BUDGETS, SCHEDULES, DownstreamBenchmark
+    from nnunet_mim.benchmark import BUDGETS, SCHEDULES, BenchmarkError, DownstreamBenchmark
     from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMScratch
     for key in ("nnUNet_raw", "nnUNet_preprocessed"):
         monkeypatch.setenv(key, nnunet_env[key])
@@ -125,7 +125,7 @@ def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(nnunet_env,
             frozen = variants.DecoderFirst.encoder_frozen_fraction if schedule == "decoder-first" else 0.0
             decay = variants.LayerDecay.layer_decay if schedule == "layer-decay" else 1.0
             assert (finetune.encoder_frozen_fraction, finetune.layer_decay) == (frozen, decay)
-    with pytest.raises(ValueError, match="budget 'smoke' has no 'decoder-first' schedule"):
+    with pytest.raises(BenchmarkError, match="budget 'smoke' has no 'decoder-first' schedule"):
         DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
                             schedule="decoder-first")
 
@@ -166,6 +166,55 @@ def test_report_only_trains_nothing(nnunet_env, tmp_path, monkeypatch):
     with open(tmp_path / "w" / "benchmark.log") as f:
         assert "nnUNetv2_train" not in f.read()
     assert not os.path.exists(tmp_path / "w" / "pretraining")
+
+
+def test_bad_input_is_refused_by_name_before_any_run(nnunet_env, tmp_path, monkeypatch, capsys):
+    """Every mistake is told in one line naming it, without a traceback, before hours of runs; a
+    misspelt pre-trained arm in particular, which would otherwise fine-tune from random weights
+    under its name."""
+    from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
+    from nnunet_mim.cli import main
+    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(key, nnunet_env[key])
+    work = str(tmp_path / "w")
+    mistakes = {"unknown arms \\['mim'\\]": dict(arms=["mim"]),
+                "label fractions must lie in \\(0, 1\\]": dict(fractions=[25]),
+                "folds \\[0, 5\\]: Dataset991_E2E's split has folds 0-4": dict(folds=[0, 5]),
+                "has no configuration '2d_typo'": dict(configuration="2d_typo")}
+    for message, mistake in mistakes.items():
+        settings = dict(dataset="Dataset991_E2E", configuration="3d_fullres", folds=[0], fractions=[1.0],
+                        budget="smoke", work_folder=work)
+        with pytest.raises(BenchmarkError, match=message):
+            DownstreamBenchmark(**dict(settings, **mistake))
+    with pytest.raises(SystemExit) as stop:  # the command line refuses the arm before building anything
+        main(["benchmark", "991", "--arms", "scratch", "mim", "--work-folder", work])
+    assert stop.value.code == 2 and "invalid choice: 'mim'" in capsys.readouterr().err
+    assert main(["benchmark", "979", "--budget", "smoke", "--work-folder", work]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "979" in error and "Traceback" not in error
+
+
+def test_a_failed_run_shows_the_end_of_its_output(nnunet_env, tmp_path, monkeypatch):
+    """When nnUNetv2_train fails, the error carries the last lines of its output (nnU-Net's
+    exception) and names the log holding all of it."""
+    import subprocess
+    from nnunet_mim.benchmark import LOG_TAIL_LINES, BenchmarkError, DownstreamBenchmark
+    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(key, nnunet_env[key])
+    output = [f"epoch {i}" for i in range(40)] + ["Traceback (most recent call last):", "RuntimeError: out of memory"]
+
+    def failing_train(args, env, stdout, stderr):
+        stdout.write("\n".join(output) + "\n")
+        stdout.flush()
+        return subprocess.CompletedProcess(args, 1)
+
+    bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
+                                arms=["scratch"], device="cpu")
+    monkeypatch.setattr("nnunet_mim.benchmark.subprocess.run", failing_train)
+    with pytest.raises(BenchmarkError, match="(?s)nnUNetv2_train .* failed.*benchmark.log") as failure:
+        bench.run()
+    shown = str(failure.value).splitlines()[1:]
+    assert [line.strip() for line in shown] == output[-LOG_TAIL_LINES:]
 
 
 @pytest.mark.slow  # 13 nnU-Net runs: about 6 minutes on 2 cores; `python -m pytest -m slow`
