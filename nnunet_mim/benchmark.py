@@ -341,13 +341,10 @@ def read_runs(results: str) -> Tuple[List[dict], str]:
     return rows, title
 
 
-def combine_runs(benchmarks: Dict[str, List[dict]]) -> List[dict]:
-    """The rows of several benchmarks (label -> rows) as one benchmark's, each tagged with the
-    label of the benchmark it came from. A run that two benchmarks share (same arm, labels and
-    fold, the same Dice for every class: a run reused in one work folder, such as scratch) is kept
-    once under its arm's name. An arm whose runs differ between benchmarks at the same labels and
-    fold (MiM pre-trained two ways) is named "ARM LABEL" in every benchmark, so that no fold is
-    averaged or paired across two different runs."""
+def differing_arms(benchmarks: Dict[str, List[dict]]) -> set:
+    """The arms whose runs differ between benchmarks (label -> rows) at the same labels and fold:
+    MiM pre-trained two ways differs, scratch reused in one work folder (the same Dice for every
+    class) does not."""
     scores = {}  # (label, arm, fraction, fold) -> {class: dice}
     for label, rows in benchmarks.items():
         for r in rows:
@@ -356,15 +353,23 @@ def combine_runs(benchmarks: Dict[str, List[dict]]) -> List[dict]:
     for (label, arm, fraction, fold), dice in scores.items():
         if first_scores.setdefault((arm, fraction, fold), dice) != dice:
             differing.add(arm)
-    combined, kept = [], set()
-    for label, rows in benchmarks.items():
+    return differing
+
+
+def merge_benchmarks(tables: Dict[str, List[dict]], differing: set, key: Sequence[str]) -> List[dict]:
+    """Rows of several benchmarks (label -> rows: runs' Dice or curves) as one benchmark's, each
+    tagged with its benchmark's label. An arm in ``differing`` is named "ARM LABEL" in every
+    benchmark, so that no fold is averaged or paired across two different runs; a row whose arm and
+    ``key`` fields an earlier benchmark already gave belongs to the same run and is kept once."""
+    merged, kept = [], set()
+    for label, rows in tables.items():
         for r in rows:
             arm = f"{r['arm']} {label}" if r["arm"] in differing else r["arm"]
-            key = (arm, r["fraction"], r["fold"], r["class"])
-            if key not in kept:  # else the same run, already taken from an earlier benchmark
-                kept.add(key)
-                combined.append(dict(r, arm=arm, benchmark=label))
-    return combined
+            identity = (arm, *(r[field] for field in key))
+            if identity not in kept:
+                kept.add(identity)
+                merged.append(dict(r, arm=arm, benchmark=label))
+    return merged
 
 
 def summarise(rows: List[dict], reference: str = "scratch") -> List[dict]:

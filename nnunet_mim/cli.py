@@ -74,8 +74,10 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from nnunet_mim.benchmark import arms_in, combine_runs, read_runs, write_outputs
-    benchmarks, titles = {}, []
+    from nnunet_mim.benchmark import (RESULTS_NAME, arms_in, differing_arms, merge_benchmarks, read_runs,
+                                      write_outputs)
+    from nnunet_mim.learning_curves import end_of_training_table, read_curves, write_curves
+    benchmarks, curves, titles = {}, {}, []
     for item in args.benchmarks:
         label, _, results = item.partition("=")
         if not results or not label:
@@ -89,15 +91,21 @@ def cmd_compare(args) -> int:
         except (OSError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-        titles.append(f"- {label}: {title or results}")
-    rows = combine_runs(benchmarks)
+        curves[label] = read_curves(results, RESULTS_NAME)
+        titles.append(f"- {label}: {title or results}" + ("" if curves[label] else " (no learning curves kept)"))
+    differing = differing_arms(benchmarks)
+    rows = merge_benchmarks(benchmarks, differing, ("fraction", "fold", "class"))
     if args.reference not in arms_in(rows):
         print(f"error: no arm {args.reference!r} to compare with; the arms are {arms_in(rows)} (choose one with "
               "--reference)", file=sys.stderr)
         return 1
     title = f"{len(benchmarks)} benchmarks combined ({', '.join(benchmarks)})" + (f"; {args.note}" if args.note else "")
-    print(write_outputs(rows, args.output_folder, title, reference=args.reference, name="comparison",
-                        notes=titles))
+    notes = titles
+    combined_curves = merge_benchmarks(curves, differing, ("fraction", "fold", "epoch"))
+    if combined_curves:
+        write_curves(combined_curves, args.output_folder, title, "comparison")
+        notes += [""] + end_of_training_table(combined_curves, "comparison")
+    print(write_outputs(rows, args.output_folder, title, reference=args.reference, name="comparison", notes=notes))
     return 0
 
 
@@ -199,7 +207,8 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
                      "chart, with every arm compared to --reference by a paired t-test over the folds both have. A "
                      "run two benchmarks share (same arm, labels, fold and Dice, such as scratch reused in one work "
                      "folder) is counted once; an arm that differs between them (MiM pre-trained two ways) becomes "
-                     "'ARM LABEL' in each. Writes OUTPUT/comparison.md, .csv, _runs.csv and .png.")
+                     "'ARM LABEL' in each. Writes OUTPUT/comparison.md, .csv, _runs.csv and .png, and joins the "
+                     "benchmarks' learning curves the same way (comparison_curves.csv and .png).")
     p.add_argument("benchmarks", nargs="+", metavar="LABEL=RESULTS",
                    help="a short label and a benchmark's results folder (or its downstream_runs.csv)")
     p.add_argument("--reference", default="scratch", help="the arm every other is compared with (default: "

@@ -41,6 +41,19 @@ def curve_rows(run_folder: str, arm: str, fraction: float, fold: int) -> List[di
             for epoch, (raw, ema) in enumerate(zip(logged["mean_fg_dice"], logged["ema_fg_dice"]))]
 
 
+def read_curves(results: str, name: str) -> List[dict]:
+    """A finished benchmark's curve rows (NAME_curves.csv in its results folder, or beside the runs
+    CSV named), typed as curve_rows made them; none for a benchmark from before curves were kept."""
+    folder = results if os.path.isdir(results) else os.path.dirname(results)
+    path = os.path.join(folder, f"{name}_curves.csv")
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return [dict(r, fraction=float(r["fraction"]), fold=int(r["fold"]), epoch=int(r["epoch"]),
+                     pseudo_dice=float(r["pseudo_dice"]), ema_pseudo_dice=float(r["ema_pseudo_dice"]))
+                for r in csv.DictReader(f)]
+
+
 def end_span(epochs: int) -> int:
     """The number of epochs in a run's end."""
     return max(1, int(round(END_SHARE * epochs)))
@@ -98,7 +111,8 @@ def write_curves(rows: List[dict], folder: str, title: str, name: str) -> None:
     import matplotlib.pyplot as plt
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, f"{name}_curves.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CURVES_FIELDS)
+        extra = [k for k in (rows[0] if rows else {}) if k not in CURVES_FIELDS]  # nnunet-mim compare: "benchmark"
+        writer = csv.DictWriter(f, fieldnames=CURVES_FIELDS + extra)
         writer.writeheader()
         writer.writerows(rows)
     runs = curves_by_run(rows, "ema_pseudo_dice")

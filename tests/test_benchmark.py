@@ -295,3 +295,46 @@ def test_compare_counts_a_shared_run_once_and_keeps_differing_runs_apart(tmp_pat
     assert main(["compare", f"x={tmp_path / 'missing'}", "-o", str(out)]) == 1
     assert "no downstream_runs.csv" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "a"), "-o", str(out)]) == 2
+
+
+def test_compare_combines_the_learning_curves_as_it_combines_the_runs(tmp_path, capsys):
+    """nnunet-mim compare also joins the benchmarks' learning curves: a shared scratch run once, MiM
+    pre-trained two ways as one arm per benchmark (as in the Dice table), with the end-of-training
+    table under the comparison; a benchmark from before curves were kept is named as such."""
+    from nnunet_mim.benchmark import write_outputs
+    from nnunet_mim.cli import main
+    from nnunet_mim.learning_curves import end_change, write_curves
+
+    def runs(arm, mean_dice):
+        return [{"arm": arm, "fraction": 0.25, "fold": fold, "trainer": "t", "class": "mean", "label": "",
+                 "dice": dice} for fold, dice in enumerate(mean_dice)]
+
+    def curves(arm, slope):
+        return [{"arm": arm, "fraction": 0.25, "fold": fold, "epoch": epoch, "pseudo_dice": slope * epoch + fold,
+                 "ema_pseudo_dice": slope * epoch} for fold in (0, 1) for epoch in range(20)]
+    scratch_runs, scratch_curves = runs("scratch", [0.5, 0.6]), curves("scratch", 0.01)
+    benchmarks = {"a": (scratch_runs + runs("MiM", [0.6, 0.62]), scratch_curves + curves("MiM", 0.02)),
+                  "b": (scratch_runs + runs("MiM", [0.52, 0.61]), scratch_curves + curves("MiM", 0.0)),
+                  "old": (scratch_runs, None)}
+    for label, (rows, curve_rows) in benchmarks.items():
+        write_outputs(rows, str(tmp_path / label), f"benchmark {label}")
+        if curve_rows:
+            write_curves(curve_rows, str(tmp_path / label), f"benchmark {label}", "downstream")
+    out = tmp_path / "out"
+    assert main(["compare", *(f"{label}={tmp_path / label}" for label in benchmarks), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "- old: benchmark old (no learning curves kept)" in printed
+    with open(out / "comparison_curves.csv") as f:
+        combined = list(csv.DictReader(f))
+    per_arm = {}
+    for r in combined:
+        per_arm.setdefault(r["arm"], []).append(r)
+    assert sorted(per_arm) == ["MiM a", "MiM b", "scratch"]
+    assert len(per_arm["scratch"]) == 2 * 20  # two folds of 20 epochs, once though two benchmarks hold them
+    assert {r["benchmark"] for r in per_arm["MiM b"]} == {"b"}
+    assert (out / "comparison_curves.png").is_file()
+    # the end-of-training rows: EMA after the last epoch, and the raw curve's change at the end (2 of 20 epochs)
+    rise = end_change([0.02 * epoch for epoch in range(20)])
+    assert math.isclose(rise, 0.02 * 2)
+    assert f"| 25% | MiM a | 2 | 20 | {0.02 * 19:.3f} | {rise:+.3f} (2) | {rise:+.3f}, {rise:+.3f} |" in printed
+    assert "| 25% | MiM b | 2 | 20 | 0.000 | +0.000 (2) | +0.000, +0.000 |" in printed
