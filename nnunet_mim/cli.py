@@ -100,7 +100,7 @@ def cmd_compare(args) -> int:
               "--reference)", file=sys.stderr)
         return 1
     title = f"{len(benchmarks)} benchmarks combined ({', '.join(benchmarks)})" + (f"; {args.note}" if args.note else "")
-    notes = titles
+    notes = list(titles)
     combined_curves = merge_benchmarks(curves, differing, ("fraction", "fold", "epoch"))
     if combined_curves:
         write_curves(combined_curves, args.output_folder, title, "comparison")
