@@ -134,10 +134,11 @@ class DownstreamBenchmark:
         if configuration not in configurations:
             raise BenchmarkError(f"{self.plans} of {self.dataset_name} has no configuration {configuration!r}; "
                                  f"it has {sorted(configurations)}")
-        data = os.path.join(self.source, configurations[configuration]["data_identifier"])
-        if not os.path.isdir(data):
-            raise BenchmarkError(f"{data} not found: {self.dataset_name} is planned but not preprocessed for "
-                                 f"{configuration} (run nnUNetv2_preprocess on it with -c {configuration})")
+        self.data_folder = os.path.join(self.source, configurations[configuration]["data_identifier"])
+        if not os.path.isdir(self.data_folder):
+            raise BenchmarkError(f"{self.data_folder} not found: {self.dataset_name} is planned but not "
+                                 f"preprocessed for {configuration} (run nnUNetv2_preprocess on it with "
+                                 f"-c {configuration})")
         n_folds = len(self.base_splits())
         if not all(0 <= fold < n_folds for fold in self.folds):
             raise BenchmarkError(f"folds {self.folds}: {self.dataset_name}'s split has folds 0-{n_folds - 1}")
@@ -164,9 +165,7 @@ class DownstreamBenchmark:
         if os.path.isfile(own):
             return load_json(own)
         from nnunetv2.utilities.crossval_split import generate_crossval_split
-        plans = load_json(self.plans_file(self.dataset_name, self.plans))
-        data = os.path.join(self.source, plans["configurations"][self.configuration]["data_identifier"])
-        cases = sorted(f[:-len(".pkl")] for f in os.listdir(data) if f.endswith(".pkl"))
+        cases = sorted(f[:-len(".pkl")] for f in os.listdir(self.data_folder) if f.endswith(".pkl"))
         return generate_crossval_split(cases, seed=12345, n_splits=5)
 
     def fraction_env(self, fraction: float, arm: str) -> Dict[str, str]:
