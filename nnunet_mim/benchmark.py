@@ -66,6 +66,7 @@ BUDGETS = {
     "cpu": Budget(*cpu_finetuning_trainers("CPUdemo"), pretraining_trainers("_T_CPUbench")),
     "cpu-long": Budget(*cpu_finetuning_trainers("CPUlong"), pretraining_trainers("_T_CPUbench")),
     "cpu-xlong": Budget(*cpu_finetuning_trainers("CPUxlong"), pretraining_trainers("_T_CPUbench")),
+    "cpu-xxlong": Budget(*cpu_finetuning_trainers("CPUxxlong"), pretraining_trainers("_T_CPUbench")),
     "cpu-long-pretrain300": Budget(*cpu_finetuning_trainers("CPUlong"), pretraining_trainers("_T_CPUbench300"),
                                    pretrain_label="pretrain300ep"),
     "cpu-xlong-pretrain300": Budget(*cpu_finetuning_trainers("CPUxlong"), pretraining_trainers("_T_CPUbench300"),

@@ -222,6 +222,13 @@ class FinetuneCPUXLongBudget(FinetuneCPUDemoBudget):
     epochs = 60
 
 
+class FinetuneCPUXXLongBudget(FinetuneCPUDemoBudget):
+    """The benchmark's `cpu-xxlong` fine-tuning: 120 epochs of 20 steps, twice `cpu-xlong`. At 1200 steps
+    the raw pseudo-Dice of every arm was flat over the last epochs, but under a learning rate falling to
+    zero, which does not show convergence: this budget asks whether the figures still move."""
+    epochs = 120
+
+
 class nnUNetTrainerMiMFinetune_T_CPUdemo(FinetuneCPUDemoBudget, nnUNetTrainerMiMFinetune):
     pass
 
@@ -246,6 +253,14 @@ class nnUNetTrainerMiMScratch_T_CPUxlong(FinetuneCPUXLongBudget, nnUNetTrainerMi
     pass
 
 
+class nnUNetTrainerMiMFinetune_T_CPUxxlong(FinetuneCPUXXLongBudget, nnUNetTrainerMiMFinetune):
+    pass
+
+
+class nnUNetTrainerMiMScratch_T_CPUxxlong(FinetuneCPUXXLongBudget, nnUNetTrainerMiMScratch):
+    pass
+
+
 class nnUNetTrainerMiMFinetune_T_CPUdemo_LayerDecay(LayerDecay, nnUNetTrainerMiMFinetune_T_CPUdemo):
     pass
 
@@ -267,6 +282,14 @@ class nnUNetTrainerMiMFinetune_T_CPUxlong_LayerDecay(LayerDecay, nnUNetTrainerMi
 
 
 class nnUNetTrainerMiMFinetune_T_CPUxlong_DecoderFirst(DecoderFirst, nnUNetTrainerMiMFinetune_T_CPUxlong):
+    pass
+
+
+class nnUNetTrainerMiMFinetune_T_CPUxxlong_LayerDecay(LayerDecay, nnUNetTrainerMiMFinetune_T_CPUxxlong):
+    pass
+
+
+class nnUNetTrainerMiMFinetune_T_CPUxxlong_DecoderFirst(DecoderFirst, nnUNetTrainerMiMFinetune_T_CPUxxlong):
     pass
 
 
@@ -300,6 +323,14 @@ class nnUNetTrainerMiMScratch_T_CPUxlong_LayerDecay(LayerDecay, nnUNetTrainerMiM
 
 
 class nnUNetTrainerMiMScratch_T_CPUxlong_DecoderFirst(DecoderFirst, nnUNetTrainerMiMScratch_T_CPUxlong):
+    pass
+
+
+class nnUNetTrainerMiMScratch_T_CPUxxlong_LayerDecay(LayerDecay, nnUNetTrainerMiMScratch_T_CPUxxlong):
+    pass
+
+
+class nnUNetTrainerMiMScratch_T_CPUxxlong_DecoderFirst(DecoderFirst, nnUNetTrainerMiMScratch_T_CPUxxlong):
     pass
 
 
@@ -339,3 +370,7 @@ class nnUNetTrainerStockCNN_CPUlong(nnUNetTrainerStockCNN_CPUdemo):
 
 class nnUNetTrainerStockCNN_CPUxlong(nnUNetTrainerStockCNN_CPUdemo):
     budget = FinetuneCPUXLongBudget
+
+
+class nnUNetTrainerStockCNN_CPUxxlong(nnUNetTrainerStockCNN_CPUdemo):
+    budget = FinetuneCPUXXLongBudget

@@ -106,13 +106,13 @@ def test_another_pretraining_length_never_reuses_the_other_ones_runs(nnunet_env,
 def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(nnunet_env, tmp_path, monkeypatch):
     """--schedule: scratch and every fine-tuned arm get the same schedule variant (so they still
     differ only in their initial weights), the stock arm keeps nnU-Net's own; every schedule exists
-    at the cpu, cpu-long, cpu-xlong and gpu budgets, and a budget without one is refused by name."""
+    at the cpu, cpu-long, cpu-xlong, cpu-xxlong and gpu budgets, and a budget without one is refused by name."""
     from nnunet_mim import variants
     from nnunet_mim.benchmark import BUDGETS, SCHEDULES, BenchmarkError, DownstreamBenchmark
     from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMScratch
     for key in ("nnUNet_raw", "nnUNet_preprocessed"):
         monkeypatch.setenv(key, nnunet_env[key])
-    for budget in ("cpu", "cpu-long", "cpu-xlong", "gpu"):
+    for budget in ("cpu", "cpu-long", "cpu-xlong", "cpu-xxlong", "gpu"):
         for schedule in SCHEDULES:
             bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], budget, str(tmp_path / "w"),
                                         schedule=schedule)
