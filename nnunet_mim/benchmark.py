@@ -88,6 +88,18 @@ class BenchmarkError(RuntimeError):
     """Bad input or a failed run: a message the user can act on (the command prints it without a traceback)."""
 
 
+def data_loading_note(environ: Dict[str, str]) -> Optional[str]:
+    """Said before the runs when they would load data in background processes: the arms are then
+    seeded alike but their crops and augmentation are not the same (the workers are not seeded per
+    run), so a difference between arms also holds data-order noise. None when loading is single-process."""
+    if environ.get("nnUNet_n_proc_DA", "").strip() == "0":
+        return None
+    return ("NOTE: nnUNet_n_proc_DA is not 0, so nnU-Net loads training data in background processes: "
+            "every arm starts from the same seed but sees other crops and augmentation, and a rerun does "
+            "not repeat a run exactly. For identical data streams in every arm (slower on a GPU), set "
+            "nnUNet_n_proc_DA=0 for the benchmark; docs/benchmarks.md ran its CPU tables so.")
+
+
 def label_fraction_splits(splits: List[dict], fraction: float, seed: int) -> List[dict]:
     """Per fold, the first round(fraction * n) training cases of a fixed permutation."""
     out = []
@@ -275,9 +287,10 @@ class DownstreamBenchmark:
         from tqdm import tqdm
         # a report reads only the fine-tuned runs: it needs no pre-training checkpoint
         methods = [] if self.report_only else self.pretrained_methods
-        for warning in self.pretraining_warnings():
-            print(warning, flush=True)
-            self.log.write(warning + "\n")
+        notes = self.pretraining_warnings() + ([] if self.report_only else [data_loading_note(os.environ)])
+        for note in filter(None, notes):
+            print(note, flush=True)
+            self.log.write(note + "\n")
         total = len(methods) + len(self.fractions) * len(self.folds) * len(self.arms)
         bar = tqdm(total=total, unit="run")
         checkpoints = {}

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import run
-from nnunet_mim.benchmark import ARMS, class_names, label_fraction_splits, summarise
+from nnunet_mim.benchmark import ARMS, class_names, data_loading_note, label_fraction_splits, summarise
 
 
 def test_label_fraction_splits_are_nested_and_keep_validation():
@@ -21,6 +21,13 @@ def test_label_fraction_splits_are_nested_and_keep_validation():
         assert small[k]["val"] == splits[k]["val"]
     assert label_fraction_splits(splits, 0.25, 0) == small  # seeded
     assert label_fraction_splits(splits, 0.25, 1) != small
+
+
+def test_the_benchmark_says_when_arms_will_not_see_the_same_data():
+    """nnU-Net's background loaders are unseeded: only single-process loading gives every arm the same crops."""
+    assert data_loading_note({"nnUNet_n_proc_DA": "0"}) is None
+    for environ in ({}, {"nnUNet_n_proc_DA": "4"}):
+        assert "nnUNet_n_proc_DA=0" in data_loading_note(environ)
 
 
 def test_class_names_match_nnunet_summary_keys_for_labels_and_regions():
