@@ -27,7 +27,7 @@ import os
 import subprocess
 import textwrap
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
@@ -88,7 +88,7 @@ class BenchmarkError(RuntimeError):
     """Bad input or a failed run: a message the user can act on (the command prints it without a traceback)."""
 
 
-def data_loading_note(environ: Dict[str, str]) -> Optional[str]:
+def data_loading_note(environ: Mapping[str, str]) -> Optional[str]:
     """Said before the runs when they would load data in background processes: the arms are then
     seeded alike but their crops and augmentation are not the same (the workers are not seeded per
     run), so a difference between arms also holds data-order noise. None when loading is single-process."""
