@@ -23,11 +23,29 @@ def test_label_fraction_splits_are_nested_and_keep_validation():
     assert label_fraction_splits(splits, 0.25, 1) != small
 
 
-def test_the_benchmark_says_when_arms_will_not_see_the_same_data():
-    """nnU-Net's background loaders are unseeded: only single-process loading gives every arm the same crops."""
+def test_the_benchmark_says_when_arms_will_not_see_the_same_data(nnunet_env, tmp_path, monkeypatch, capsys):
+    """nnU-Net's background loaders are unseeded: only single-process loading gives every arm the same
+    crops, so the benchmark says so before its runs (not before a report, which trains nothing)."""
+    from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
     assert data_loading_note({"nnUNet_n_proc_DA": "0"}) is None
-    for environ in ({}, {"nnUNet_n_proc_DA": "4"}):
-        assert "nnUNet_n_proc_DA=0" in data_loading_note(environ)
+    assert "nnUNet_n_proc_DA=0" in data_loading_note({"nnUNet_n_proc_DA": "4"})
+    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(key, nnunet_env[key])
+
+    def no_training(*args, **kwargs):
+        raise BenchmarkError("stub: nothing trains")
+    monkeypatch.setattr(DownstreamBenchmark, "train", no_training)
+    for n_proc, report_only, said in ((None, False, True), ("0", False, False), (None, True, False)):
+        if n_proc is None:
+            monkeypatch.delenv("nnUNet_n_proc_DA", raising=False)
+        else:
+            monkeypatch.setenv("nnUNet_n_proc_DA", n_proc)
+        bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
+                                    arms=["scratch"], device="cpu", report_only=report_only)
+        with pytest.raises(BenchmarkError, match="stub"):
+            bench.run()
+        bench.log.close()
+        assert ("NOTE: nnUNet_n_proc_DA is not 0" in capsys.readouterr().out) == said
 
 
 def test_class_names_match_nnunet_summary_keys_for_labels_and_regions():
