@@ -225,8 +225,8 @@ class FinetuneCPUXLongBudget(FinetuneCPUDemoBudget):
 class FinetuneCPUXXLongBudget(FinetuneCPUDemoBudget):
     """The benchmark's `cpu-xxlong` fine-tuning: 120 epochs of 20 steps, twice `cpu-xlong`. At 1200 steps
     the raw pseudo-Dice of every arm was flat over the last epochs, but under a learning rate falling to
-    zero, which does not show convergence: at 2400 steps every run rose by 2-4 Dice points (Colin27
-    lobes, 10% labels, folds 0-2, scratch and MiM; docs/benchmarks.md)."""
+    zero, which does not show convergence: at 2400 steps every run rose by 2-8 Dice points (Colin27
+    lobes, 10% labels, five folds, scratch and MiM; docs/benchmarks.md)."""
     epochs = 120
 
 
