@@ -27,7 +27,7 @@ import os
 import subprocess
 import textwrap
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
@@ -88,13 +88,11 @@ class BenchmarkError(RuntimeError):
     """Bad input or a failed run: a message the user can act on (the command prints it without a traceback)."""
 
 
-def data_loading_note() -> Optional[str]:
+def data_loading_note(environ: Mapping[str, str]) -> Optional[str]:
     """Said before the runs when they would load data in background processes: the arms are then
     seeded alike but their crops and augmentation are not the same (the workers are not seeded per
-    run), so a difference between arms also holds data-order noise. None when loading is single-process,
-    decided as nnUNetv2_train decides it (the runs inherit this environment)."""
-    from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-    if get_allowed_n_proc_DA() == 0:
+    run), so a difference between arms also holds data-order noise. None when loading is single-process."""
+    if environ.get("nnUNet_n_proc_DA", "").strip() == "0":
         return None
     return ("NOTE: nnUNet_n_proc_DA is not 0, so nnU-Net loads training data in background processes: "
             "every arm starts from the same seed but sees other crops and augmentation, and a rerun does "
@@ -289,7 +287,7 @@ class DownstreamBenchmark:
         from tqdm import tqdm
         # a report reads only the fine-tuned runs: it needs no pre-training checkpoint
         methods = [] if self.report_only else self.pretrained_methods
-        notes = self.pretraining_warnings() + ([] if self.report_only else [data_loading_note()])
+        notes = self.pretraining_warnings() + ([] if self.report_only else [data_loading_note(os.environ)])
         for note in filter(None, notes):
             print(note, flush=True)
             self.log.write(note + "\n")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import run
-from nnunet_mim.benchmark import ARMS, class_names, label_fraction_splits, summarise
+from nnunet_mim.benchmark import ARMS, class_names, data_loading_note, label_fraction_splits, summarise
 
 
 def test_label_fraction_splits_are_nested_and_keep_validation():
@@ -27,11 +27,8 @@ def test_the_benchmark_says_when_arms_will_not_see_the_same_data(nnunet_env, tmp
     """nnU-Net's background loaders are unseeded: only single-process loading gives every arm the same
     crops, so the benchmark says so before its runs (not before a report, which trains nothing)."""
     from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
-    from nnunet_mim.benchmark import data_loading_note
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    assert data_loading_note() is None
-    monkeypatch.setenv("nnUNet_n_proc_DA", "4")
-    assert "nnUNet_n_proc_DA=0" in data_loading_note()
+    assert data_loading_note({"nnUNet_n_proc_DA": "0"}) is None
+    assert "nnUNet_n_proc_DA=0" in data_loading_note({"nnUNet_n_proc_DA": "4"})
     for key in ("nnUNet_raw", "nnUNet_preprocessed"):
         monkeypatch.setenv(key, nnunet_env[key])
 
