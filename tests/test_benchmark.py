@@ -11,6 +11,14 @@ from conftest import run
 from nnunet_mim.benchmark import ARMS, class_names, data_loading_note, label_fraction_splits, summarise
 
 
+@pytest.fixture
+def benchmark_env(nnunet_env, monkeypatch):
+    """The session's planned example dataset (Dataset991_E2E) as nnU-Net's raw and preprocessed folders."""
+    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(key, nnunet_env[key])
+    return nnunet_env
+
+
 def test_label_fraction_splits_are_nested_and_keep_validation():
     splits = [{"train": [f"c{i}" for i in range(20) if i % 5 != k], "val": [f"c{i}" for i in range(20) if i % 5 == k]}
               for k in range(5)]
@@ -23,14 +31,12 @@ def test_label_fraction_splits_are_nested_and_keep_validation():
     assert label_fraction_splits(splits, 0.25, 1) != small
 
 
-def test_the_benchmark_says_when_arms_will_not_see_the_same_data(nnunet_env, tmp_path, monkeypatch, capsys):
+def test_the_benchmark_says_when_arms_will_not_see_the_same_data(benchmark_env, tmp_path, monkeypatch, capsys):
     """nnU-Net's background loaders are unseeded: only single-process loading gives every arm the same
     crops, so the benchmark says so before its runs (not before a report, which trains nothing)."""
     from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
     assert data_loading_note({"nnUNet_n_proc_DA": "0"}) is None
     assert "nnUNet_n_proc_DA=0" in data_loading_note({"nnUNet_n_proc_DA": "4"})
-    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(key, nnunet_env[key])
 
     def no_training(*args, **kwargs):
         raise BenchmarkError("stub: nothing trains")
@@ -71,13 +77,11 @@ def test_summary_pairs_folds_against_scratch():
     assert math.isclose(other["scratch"]["diff_vs_reference"], -(0.1 + 0.05 + 0.1) / 3)
 
 
-def test_pretraining_on_another_dataset(nnunet_env, tmp_path, monkeypatch):
+def test_pretraining_on_another_dataset(benchmark_env, tmp_path, monkeypatch):
     """--pretrain-dataset: refused with the missing plan named until that dataset is planned; then
     the pre-training runs on it."""
     import shutil
     from nnunet_mim.benchmark import DownstreamBenchmark
-    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(key, nnunet_env[key])
     with pytest.raises(RuntimeError, match="Dataset995_Pre/nnUNetPlans.json not found"):
         DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
                             pretrain_dataset="Dataset995_Pre")
@@ -85,7 +89,7 @@ def test_pretraining_on_another_dataset(nnunet_env, tmp_path, monkeypatch):
         DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
                             plans="nnUNetResEncUNetMPlans")
     preprocessed = tmp_path / "pre"
-    shutil.copytree(nnunet_env["nnUNet_preprocessed"], preprocessed, symlinks=True)
+    shutil.copytree(benchmark_env["nnUNet_preprocessed"], preprocessed, symlinks=True)
     (preprocessed / "Dataset995_Pre").mkdir()
     shutil.copy(preprocessed / "Dataset991_E2E" / "nnUNetPlans.json", preprocessed / "Dataset995_Pre")
     monkeypatch.setenv("nnUNet_preprocessed", str(preprocessed))
@@ -107,15 +111,13 @@ def test_pretraining_on_another_dataset(nnunet_env, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("base, other", [("cpu-long", "cpu-long-pretrain300"), ("cpu-long", "cpu-long-pretrain25"),
                                          ("cpu-xlong", "cpu-xlong-pretrain300")])
-def test_another_pretraining_length_never_reuses_the_other_ones_runs(nnunet_env, tmp_path, monkeypatch, base, other):
+def test_another_pretraining_length_never_reuses_the_other_ones_runs(benchmark_env, tmp_path, base, other):
     """cpu-long-pretrain300/25 (cpu-xlong-pretrain300) fine-tune with cpu-long's (cpu-xlong's)
     trainers and pre-train 3x longer / 4x shorter: in one work folder their fine-tuned arms get
     their own results folders and pre-training runs, while scratch and the stock runs, which do not
     depend on pre-training, are shared."""
     from nnunet_mim import variants
     from nnunet_mim.benchmark import BUDGETS, DownstreamBenchmark
-    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(key, nnunet_env[key])
     long, other_length = (DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], budget,
                                               str(tmp_path / "w")) for budget in (base, other))
     for arm in ("nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"):
@@ -128,15 +130,13 @@ def test_another_pretraining_length_never_reuses_the_other_ones_runs(nnunet_env,
         assert getattr(variants, trainer).epochs != getattr(variants, BUDGETS[base].pretrain[method]).epochs
 
 
-def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(nnunet_env, tmp_path, monkeypatch):
+def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(benchmark_env, tmp_path):
     """--schedule: scratch and every fine-tuned arm get the same schedule variant (so they still
     differ only in their initial weights), the stock arm keeps nnU-Net's own; every schedule exists
     at the cpu, cpu-long, cpu-xlong, cpu-xxlong and gpu budgets, and a budget without one is refused by name."""
     from nnunet_mim import variants
     from nnunet_mim.benchmark import BUDGETS, SCHEDULES, BenchmarkError, DownstreamBenchmark
     from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMScratch
-    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(key, nnunet_env[key])
     for budget in ("cpu", "cpu-long", "cpu-xlong", "cpu-xxlong", "gpu"):
         for schedule in SCHEDULES:
             bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], budget, str(tmp_path / "w"),
@@ -155,13 +155,11 @@ def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(nnunet_env,
                             schedule="decoder-first")
 
 
-def test_each_label_draw_has_its_own_folders(nnunet_env, tmp_path, monkeypatch):
+def test_each_label_draw_has_its_own_folders(benchmark_env, tmp_path):
     """--seed N in a work folder that holds seed 0's runs gets its own label subsets and results,
     never seed 0's; a folder whose subsets no longer match the splits is refused, not reused."""
     import json
     from nnunet_mim.benchmark import DownstreamBenchmark
-    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(key, nnunet_env[key])
     work = str(tmp_path / "w")
     first, second = (DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", work, seed=seed)
                      for seed in (0, 1))
@@ -177,12 +175,10 @@ def test_each_label_draw_has_its_own_folders(nnunet_env, tmp_path, monkeypatch):
         first.fraction_env(0.5, "scratch")
 
 
-def test_report_only_trains_nothing(nnunet_env, tmp_path, monkeypatch):
+def test_report_only_trains_nothing(benchmark_env, tmp_path):
     """--report-only on a work folder without the runs fails, naming the missing run, and starts no
     nnU-Net training, not even the pre-training (finished runs are reported: test_decathlon_task)."""
     from nnunet_mim.benchmark import DownstreamBenchmark
-    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(key, nnunet_env[key])
     bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", str(tmp_path / "w"),
                                 arms=["MiM"], device="cpu", report_only=True)
     with pytest.raises(RuntimeError, match="--report-only trains nothing, and .*/MiM/.*fold_0 holds no finished run"):
@@ -193,14 +189,12 @@ def test_report_only_trains_nothing(nnunet_env, tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "w" / "pretraining")
 
 
-def test_bad_input_is_refused_by_name_before_any_run(nnunet_env, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_refused_by_name_before_any_run(benchmark_env, tmp_path, capsys):
     """Every mistake is told in one line naming it, without a traceback, before hours of runs; a
     misspelt pre-trained arm in particular, which would otherwise fine-tune from random weights
     under its name."""
     from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
     from nnunet_mim.cli import main
-    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(key, nnunet_env[key])
     work = str(tmp_path / "w")
     mistakes = {"unknown arms \\['mim'\\]": dict(arms=["mim"]),
                 "label fractions must lie in \\(0, 1\\]": dict(fractions=[25]),
@@ -219,13 +213,11 @@ def test_bad_input_is_refused_by_name_before_any_run(nnunet_env, tmp_path, monke
     assert error.startswith("error: ") and "979" in error and "Traceback" not in error
 
 
-def test_a_failed_run_shows_the_end_of_its_output(nnunet_env, tmp_path, monkeypatch):
+def test_a_failed_run_shows_the_end_of_its_output(benchmark_env, tmp_path, monkeypatch):
     """When nnUNetv2_train fails, the error carries the last lines of its output (nnU-Net's
     exception) and names the log holding all of it."""
     import subprocess
     from nnunet_mim.benchmark import LOG_TAIL_LINES, BenchmarkError, DownstreamBenchmark
-    for key in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(key, nnunet_env[key])
     output = [f"epoch {i}" for i in range(40)] + ["Traceback (most recent call last):", "RuntimeError: out of memory"]
 
     def failing_train(args, env, stdout, stderr):
