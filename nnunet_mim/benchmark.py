@@ -281,13 +281,29 @@ class DownstreamBenchmark:
                 warnings.append(f"WARNING ({method} pre-training): {warning}")
         return warnings
 
+    def schedule_note(self) -> Optional[str]:
+        """Said before the runs and under the table when scratch shares a non-default schedule with
+        pre-trained arms: the match is exact, but a schedule made for pre-trained weights can handicap
+        random ones (decoder-first freezes scratch's random encoder for its first epochs), so the table
+        then compares every arm at the pre-trained arms' schedule, not each at its best."""
+        if self.schedule == "default" or "scratch" not in self.arms or not self.pretrained_methods:
+            return None
+        return (f"NOTE: --schedule {self.schedule} fine-tunes scratch with that schedule too, and a schedule "
+                "that suits pre-trained weights can cost random ones (docs/benchmarks.md, 'The default schedule "
+                "at 1200 steps'). To compare with scratch at its own best, also run --arms scratch without "
+                "--schedule (in another work folder) and join both benchmarks with nnunet-mim compare.")
+
+    def table_notes(self) -> List[str]:
+        """What the results table must be read with: the pre-training warnings and the schedule note."""
+        return self.pretraining_warnings() + list(filter(None, [self.schedule_note()]))
+
     def run(self) -> Tuple[List[dict], List[dict]]:
         """Pre-train, then train every arm, label fraction and fold (finished runs are reused):
         the Dice rows of every run (``scores``) and the learning curve of every run (``curve_rows``)."""
         from tqdm import tqdm
         # a report reads only the fine-tuned runs: it needs no pre-training checkpoint
         methods = [] if self.report_only else self.pretrained_methods
-        notes = self.pretraining_warnings() + ([] if self.report_only else [data_loading_note(os.environ)])
+        notes = self.table_notes() + ([] if self.report_only else [data_loading_note(os.environ)])
         for note in filter(None, notes):
             print(note, flush=True)
             self.log.write(note + "\n")

@@ -67,8 +67,8 @@ def cmd_benchmark(args) -> int:
              f"folds {args.folds}, seed {args.seed}{pretraining}" + (f"; {args.note}" if args.note else ""))
     results = args.results_folder or bench.work + "/results"
     write_curves(curves, results, title, RESULTS_NAME)
-    warnings = bench.pretraining_warnings()
-    notes = warnings + [""] * bool(warnings) + end_of_training_table(curves, RESULTS_NAME)
+    read_with = bench.table_notes()
+    notes = read_with + [""] * bool(read_with) + end_of_training_table(curves, RESULTS_NAME)
     print(write_outputs(rows, results, title, notes=notes))
     return 0
 

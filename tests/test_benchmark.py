@@ -54,6 +54,35 @@ def test_the_benchmark_says_when_arms_will_not_see_the_same_data(benchmark_env, 
         assert ("NOTE: nnUNet_n_proc_DA is not 0" in capsys.readouterr().out) == said
 
 
+def test_a_shared_non_default_schedule_is_said_before_the_runs_and_under_the_table(benchmark_env, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """Decoder-first (or layer decay) fine-tunes scratch too: the match is exact, but the table then
+    compares every arm at the pre-trained arms' schedule, so the benchmark says how to add scratch at
+    its own schedule; nothing is said where no pre-trained arm shares it."""
+    from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
+
+    def bench(schedule, arms):
+        made = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "cpu", str(tmp_path / "w"),
+                                   arms=arms, device="cpu", schedule=schedule)
+        made.log.close()
+        return made
+    shared = bench("decoder-first", ["scratch", "MiM"])
+    assert "--schedule decoder-first fine-tunes scratch" in shared.schedule_note()
+    assert shared.schedule_note() in shared.table_notes()  # written under the results table
+    for schedule, arms in (("default", ["scratch", "MiM"]), ("decoder-first", ["MiM"]),
+                           ("decoder-first", ["scratch", "nnU-Net"])):
+        assert bench(schedule, arms).schedule_note() is None
+
+    def no_training(*args, **kwargs):
+        raise BenchmarkError("stub: nothing trains")
+    monkeypatch.setattr(DownstreamBenchmark, "train", no_training)
+    shared.log = open(tmp_path / "benchmark.log", "a")
+    with pytest.raises(BenchmarkError, match="stub"):
+        shared.run()
+    shared.log.close()
+    assert "NOTE: --schedule decoder-first" in capsys.readouterr().out
+
+
 def test_class_names_match_nnunet_summary_keys_for_labels_and_regions():
     from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
