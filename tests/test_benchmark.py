@@ -31,16 +31,25 @@ def test_label_fraction_splits_are_nested_and_keep_validation():
     assert label_fraction_splits(splits, 0.25, 1) != small
 
 
-def test_the_benchmark_says_when_arms_will_not_see_the_same_data(benchmark_env, tmp_path, monkeypatch, capsys):
-    """nnU-Net's background loaders are unseeded: only single-process loading gives every arm the same
-    crops, so the benchmark says so before its runs (not before a report, which trains nothing)."""
+def said_before_the_runs(bench, monkeypatch, capsys) -> str:
+    """What ``bench.run()`` prints before its first run, with training stubbed out."""
     from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
-    assert data_loading_note({"nnUNet_n_proc_DA": "0"}) is None
-    assert "nnUNet_n_proc_DA=0" in data_loading_note({"nnUNet_n_proc_DA": "4"})
 
     def no_training(*args, **kwargs):
         raise BenchmarkError("stub: nothing trains")
     monkeypatch.setattr(DownstreamBenchmark, "train", no_training)
+    with pytest.raises(BenchmarkError, match="stub"):
+        bench.run()
+    bench.log.close()
+    return capsys.readouterr().out
+
+
+def test_the_benchmark_says_when_arms_will_not_see_the_same_data(benchmark_env, tmp_path, monkeypatch, capsys):
+    """nnU-Net's background loaders are unseeded: only single-process loading gives every arm the same
+    crops, so the benchmark says so before its runs (not before a report, which trains nothing)."""
+    from nnunet_mim.benchmark import DownstreamBenchmark
+    assert data_loading_note({"nnUNet_n_proc_DA": "0"}) is None
+    assert "nnUNet_n_proc_DA=0" in data_loading_note({"nnUNet_n_proc_DA": "4"})
     for n_proc, report_only, said in ((None, False, True), ("0", False, False), (None, True, False)):
         if n_proc is None:
             monkeypatch.delenv("nnUNet_n_proc_DA", raising=False)
@@ -48,10 +57,7 @@ def test_the_benchmark_says_when_arms_will_not_see_the_same_data(benchmark_env, 
             monkeypatch.setenv("nnUNet_n_proc_DA", n_proc)
         bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
                                     arms=["scratch"], device="cpu", report_only=report_only)
-        with pytest.raises(BenchmarkError, match="stub"):
-            bench.run()
-        bench.log.close()
-        assert ("NOTE: nnUNet_n_proc_DA is not 0" in capsys.readouterr().out) == said
+        assert ("NOTE: nnUNet_n_proc_DA is not 0" in said_before_the_runs(bench, monkeypatch, capsys)) == said
 
 
 def test_a_shared_non_default_schedule_is_said_before_the_runs_and_under_the_table(benchmark_env, tmp_path,
@@ -59,28 +65,20 @@ def test_a_shared_non_default_schedule_is_said_before_the_runs_and_under_the_tab
     """Decoder-first (or layer decay) fine-tunes scratch too: the match is exact, but the table then
     compares every arm at the pre-trained arms' schedule, so the benchmark says how to add scratch at
     its own schedule; nothing is said where no pre-trained arm shares it."""
-    from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
+    from nnunet_mim.benchmark import DownstreamBenchmark
 
     def bench(schedule, arms):
-        made = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "cpu", str(tmp_path / "w"),
+        return DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "cpu", str(tmp_path / "w"),
                                    arms=arms, device="cpu", schedule=schedule)
-        made.log.close()
-        return made
+    for schedule, arms in (("default", ["scratch", "MiM"]), ("decoder-first", ["MiM"]),
+                           ("decoder-first", ["scratch", "nnU-Net"])):
+        unshared = bench(schedule, arms)
+        unshared.log.close()
+        assert unshared.schedule_note() is None
     shared = bench("decoder-first", ["scratch", "MiM"])
     assert "--schedule decoder-first fine-tunes scratch" in shared.schedule_note()
     assert shared.schedule_note() in shared.table_notes()  # written under the results table
-    for schedule, arms in (("default", ["scratch", "MiM"]), ("decoder-first", ["MiM"]),
-                           ("decoder-first", ["scratch", "nnU-Net"])):
-        assert bench(schedule, arms).schedule_note() is None
-
-    def no_training(*args, **kwargs):
-        raise BenchmarkError("stub: nothing trains")
-    monkeypatch.setattr(DownstreamBenchmark, "train", no_training)
-    shared.log = open(tmp_path / "benchmark.log", "a")
-    with pytest.raises(BenchmarkError, match="stub"):
-        shared.run()
-    shared.log.close()
-    assert "NOTE: --schedule decoder-first" in capsys.readouterr().out
+    assert "NOTE: --schedule decoder-first" in said_before_the_runs(shared, monkeypatch, capsys)
 
 
 def test_class_names_match_nnunet_summary_keys_for_labels_and_regions():
