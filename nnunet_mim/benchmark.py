@@ -9,6 +9,9 @@ same plan, budget, seeds and folds, through nnU-Net's own commands:
     MiM          MiM self pre-training, then nnUNetTrainerMiMFinetune
     MiM-noalign  MiM without cross-level alignment (ablation), then fine-tuning
 
+and, when asked for with --schedule, scratch-default: scratch at the default schedule, the
+random network at its own schedule beside the matched one (its table is under the main table).
+
 Self pre-training uses the images of all training cases (labels never), once per method;
 ``--pretrain-dataset`` pre-trains on another planned dataset instead (e.g. a collection made with
 ``nnunet-mim pretrain-dataset create``).
@@ -78,7 +81,13 @@ BUDGETS = {
     "gpu": Budget("nnUNetTrainer_250epochs", "nnUNetTrainerMiMScratch_250ep", "nnUNetTrainerMiMFinetune_250ep",
                   pretraining_trainers("_100ep")),
 }
-ARMS = ["nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"]
+ARMS = ["nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"]  # the arms run unless --arms says otherwise
+# Scratch at the default fine-tuning schedule whatever --schedule says. A schedule made for
+# pre-trained weights (decoder-first freezes the encoder at first) can cost a random network: at
+# 1200 steps on Colin27 lobes it cost scratch 1.6 points (docs/benchmarks.md). This arm puts
+# scratch at its own schedule in the same table, beside the exactly matched scratch arm.
+SCRATCH_DEFAULT = "scratch-default"
+ARM_CHOICES = ARMS + [SCRATCH_DEFAULT]
 # fine-tuning schedules: the suffix of their trainer variants (nnunet_mim/variants.py)
 SCHEDULES = {"default": "", "layer-decay": "_LayerDecay", "decoder-first": "_DecoderFirst"}
 LOG_TAIL_LINES = 15  # of a failed run's output, shown in its error: nnU-Net's exception is at the end
@@ -119,9 +128,12 @@ class DownstreamBenchmark:
         for var in ("nnUNet_raw", "nnUNet_preprocessed"):
             if var not in os.environ:
                 raise BenchmarkError(f"{var} is not set: the benchmark reads the dataset from nnU-Net's folders")
-        unknown = [arm for arm in arms if arm not in ARMS]
+        unknown = [arm for arm in arms if arm not in ARM_CHOICES]
         if unknown:  # a misspelt pre-trained arm would otherwise fine-tune from random weights under its name
-            raise BenchmarkError(f"unknown arms {unknown}: choose from {ARMS}")
+            raise BenchmarkError(f"unknown arms {unknown}: choose from {ARM_CHOICES}")
+        if SCRATCH_DEFAULT in arms and schedule == "default":
+            raise BenchmarkError(f"{SCRATCH_DEFAULT} is scratch at the default schedule: it differs from the "
+                                 "scratch arm only with --schedule layer-decay or decoder-first")
         if not all(0 < fraction <= 1 for fraction in fractions):
             raise BenchmarkError(f"label fractions must lie in (0, 1], got {list(fractions)}")
         try:
@@ -207,6 +219,8 @@ class DownstreamBenchmark:
         """A pre-trained arm's results folder names its pre-training (the budget's label, the
         dataset when that is not the benchmark's own), so runs from another pre-training are never
         reused; scratch and the stock arm do not depend on it and are shared."""
+        if arm == SCRATCH_DEFAULT:  # its trainer is the one of scratch at the default schedule: runs are shared
+            return "scratch"
         if arm not in self.budget.pretrain:
             return arm
         name = f"{arm}_{self.budget.pretrain_label}" if self.budget.pretrain_label else arm
@@ -222,9 +236,12 @@ class DownstreamBenchmark:
     # ---- runs ----------------------------------------------------------------------------------
     def trainer(self, arm: str) -> str:
         """The arm's trainer. The schedule applies to scratch and the pre-trained arms alike, so they
-        still differ only in their initial weights; the stock reference keeps nnU-Net's own."""
+        still differ only in their initial weights; the stock reference keeps nnU-Net's own, and
+        scratch-default the default."""
         if arm == "nnU-Net":
             return self.budget.stock
+        if arm == SCRATCH_DEFAULT:
+            return self.budget.scratch
         return (self.budget.scratch if arm == "scratch" else self.budget.finetune) + SCHEDULES[self.schedule]
 
     def train(self, env: Dict[str, str], trainer: str, fold, pretrained: Optional[str] = None,
@@ -285,13 +302,15 @@ class DownstreamBenchmark:
         """Said before the runs and under the table when scratch shares a non-default schedule with
         pre-trained arms: the match is exact, but a schedule made for pre-trained weights can handicap
         random ones (decoder-first freezes scratch's random encoder for its first epochs), so the table
-        then compares every arm at the pre-trained arms' schedule, not each at its best."""
-        if self.schedule == "default" or "scratch" not in self.arms or not self.pretrained_methods:
+        then compares every arm at the pre-trained arms' schedule, not each at its best. Nothing is
+        said when the scratch-default arm is run: the table then holds scratch at both schedules."""
+        if (self.schedule == "default" or "scratch" not in self.arms or not self.pretrained_methods
+                or SCRATCH_DEFAULT in self.arms):
             return None
         return (f"NOTE: --schedule {self.schedule} fine-tunes scratch with that schedule too, and a schedule "
                 "that suits pre-trained weights can cost random ones (docs/benchmarks.md, 'The default schedule "
-                "at 1200 steps'). To compare with scratch at its own best, also run --arms scratch without "
-                "--schedule (in another work folder) and join both benchmarks with nnunet-mim compare.")
+                f"at 1200 steps'). To compare with scratch at its own schedule too, add the arm {SCRATCH_DEFAULT} "
+                "(--arms ... scratch-default): it reuses the default-schedule scratch runs of the work folder.")
 
     def table_notes(self) -> List[str]:
         """What the results table must be read with: the pre-training warnings and the schedule note."""
@@ -432,6 +451,25 @@ def summarise(rows: List[dict], reference: str = "scratch") -> List[dict]:
     return table
 
 
+def summary_lines(table: List[dict], reference: str) -> List[str]:
+    """Markdown lines of ``summarise``'s entries: one row per label fraction, class and arm."""
+    fmt = lambda v, spec: "n/a" if v != v else format(v, spec)  # noqa: E731  (nan -> n/a)
+    lines = [f"| labels | class | arm | folds | Dice mean | sd | vs {reference} | paired p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for e in table:
+        lines.append(f"| {e['fraction']:.0%} | {e['class']} | {e['arm']} | {e['folds']} | {e['mean']:.3f} | "
+                     f"{fmt(e['sd'], '.3f')} | {fmt(e['diff_vs_reference'], '+.3f')} | "
+                     f"{fmt(e['p_vs_reference'], '.3f')} |")
+    return lines
+
+
+def mean_dice_against(rows: List[dict], reference: str) -> List[str]:
+    """Markdown lines: every arm's mean Dice against a second reference, for under the main table
+    (scratch-default: the pre-trained arms against scratch at its own schedule)."""
+    table = [e for e in summarise(rows, reference) if e["class"] == "mean"]
+    return [f"Mean Dice against {reference}:", ""] + summary_lines(table, reference)
+
+
 def per_fold_table(rows: List[dict]) -> List[str]:
     """Markdown lines: the mean-Dice row of every run, one line per label fraction and arm, one
     column per fold ("-" where that arm has no run of that fold)."""
@@ -462,13 +500,7 @@ def write_outputs(rows: List[dict], folder: str, title: str, reference: str = "s
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
-    fmt = lambda v, spec: "n/a" if v != v else format(v, spec)  # noqa: E731  (nan -> n/a)
-    lines = [f"{title}", "", f"| labels | class | arm | folds | Dice mean | sd | vs {reference} | paired p |",
-             "|---|---|---|---|---|---|---|---|"]
-    for e in table:
-        lines.append(f"| {e['fraction']:.0%} | {e['class']} | {e['arm']} | {e['folds']} | {e['mean']:.3f} | "
-                     f"{fmt(e['sd'], '.3f')} | {fmt(e['diff_vs_reference'], '+.3f')} | "
-                     f"{fmt(e['p_vs_reference'], '.3f')} |")
+    lines = [f"{title}", ""] + summary_lines(table, reference)
     lines += ["", "Mean Dice per fold (the pairs behind each paired test):", ""] + per_fold_table(rows)
     markdown = "\n".join(lines + [""] * bool(notes) + list(notes))
     with open(os.path.join(folder, f"{name}.md"), "w") as f:

@@ -50,7 +50,8 @@ def cmd_adapt_checkpoint(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from nnunet_mim.benchmark import RESULTS_NAME, BenchmarkError, DownstreamBenchmark, write_outputs
+    from nnunet_mim.benchmark import (RESULTS_NAME, SCRATCH_DEFAULT, BenchmarkError, DownstreamBenchmark,
+                                      mean_dice_against, write_outputs)
     from nnunet_mim.learning_curves import end_of_training_table, write_curves
     try:
         bench = DownstreamBenchmark(args.dataset, args.configuration, args.folds, args.fractions, args.budget,
@@ -68,6 +69,8 @@ def cmd_benchmark(args) -> int:
     results = args.results_folder or bench.work + "/results"
     write_curves(curves, results, title, RESULTS_NAME)
     read_with = bench.table_notes()
+    if SCRATCH_DEFAULT in bench.arms:
+        read_with = mean_dice_against(rows, SCRATCH_DEFAULT) + [""] * bool(read_with) + read_with
     notes = read_with + [""] * bool(read_with) + end_of_training_table(curves, RESULTS_NAME)
     print(write_outputs(rows, results, title, notes=notes))
     return 0
@@ -187,9 +190,12 @@ def benchmark_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0])
     p.add_argument("--budget", choices=list(benchmark.BUDGETS), default="cpu")
-    p.add_argument("--arms", nargs="+", choices=benchmark.ARMS, default=benchmark.ARMS)
+    p.add_argument("--arms", nargs="+", choices=benchmark.ARM_CHOICES, default=benchmark.ARMS,
+                   help=f"default: {' '.join(benchmark.ARMS)}; with --schedule, {benchmark.SCRATCH_DEFAULT} adds "
+                   "scratch at the default schedule")
     p.add_argument("--schedule", choices=list(benchmark.SCHEDULES), default="default",
-                   help="fine-tuning schedule of scratch and the pre-trained arms (the stock arm keeps nnU-Net's)")
+                   help="fine-tuning schedule of scratch and the pre-trained arms (the stock arm keeps nnU-Net's, "
+                   f"{benchmark.SCRATCH_DEFAULT} the default)")
     p.add_argument("--pretrain-dataset", default=None, help="pre-train on this planned dataset (ID or name) "
                    "instead of the benchmark dataset's own training images")
     p.add_argument("--seed", type=int, default=0, help="seed of the label-fraction subsets")

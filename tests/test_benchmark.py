@@ -81,6 +81,43 @@ def test_a_shared_non_default_schedule_is_said_before_the_runs_and_under_the_tab
     assert "NOTE: --schedule decoder-first" in said_before_the_runs(shared, monkeypatch, capsys)
 
 
+def test_scratch_default_puts_scratch_at_its_own_schedule_beside_the_matched_one(benchmark_env, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """With --schedule decoder-first, the arm scratch-default trains scratch at the default schedule
+    (reusing the runs of a default-schedule benchmark in the work folder), and the command's table
+    then compares every arm with it too; with the default schedule it is refused, being scratch."""
+    from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
+    from nnunet_mim.cli import main
+    work = str(tmp_path / "w")
+
+    def bench(schedule, arms):
+        made = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "cpu", work, arms=arms,
+                                   device="cpu", schedule=schedule)
+        made.log.close()
+        return made
+    default, scheduled = bench("default", ["scratch"]), bench("decoder-first", ["scratch", "scratch-default", "MiM"])
+    assert scheduled.trainer("scratch-default") == default.trainer("scratch") != scheduled.trainer("scratch")
+    assert scheduled.trainer("scratch").endswith("_DecoderFirst")
+    assert scheduled.fraction_env(1.0, "scratch-default") == default.fraction_env(1.0, "scratch")  # runs shared
+    assert scheduled.schedule_note() is None  # the table holds scratch at both schedules
+    with pytest.raises(BenchmarkError, match="scratch-default is scratch at the default schedule"):
+        bench("default", ["scratch", "scratch-default", "MiM"])
+
+    dice = {"scratch": [0.60, 0.70, 0.65], "scratch-default": [0.66, 0.71, 0.69], "MiM": [0.64, 0.69, 0.70]}
+    rows = [{"arm": arm, "fraction": 1.0, "fold": fold, "trainer": "t", "class": cls, "label": label, "dice": d}
+            for arm, values in dice.items() for fold, d in enumerate(values)
+            for cls, label in (("grey_matter", "1"), ("mean", ""))]
+    monkeypatch.setattr(DownstreamBenchmark, "run", lambda self: (rows, []))
+    assert main(["benchmark", "991", "--budget", "cpu", "--schedule", "decoder-first", "--arms", "scratch",
+                 "scratch-default", "MiM", "--folds", "0", "1", "2", "--work-folder", work]) == 0
+    table = capsys.readouterr().out.split("Mean Dice against scratch-default:")
+    assert len(table) == 2 and "| vs scratch |" in table[0]  # the matched comparison stays the main table
+    against = [line for line in table[1].splitlines() if line.startswith("| 100% |")]
+    mim_minus_default = sum(m - s for m, s in zip(dice["MiM"], dice["scratch-default"])) / 3
+    assert [line.split(" | ")[1:3] for line in against] == [["mean", arm] for arm in dice]  # mean Dice only
+    assert against[2].split(" | ")[6] == f"{mim_minus_default:+.3f}"
+
+
 def test_class_names_match_nnunet_summary_keys_for_labels_and_regions():
     from nnunetv2.evaluation.evaluate_predictions import label_or_region_to_key
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
