@@ -10,7 +10,8 @@ same plan, budget, seeds and folds, through nnU-Net's own commands:
     MiM-noalign  MiM without cross-level alignment (ablation), then fine-tuning
 
 and, when asked for with --schedule, scratch-default: scratch at the default schedule, the
-random network at its own schedule beside the matched one (its table is under the main table).
+random network at its own schedule beside the matched one (every arm's mean Dice is compared
+with it too, in a second table under the main one).
 
 Self pre-training uses the images of all training cases (labels never), once per method;
 ``--pretrain-dataset`` pre-trains on another planned dataset instead (e.g. a collection made with
@@ -83,9 +84,9 @@ BUDGETS = {
 }
 ARMS = ["nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"]  # the arms run unless --arms says otherwise
 # Scratch at the default fine-tuning schedule whatever --schedule says. A schedule made for
-# pre-trained weights (decoder-first freezes the encoder at first) can cost a random network: at
-# 1200 steps on Colin27 lobes it cost scratch 1.6 points (docs/benchmarks.md). This arm puts
-# scratch at its own schedule in the same table, beside the exactly matched scratch arm.
+# pre-trained weights (decoder-first freezes the encoder at first) can cost a random network
+# (docs/benchmarks.md, "The default schedule at 1200 steps"). This arm puts scratch at its own
+# schedule in the same table, beside the exactly matched scratch arm.
 SCRATCH_DEFAULT = "scratch-default"
 ARM_CHOICES = ARMS + [SCRATCH_DEFAULT]
 # fine-tuning schedules: the suffix of their trainer variants (nnunet_mim/variants.py)
