@@ -295,6 +295,14 @@ class nnUNetTrainerMiMFinetune_T_CPUxxlong_DecoderFirst(DecoderFirst, nnUNetTrai
 
 
 # the same schedules from random weights: the matched scratch arm of `nnunet-mim benchmark --schedule`
+class nnUNetTrainerMiMScratch_LayerDecay(LayerDecay, nnUNetTrainerMiMScratch):
+    pass
+
+
+class nnUNetTrainerMiMScratch_DecoderFirst(DecoderFirst, nnUNetTrainerMiMScratch):
+    pass
+
+
 class nnUNetTrainerMiMScratch_250ep_LayerDecay(LayerDecay, nnUNetTrainerMiMScratch_250ep):
     pass
 

@@ -37,3 +37,20 @@ def test_env_line_names_the_trainers_and_says_nothing_else():
     out = subprocess.run([sys.executable, "-m", "nnunet_mim.cli", "env"], capture_output=True, text=True, check=True)
     assert trainers_path() in out.stdout
     assert out.stderr == ""
+
+
+def test_every_finetuning_variant_has_a_matched_scratch_twin():
+    """Scratch is the baseline of every fine-tuning variant (budget, preset, schedule): each
+    ``nnUNetTrainerMiMFinetune_X`` has an ``nnUNetTrainerMiMScratch_X`` with the same settings."""
+    from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch
+    settings = [k for k, v in vars(nnUNetTrainerMiMFinetune).items() if not k.startswith("_") and not callable(v)
+                and not isinstance(v, property)]
+    assert {"epochs", "encoder_preset", "peak_lr", "layer_decay", "encoder_frozen_fraction"} <= set(settings)
+    pairs = {n: getattr(variants, n.replace("Finetune", "Scratch"), None)
+             for n in dir(variants) if n.startswith("nnUNetTrainerMiMFinetune_")}
+    assert len(pairs) > 15
+    assert [n for n, twin in pairs.items() if twin is None] == []
+    for name, twin in pairs.items():
+        finetune = getattr(variants, name)
+        assert issubclass(twin, nnUNetTrainerMiMScratch)
+        assert {k: getattr(twin, k) for k in settings} == {k: getattr(finetune, k) for k in settings}, name

@@ -12,7 +12,7 @@ from nnunet_mim.variants import (  # noqa: F401
     nnUNetTrainerMiMFinetune_T_CPUxlong_DecoderFirst, nnUNetTrainerMiMFinetune_T_CPUxlong_LayerDecay,
     nnUNetTrainerMiMFinetune_T_CPUxxlong,
     nnUNetTrainerMiMFinetune_T_CPUxxlong_DecoderFirst, nnUNetTrainerMiMFinetune_T_CPUxxlong_LayerDecay,
-    nnUNetTrainerMiMScratch_100ep,
+    nnUNetTrainerMiMScratch_100ep, nnUNetTrainerMiMScratch_DecoderFirst, nnUNetTrainerMiMScratch_LayerDecay,
     nnUNetTrainerMiMScratch_250ep, nnUNetTrainerMiMScratch_250ep_DecoderFirst, nnUNetTrainerMiMScratch_250ep_LayerDecay,
     nnUNetTrainerMiMScratch_S, nnUNetTrainerMiMScratch_T_CPUdemo, nnUNetTrainerMiMScratch_T_CPUdemo_DecoderFirst,
     nnUNetTrainerMiMScratch_T_CPUdemo_LayerDecay, nnUNetTrainerMiMScratch_T_CPUlong,
