@@ -90,7 +90,10 @@ ARMS = ["nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"]  # the arms run unles
 SCRATCH_DEFAULT = "scratch-default"
 ARM_CHOICES = ARMS + [SCRATCH_DEFAULT]
 # fine-tuning schedules: the suffix of their trainer variants (nnunet_mim/variants.py)
-SCHEDULES = {"default": "", "layer-decay": "_LayerDecay", "decoder-first": "_DecoderFirst"}
+# frozen-encoder is a probe, not a way to fine-tune: the encoder never trains, so the pre-trained arms
+# and scratch differ only in the features their encoder hands the decoder
+SCHEDULES = {"default": "", "layer-decay": "_LayerDecay", "decoder-first": "_DecoderFirst",
+             "frozen-encoder": "_FrozenEncoder"}
 LOG_TAIL_LINES = 15  # of a failed run's output, shown in its error: nnU-Net's exception is at the end
 
 
@@ -134,7 +137,7 @@ class DownstreamBenchmark:
             raise BenchmarkError(f"unknown arms {unknown}: choose from {ARM_CHOICES}")
         if SCRATCH_DEFAULT in arms and schedule == "default":
             raise BenchmarkError(f"{SCRATCH_DEFAULT} is scratch at the default schedule: it differs from the "
-                                 "scratch arm only with --schedule layer-decay or decoder-first")
+                                 "scratch arm only with another --schedule")
         if not all(0 < fraction <= 1 for fraction in fractions):
             raise BenchmarkError(f"label fractions must lie in (0, 1], got {list(fractions)}")
         try:

@@ -160,33 +160,6 @@ class nnUNetTrainerMiMScratch_S(nnUNetTrainerMiMScratch):
     encoder_preset = "S"
 
 
-# ---- fine-tuning schedules (compared in docs/benchmarks.md) ---------------------------------------
-class LayerDecay:
-    """Layer-wise lr decay 0.75 (BEiT / MAE fine-tuning practice)."""
-    layer_decay = 0.75
-
-
-class DecoderFirst:
-    """The pre-trained encoder waits 10% of the epochs while the new decoder warms up."""
-    encoder_frozen_fraction = 0.1
-
-
-class nnUNetTrainerMiMFinetune_LayerDecay(LayerDecay, nnUNetTrainerMiMFinetune):
-    pass
-
-
-class nnUNetTrainerMiMFinetune_DecoderFirst(DecoderFirst, nnUNetTrainerMiMFinetune):
-    pass
-
-
-class nnUNetTrainerMiMFinetune_250ep_LayerDecay(LayerDecay, nnUNetTrainerMiMFinetune_250ep):
-    pass
-
-
-class nnUNetTrainerMiMFinetune_250ep_DecoderFirst(DecoderFirst, nnUNetTrainerMiMFinetune_250ep):
-    pass
-
-
 class FinetuneCPUDemoBudget:
     """The built-in demo's fine-tuning: preset T, 10 epochs of 20 steps, no test-time mirroring
     (8x cheaper validation and prediction).
@@ -262,93 +235,51 @@ class nnUNetTrainerMiMScratch_T_CPUxxlong(FinetuneCPUXXLongBudget, nnUNetTrainer
     pass
 
 
-class nnUNetTrainerMiMFinetune_T_CPUdemo_LayerDecay(LayerDecay, nnUNetTrainerMiMFinetune_T_CPUdemo):
-    pass
-
-
-class nnUNetTrainerMiMFinetune_T_CPUdemo_DecoderFirst(DecoderFirst, nnUNetTrainerMiMFinetune_T_CPUdemo):
-    pass
-
-
-class nnUNetTrainerMiMFinetune_T_CPUlong_LayerDecay(LayerDecay, nnUNetTrainerMiMFinetune_T_CPUlong):
-    pass
-
-
-class nnUNetTrainerMiMFinetune_T_CPUlong_DecoderFirst(DecoderFirst, nnUNetTrainerMiMFinetune_T_CPUlong):
-    pass
-
-
-class nnUNetTrainerMiMFinetune_T_CPUxlong_LayerDecay(LayerDecay, nnUNetTrainerMiMFinetune_T_CPUxlong):
-    pass
-
-
-class nnUNetTrainerMiMFinetune_T_CPUxlong_DecoderFirst(DecoderFirst, nnUNetTrainerMiMFinetune_T_CPUxlong):
-    pass
-
-
-class nnUNetTrainerMiMFinetune_T_CPUxxlong_LayerDecay(LayerDecay, nnUNetTrainerMiMFinetune_T_CPUxxlong):
-    pass
-
-
-class nnUNetTrainerMiMFinetune_T_CPUxxlong_DecoderFirst(DecoderFirst, nnUNetTrainerMiMFinetune_T_CPUxxlong):
-    pass
-
-
-# the same schedules from random weights: the matched scratch arm of `nnunet-mim benchmark --schedule`
-class nnUNetTrainerMiMScratch_LayerDecay(LayerDecay, nnUNetTrainerMiMScratch):
-    pass
-
-
-class nnUNetTrainerMiMScratch_DecoderFirst(DecoderFirst, nnUNetTrainerMiMScratch):
-    pass
-
-
-class nnUNetTrainerMiMScratch_250ep_LayerDecay(LayerDecay, nnUNetTrainerMiMScratch_250ep):
-    pass
-
-
-class nnUNetTrainerMiMScratch_250ep_DecoderFirst(DecoderFirst, nnUNetTrainerMiMScratch_250ep):
-    pass
-
-
-class nnUNetTrainerMiMScratch_T_CPUdemo_LayerDecay(LayerDecay, nnUNetTrainerMiMScratch_T_CPUdemo):
-    pass
-
-
-class nnUNetTrainerMiMScratch_T_CPUdemo_DecoderFirst(DecoderFirst, nnUNetTrainerMiMScratch_T_CPUdemo):
-    pass
-
-
-class nnUNetTrainerMiMScratch_T_CPUlong_LayerDecay(LayerDecay, nnUNetTrainerMiMScratch_T_CPUlong):
-    pass
-
-
-class nnUNetTrainerMiMScratch_T_CPUlong_DecoderFirst(DecoderFirst, nnUNetTrainerMiMScratch_T_CPUlong):
-    pass
-
-
-class nnUNetTrainerMiMScratch_T_CPUxlong_LayerDecay(LayerDecay, nnUNetTrainerMiMScratch_T_CPUxlong):
-    pass
-
-
-class nnUNetTrainerMiMScratch_T_CPUxlong_DecoderFirst(DecoderFirst, nnUNetTrainerMiMScratch_T_CPUxlong):
-    pass
-
-
-class nnUNetTrainerMiMScratch_T_CPUxxlong_LayerDecay(LayerDecay, nnUNetTrainerMiMScratch_T_CPUxxlong):
-    pass
-
-
-class nnUNetTrainerMiMScratch_T_CPUxxlong_DecoderFirst(DecoderFirst, nnUNetTrainerMiMScratch_T_CPUxxlong):
-    pass
-
-
 class nnUNetTrainerMiMFinetune_T_CPUsmoke(FinetuneCPUSmokeBudget, nnUNetTrainerMiMFinetune):
     pass
 
 
 class nnUNetTrainerMiMScratch_T_CPUsmoke(FinetuneCPUSmokeBudget, nnUNetTrainerMiMScratch):
     pass
+
+
+# ---- fine-tuning schedules (compared in docs/benchmarks.md) ---------------------------------------
+class LayerDecay:
+    """Layer-wise lr decay 0.75 (BEiT / MAE fine-tuning practice)."""
+    layer_decay = 0.75
+
+
+class DecoderFirst:
+    """The pre-trained encoder waits 10% of the epochs while the new decoder warms up."""
+    encoder_frozen_fraction = 0.1
+
+
+class FrozenEncoder:
+    """The pre-trained encoder never trains: only the full-resolution stem, the U-Net decoder and the
+    heads learn. A probe of what the pre-trained features hold, not a way to fine-tune: its scratch
+    twin reads the features of a random encoder, so the two differ only in what pre-training learnt."""
+    encoder_frozen_fraction = 1.0
+
+
+FINETUNING_SCHEDULES = (LayerDecay, DecoderFirst, FrozenEncoder)
+
+
+def add_schedule_variants(*bases: type) -> None:
+    """``<base>_<Schedule>`` for every base and schedule (``nnUNetTrainerMiMScratch_T_CPUxlong_DecoderFirst``):
+    nnU-Net finds a trainer by its class name, so each pairing is a module-level class here, and the
+    scratch twin of every fine-tuning variant comes with it."""
+    for base in bases:
+        for schedule in FINETUNING_SCHEDULES:
+            name = f"{base.__name__}_{schedule.__name__}"
+            globals()[name] = type(name, (schedule, base), {"__module__": __name__, "__qualname__": name})
+
+
+add_schedule_variants(nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch,
+                      nnUNetTrainerMiMFinetune_250ep, nnUNetTrainerMiMScratch_250ep,
+                      nnUNetTrainerMiMFinetune_T_CPUdemo, nnUNetTrainerMiMScratch_T_CPUdemo,
+                      nnUNetTrainerMiMFinetune_T_CPUlong, nnUNetTrainerMiMScratch_T_CPUlong,
+                      nnUNetTrainerMiMFinetune_T_CPUxlong, nnUNetTrainerMiMScratch_T_CPUxlong,
+                      nnUNetTrainerMiMFinetune_T_CPUxxlong, nnUNetTrainerMiMScratch_T_CPUxxlong)
 
 
 # ---- stock nnU-Net CNN at the same CPU budgets (the reference arm of the benchmark) ---------------

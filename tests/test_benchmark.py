@@ -211,7 +211,8 @@ def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(benchmark_e
             assert issubclass(scratch, nnUNetTrainerMiMScratch) and not issubclass(finetune, nnUNetTrainerMiMScratch)
             for setting in ("encoder_frozen_fraction", "layer_decay", "peak_lr", "epochs", "encoder_preset"):
                 assert getattr(scratch, setting) == getattr(finetune, setting), (budget, schedule, setting)
-            frozen = variants.DecoderFirst.encoder_frozen_fraction if schedule == "decoder-first" else 0.0
+            frozen = {"decoder-first": variants.DecoderFirst.encoder_frozen_fraction,
+                      "frozen-encoder": 1.0}.get(schedule, 0.0)
             decay = variants.LayerDecay.layer_decay if schedule == "layer-decay" else 1.0
             assert (finetune.encoder_frozen_fraction, finetune.layer_decay) == (frozen, decay)
     with pytest.raises(BenchmarkError, match="budget 'smoke' has no 'decoder-first' schedule"):

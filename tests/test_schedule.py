@@ -1,5 +1,5 @@
 """Fine-tuning optimisation: layer-wise lr decay follows the encoder's depth, a decoder-first
-start keeps the pre-trained encoder still, and the defaults change nothing."""
+start keeps the pre-trained encoder still, a frozen encoder never moves, and the defaults change nothing."""
 import torch
 
 from nnunet_mim.architecture.encoder import STRIDES
@@ -63,6 +63,32 @@ def test_decoder_first_keeps_the_encoder_still_then_warms_it_up():
     assert 0 < lr_of(optimizer, block) < lr_of(optimizer, head)  # the encoder's own warm-up
     scheduler.step(19)
     assert lr_of(optimizer, block) > 0 and lr_of(optimizer, head) > 0
+
+
+def test_a_frozen_encoder_never_moves_while_the_new_layers_learn():
+    """FrozenEncoder (encoder_frozen_fraction 1): AdamW at lr 0 leaves every pre-trained tensor
+    exactly as loaded, weight decay included (AdamW scales it by the lr), through the whole
+    schedule; the stem, decoder and heads train."""
+    from nnunet_mim.variants import FrozenEncoder
+    torch.manual_seed(0)
+    net, epochs = network(), 4
+    start = round(FrozenEncoder.encoder_frozen_fraction * epochs)
+    assert start == epochs
+    optimizer = torch.optim.AdamW(finetuning_param_groups(net, 0.05, encoder_start_epoch=start), lr=1e-3)
+    scheduler = WarmupCosineLR(optimizer, 1e-3, warmup_epochs=1, max_epochs=epochs)
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    x = torch.randn(1, 1, 32, 32, 32)
+    for epoch in range(epochs):
+        scheduler.step(epoch)
+        optimizer.zero_grad()
+        net(x)[0].square().mean().backward()
+        optimizer.step()
+    num_blocks = len(net.encoder.blocks)
+    moved = {name for name, p in net.named_parameters() if not torch.equal(p, before[name])}
+    pretrained = {name for name, _ in net.named_parameters() if encoder_depth(name, num_blocks) < num_blocks + 6}
+    assert len(pretrained) > 20 and not moved & pretrained
+    for new_layers in ("encoder.stem.", "decoder.stages.", "decoder.seg_layers."):
+        assert any(name.startswith(new_layers) for name in moved), new_layers
 
 
 def test_defaults_are_one_plain_schedule():
