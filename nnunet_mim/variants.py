@@ -275,6 +275,7 @@ def add_schedule_variants(*bases: type) -> None:
 
 
 add_schedule_variants(nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch,
+                      nnUNetTrainerMiMFinetune_T_CPUsmoke, nnUNetTrainerMiMScratch_T_CPUsmoke,
                       nnUNetTrainerMiMFinetune_250ep, nnUNetTrainerMiMScratch_250ep,
                       nnUNetTrainerMiMFinetune_T_CPUdemo, nnUNetTrainerMiMScratch_T_CPUdemo,
                       nnUNetTrainerMiMFinetune_T_CPUlong, nnUNetTrainerMiMScratch_T_CPUlong,

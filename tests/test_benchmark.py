@@ -194,12 +194,12 @@ def test_another_pretraining_length_never_reuses_the_other_ones_runs(benchmark_e
         assert getattr(variants, trainer).epochs != getattr(variants, BUDGETS[base].pretrain[method]).epochs
 
 
-def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(benchmark_env, tmp_path):
+def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(benchmark_env, tmp_path, monkeypatch):
     """--schedule: scratch and every fine-tuned arm get the same schedule variant (so they still
     differ only in their initial weights), the stock arm keeps nnU-Net's own; every schedule exists
     at the cpu, cpu-long, cpu-xlong, cpu-xxlong and gpu budgets, and a budget without one is refused by name."""
     from nnunet_mim import variants
-    from nnunet_mim.benchmark import BUDGETS, SCHEDULES, BenchmarkError, DownstreamBenchmark
+    from nnunet_mim.benchmark import BUDGETS, SCHEDULES, Budget, BenchmarkError, DownstreamBenchmark
     from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMScratch
     for budget in ("cpu", "cpu-long", "cpu-xlong", "cpu-xxlong", "gpu"):
         for schedule in SCHEDULES:
@@ -215,8 +215,11 @@ def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(benchmark_e
                       "frozen-encoder": 1.0}.get(schedule, 0.0)
             decay = variants.LayerDecay.layer_decay if schedule == "layer-decay" else 1.0
             assert (finetune.encoder_frozen_fraction, finetune.layer_decay) == (frozen, decay)
-    with pytest.raises(BenchmarkError, match="budget 'smoke' has no 'decoder-first' schedule"):
-        DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
+    # a budget of trainers that have no schedule variants (e.g. one a user adds for their own trainers)
+    monkeypatch.setitem(BUDGETS, "plain", Budget("nnUNetTrainer", "nnUNetTrainerMiMScratch_S",
+                                                  "nnUNetTrainerMiMFinetune_S", BUDGETS["gpu"].pretrain))
+    with pytest.raises(BenchmarkError, match="budget 'plain' has no 'decoder-first' schedule"):
+        DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "plain", str(tmp_path / "w"),
                             schedule="decoder-first")
 
 

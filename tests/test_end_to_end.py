@@ -156,6 +156,25 @@ def test_finetuning_runs_are_seeded(nnunet_env, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_frozen_encoder_keeps_every_pretrained_tensor_as_loaded(nnunet_env, pretrained):
+    """nnUNetv2_train -tr ..._FrozenEncoder -pretrained_weights (the benchmark's frozen-encoder
+    probe): every pre-trained encoder tensor ends training exactly as the checkpoint holds it (that
+    the new layers train under the same optimizer groups: tests/test_schedule.py)."""
+    import torch
+    from nnunet_mim.finetuning.param_groups import encoder_depth
+    trainer = FINETUNE + "_FrozenEncoder"
+    train(nnunet_env, trainer, "-pretrained_weights", pretrained)
+    folder = output_folder(nnunet_env, trainer)
+    final = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu",
+                       weights_only=False)["network_weights"]
+    source = torch.load(pretrained, map_location="cpu", weights_only=False)["network_weights"]
+    loaded = json.load(open(os.path.join(folder, "pretrained_weights_report.json")))["loaded"]
+    num_blocks = 1 + max(int(k.split(".")[2]) for k in final if k.startswith("encoder.blocks."))
+    frozen = [k for k in loaded if encoder_depth(k, num_blocks) < num_blocks + 6]
+    assert len(frozen) > 20
+    assert [k for k in frozen if not torch.equal(final[k], source[k])] == []
+
+
 def test_finetune_on_another_dataset_with_other_channels_classes_spacing(nnunet_env, pretrained, tmp_path):
     import torch
     from nnunet_mim.data.example import write_example_dataset
