@@ -195,7 +195,8 @@ def benchmark_arguments(p: argparse.ArgumentParser) -> None:
                    "scratch at the default schedule")
     p.add_argument("--schedule", choices=list(benchmark.SCHEDULES), default="default",
                    help="fine-tuning schedule of scratch and the pre-trained arms (the stock arm keeps nnU-Net's, "
-                   f"{benchmark.SCRATCH_DEFAULT} the default)")
+                   f"{benchmark.SCRATCH_DEFAULT} the default); frozen-encoder never trains the encoder: a probe of "
+                   "what the pre-trained features are worth against a random encoder's")
     p.add_argument("--pretrain-dataset", default=None, help="pre-train on this planned dataset (ID or name) "
                    "instead of the benchmark dataset's own training images")
     p.add_argument("--seed", type=int, default=0, help="seed of the label-fraction subsets")
