@@ -37,13 +37,24 @@ def cmd_adapt_checkpoint(args) -> int:
     import os
 
     import torch
-    from nnunet_mim.finetuning.checkpoint import adapt_input_channels, load_checkpoint
+    from nnunet_mim.finetuning.checkpoint import adapt_input_channels, load_checkpoint, transplant_encoder
+    if args.input_channels is None and args.encoder_from is None:
+        print("nothing to do: give --input-channels N and/or --encoder-from CHECKPOINT", file=sys.stderr)
+        return 1
     if os.path.exists(args.output):
         print(f"{args.output} exists; choose another --output (nothing is overwritten)", file=sys.stderr)
         return 1
-    checkpoint = load_checkpoint(args.checkpoint)
-    for line in adapt_input_channels(checkpoint, args.input_channels):
-        print(line)
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+        if args.encoder_from is not None:
+            replaced = transplant_encoder(checkpoint, load_checkpoint(args.encoder_from))
+            print(f"{len(replaced)} encoder tensors from {args.encoder_from} (recorded as supervised pre-training)")
+        if args.input_channels is not None:
+            for line in adapt_input_channels(checkpoint, args.input_channels):
+                print(line)
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     torch.save(checkpoint, args.output)
     print(f"wrote {args.output}; pass it to nnUNetv2_train ... -pretrained_weights {args.output}")
     return 0
@@ -169,11 +180,15 @@ def check_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def adapt_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Rewrite the input projections of a pre-training checkpoint for N input channels (each new "
-                     "kernel = mean of the source kernels x source/N channels) and write a new file for "
-                     "nnUNetv2_train -pretrained_weights. The source is only read.")
+    p.description = ("Write a new file for nnUNetv2_train -pretrained_weights from a pre-training checkpoint (which "
+                     "is only read): --input-channels N rewrites its input projections for N channels (each new "
+                     "kernel = mean of the source kernels x source/N channels); --encoder-from replaces its encoder "
+                     "by the encoder of a segmentation model trained with labels (its checkpoint_final.pth), "
+                     "recorded as supervised pre-training, e.g. as a positive control for the frozen-encoder probe.")
     p.add_argument("checkpoint")
-    p.add_argument("--input-channels", type=int, required=True)
+    p.add_argument("--input-channels", type=int)
+    p.add_argument("--encoder-from", metavar="CHECKPOINT",
+                   help="checkpoint of an nnUNetTrainerMiMScratch/-Finetune run of the same preset")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_adapt_checkpoint)
 
@@ -287,7 +302,7 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
 COMMANDS = {
     "env": ("print the shell line that lets nnU-Net find the nnunet-mim trainers", env_arguments),
     "check": ("check that nnU-Net finds the trainers; say what is missing", check_arguments),
-    "adapt-checkpoint": ("adapt a pre-training checkpoint to another number of input channels",
+    "adapt-checkpoint": ("adapt a pre-training checkpoint: other input channels, or a supervised encoder",
                          adapt_checkpoint_arguments),
     "benchmark": ("matched comparison: stock nnU-Net, scratch, MAE, MiM, MiM without alignment, at several label "
                   "fractions", benchmark_arguments),

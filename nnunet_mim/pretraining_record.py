@@ -13,7 +13,9 @@ import torch
 
 RECORD_LENGTH = 16
 FORMAT_VERSION = 1.0
-METHODS = {1.0: "MiM", 2.0: "MAE"}
+# "supervised": an encoder trained with labels put into a pre-training checkpoint
+# (finetuning/checkpoint.py, transplant_encoder), the frozen-encoder probe's positive control
+METHODS = {1.0: "MiM", 2.0: "MAE", 3.0: "supervised"}
 PRESET_CODES = {"T": 1.0, "S": 2.0, "B": 3.0}
 
 

@@ -337,6 +337,36 @@ def test_all_arms_run_and_the_table_matches_the_runs(nnunet_env, tmp_path):
     assert sorted(os.listdir(user_dataset)) == before  # the user's preprocessed folder is only read
 
 
+def test_the_probe_control_freezes_the_encoder_of_the_same_fold_trained_with_all_labels(nnunet_env, tmp_path):
+    """benchmarks/probe_control.py: the supervised arm's frozen encoder is, tensor for tensor, the
+    one of the fold's scratch run on all its training cases, loaded as supervised pre-training;
+    every probed arm is in the table."""
+    import json
+
+    import torch
+    from nnunet_mim.finetuning.param_groups import NEW_PREFIXES
+    work = tmp_path / "bench"
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "probe_control.py")
+    result = run([sys.executable, script, "991", "--budget", "smoke", "--fraction", "0.5", "--folds", "1",
+                  "--device", "cpu", "--work-folder", str(work)], nnunet_env)
+    for arm in ("scratch", "MAE", "MiM", "supervised"):
+        assert f"| 50% | mean | {arm} |" in result.stdout, arm
+
+    def run_folder(labels, arm, trainer):
+        return work / labels / "nnUNet_results" / arm / "Dataset991_E2E" / f"{trainer}__nnUNetPlans__3d_fullres" / \
+            "fold_1"
+    control = run_folder("labels_050pct", "supervised", "nnUNetTrainerMiMFinetune_T_CPUsmoke_FrozenEncoder")
+    labelled = run_folder("labels_100pct", "scratch", "nnUNetTrainerMiMScratch_T_CPUsmoke")
+    splits = json.load(open(work / "labels_100pct" / "nnUNet_preprocessed" / "Dataset991_E2E" / "splits_final.json"))
+    assert len(splits[1]["train"]) == 4
+    report = json.load(open(control / "pretrained_weights_report.json"))
+    assert report["pretraining"]["method"] == "supervised"
+    final, source = (torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+                     ["network_weights"] for folder in (control, labelled))
+    frozen = [k for k in report["loaded"] if not k.startswith(NEW_PREFIXES)]
+    assert len(frozen) > 20 and [k for k in frozen if not torch.equal(final[k], source[k])] == []
+
+
 def test_compare_counts_a_shared_run_once_and_keeps_differing_runs_apart(tmp_path, capsys):
     """nnunet-mim compare: scratch reused by two benchmarks is one arm with its three folds, MiM
     pre-trained two ways is one arm per benchmark, a benchmark at another label fraction joins the

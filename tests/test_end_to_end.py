@@ -174,6 +174,31 @@ def test_frozen_encoder_keeps_every_pretrained_tensor_as_loaded(nnunet_env, pret
     assert [k for k in frozen if not torch.equal(final[k], source[k])] == []
 
 
+def test_a_transplanted_supervised_encoder_is_what_a_frozen_encoder_run_keeps(nnunet_env, pretrained, finetuned,
+                                                                               tmp_path):
+    """nnunet-mim adapt-checkpoint --encoder-from (the probe's positive control): the encoder of a model
+    trained with labels, put into the pre-training checkpoint, is loaded, reported as supervised
+    pre-training, and kept to the end by a frozen-encoder run."""
+    import torch
+    from nnunet_mim.finetuning.param_groups import NEW_PREFIXES
+    segmentation = os.path.join(output_folder(nnunet_env, FINETUNE), "checkpoint_final.pth")
+    transplanted = str(tmp_path / "supervised.pth")
+    run([sys.executable, "-m", "nnunet_mim.cli", "adapt-checkpoint", pretrained, "--encoder-from", segmentation,
+         "-o", transplanted], nnunet_env)
+    env = dict(nnunet_env, nnUNet_results=str(tmp_path / "results"))
+    trainer = FINETUNE + "_FrozenEncoder"
+    assert "source: supervised pre-training" in train(env, trainer, "-pretrained_weights", transplanted).stdout
+    folder = output_folder(env, trainer)
+    final = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu",
+                       weights_only=False)["network_weights"]
+    source, pretraining = (torch.load(f, map_location="cpu", weights_only=False)["network_weights"]
+                           for f in (segmentation, pretrained))
+    loaded = json.load(open(os.path.join(folder, "pretrained_weights_report.json")))["loaded"]
+    frozen = [k for k in loaded if not k.startswith(NEW_PREFIXES)]
+    assert len(frozen) > 20 and [k for k in frozen if not torch.equal(final[k], source[k])] == []
+    assert [k for k in frozen if torch.equal(source[k], pretraining[k])] == []  # fine-tuning moved every one
+
+
 def test_finetune_on_another_dataset_with_other_channels_classes_spacing(nnunet_env, pretrained, tmp_path):
     import torch
     from nnunet_mim.data.example import write_example_dataset

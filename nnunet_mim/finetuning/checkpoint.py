@@ -9,7 +9,13 @@ input projections (``keys_to_in_proj``). ``adapt_input_channels`` rewrites them 
 every new channel's kernel is the mean of the source kernels times (source / target channels),
 so an image whose channels are all equal gets exactly the response the pre-trained network gave
 to that one image. The result is a new checkpoint file for stock ``-pretrained_weights``.
+
+Encoder transplant: ``transplant_encoder`` puts the encoder of a segmentation model trained with
+labels into a pre-training checkpoint, recorded as "supervised" pre-training: fine-tuned from the
+result, a run differs from one fine-tuned from the untouched checkpoint only in its encoder (the
+frozen-encoder probe's positive control, docs/benchmarks.md).
 """
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -17,6 +23,7 @@ import torch
 from nnunet_mim.pretraining_record import PretrainingRecord
 
 IN_PROJECTIONS = ("encoder.stem.0.weight", "encoder.stages.0.downsample.0.weight")
+ENCODER_PREFIXES = ("encoder.", "decoder.encoder.")  # nnU-Net's decoders keep a reference to their encoder
 
 
 def load_checkpoint(filename: str) -> dict:
@@ -106,3 +113,34 @@ def adapt_input_channels(checkpoint: dict, channels: int) -> Sequence[str]:
         changed.append(f"{key}: {tuple(w.shape)} -> {tuple(weights[key].shape)}")
     checkpoint.setdefault("nnunet_mim", {})["input_channels_adapted"] = {"to": channels, "tensors": changed}
     return changed
+
+
+def transplant_encoder(checkpoint: dict, source: dict) -> List[str]:
+    """Replace (in place) the encoder of the pre-training ``checkpoint`` by the encoder of ``source``,
+    the checkpoint of a segmentation run of the same network (nnUNetTrainerMiMScratch or
+    nnUNetTrainerMiMFinetune, trained with labels), and record it as supervised pre-training with the
+    plan and epochs of that run. The decoder and reconstruction head stay the checkpoint's. Returns
+    the keys replaced."""
+    weights, donor = checkpoint["network_weights"], source["network_weights"]
+    record = PretrainingRecord.from_tensor(weights["pretraining_record"]) if "pretraining_record" in weights else None
+    if record is None:
+        raise RuntimeError("the checkpoint to transplant into is not an nnunet-mim pre-training checkpoint")
+    keys = [k for k in weights if k.startswith(ENCODER_PREFIXES)]
+    missing = [k for k in keys if k not in donor]
+    mismatched = [k for k in keys if k in donor and donor[k].shape != weights[k].shape]
+    if missing or mismatched:
+        raise RuntimeError(f"the source's encoder does not fit the pre-training checkpoint's (another preset?): "
+                           f"{len(missing)} missing and {len(mismatched)} differently shaped tensors, e.g. "
+                           f"{(missing + mismatched)[:3]}")
+    for key in keys:
+        weights[key] = donor[key].clone()
+    plans = source["init_args"]["plans"]
+    configuration = plans["configurations"][source["init_args"]["configuration"]]
+    supervised = replace(record, method="supervised", patch_size=tuple(configuration["patch_size"]),
+                         spacing=tuple(configuration["spacing"]), epochs=source["current_epoch"])
+    weights["pretraining_record"] = supervised.to_tensor()
+    checkpoint.setdefault("nnunet_mim", {}).update(
+        method="supervised", encoder_from=source.get("trainer_name"), patch_size=list(supervised.patch_size),
+        spacing=list(supervised.spacing), normalization_schemes=configuration["normalization_schemes"],
+        foreground_intensity_properties_per_channel=plans["foreground_intensity_properties_per_channel"])
+    return keys

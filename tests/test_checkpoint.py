@@ -1,0 +1,52 @@
+"""finetuning/checkpoint.py on small synthetic checkpoints (on real ones: tests/test_end_to_end.py)."""
+import pytest
+import torch
+
+from nnunet_mim.finetuning.checkpoint import transplant_encoder
+from nnunet_mim.pretraining_record import PretrainingRecord
+
+
+def pretraining_checkpoint(width: int = 4) -> dict:
+    record = PretrainingRecord("MAE", "T", False, 1, (32, 32, 32), (1.0, 1.0, 1.0), 100)
+    encoder = {"stem.0.weight": torch.zeros(width, 1), "stages.0.w": torch.zeros(width)}
+    weights = {**{"encoder." + k: v for k, v in encoder.items()},
+               **{"decoder.encoder." + k: v.clone() for k, v in encoder.items()},
+               "decoder.stages.0.w": torch.zeros(3), "reconstruction.w": torch.zeros(2),
+               "pretraining_record": record.to_tensor()}
+    return {"network_weights": weights, "nnunet_mim": {"method": "MAE", "patch_size": [32, 32, 32]}}
+
+
+def segmentation_checkpoint(width: int = 4) -> dict:
+    weights = {k: torch.ones_like(v) for k, v in pretraining_checkpoint(width)["network_weights"].items()
+               if not k.startswith("reconstruction")}
+    weights["decoder.seg_layers.0.weight"] = torch.ones(2, 3)
+    weights["pretraining_record"] = torch.zeros(16, dtype=torch.float64)  # trained from scratch
+    configuration = {"patch_size": [64, 64, 48], "spacing": [1.5, 1.5, 2.0], "normalization_schemes": ["ZScore"]}
+    return {"network_weights": weights, "current_epoch": 30, "trainer_name": "nnUNetTrainerMiMScratch_T_CPUxlong",
+            "init_args": {"configuration": "3d_fullres",
+                          "plans": {"configurations": {"3d_fullres": configuration},
+                                    "foreground_intensity_properties_per_channel": {"0": {"mean": 1.0}}}}}
+
+
+def test_the_encoder_comes_from_the_segmentation_model_and_the_rest_stays():
+    checkpoint = pretraining_checkpoint()
+    replaced = transplant_encoder(checkpoint, segmentation_checkpoint())
+    weights = checkpoint["network_weights"]
+    assert sorted(replaced) == sorted(k for k in weights if k.startswith(("encoder.", "decoder.encoder.")))
+    assert all(weights[k].eq(1).all() for k in replaced)
+    assert weights["decoder.stages.0.w"].eq(0).all() and weights["reconstruction.w"].eq(0).all()
+    assert "decoder.seg_layers.0.weight" not in weights
+    record = PretrainingRecord.from_tensor(weights["pretraining_record"])
+    assert (record.method, record.preset, record.epochs) == ("supervised", "T", 30)
+    assert record.patch_size == (64, 64, 48) and record.spacing == (1.5, 1.5, 2.0)
+    assert checkpoint["nnunet_mim"]["encoder_from"] == "nnUNetTrainerMiMScratch_T_CPUxlong"
+
+
+def test_an_encoder_that_does_not_fit_is_refused_and_nothing_changes():
+    checkpoint = pretraining_checkpoint()
+    with pytest.raises(RuntimeError, match="does not fit.*4 differently shaped"):
+        transplant_encoder(checkpoint, segmentation_checkpoint(width=8))
+    assert all(v.eq(0).all() for k, v in checkpoint["network_weights"].items() if k != "pretraining_record")
+    not_pretraining = segmentation_checkpoint()
+    with pytest.raises(RuntimeError, match="not an nnunet-mim pre-training checkpoint"):
+        transplant_encoder(not_pretraining, segmentation_checkpoint())
