@@ -50,3 +50,16 @@ def test_an_encoder_that_does_not_fit_is_refused_and_nothing_changes():
     not_pretraining = segmentation_checkpoint()
     with pytest.raises(RuntimeError, match="not an nnunet-mim pre-training checkpoint"):
         transplant_encoder(not_pretraining, segmentation_checkpoint())
+
+
+def test_adapt_checkpoint_refuses_by_name_and_writes_nothing(tmp_path, capsys):
+    from nnunet_mim.cli import main
+    pretraining, wider = str(tmp_path / "pretraining.pth"), str(tmp_path / "wider.pth")
+    torch.save(pretraining_checkpoint(), pretraining)
+    torch.save(segmentation_checkpoint(width=8), wider)
+    output = tmp_path / "out.pth"
+    assert main(["adapt-checkpoint", pretraining, "-o", str(output)]) == 1
+    assert "--input-channels N and/or --encoder-from" in capsys.readouterr().err
+    assert main(["adapt-checkpoint", pretraining, "--encoder-from", wider, "-o", str(output)]) == 1
+    assert "error: the source's encoder does not fit" in capsys.readouterr().err
+    assert not output.exists()
