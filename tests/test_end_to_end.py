@@ -187,7 +187,8 @@ def test_a_transplanted_supervised_encoder_is_what_a_frozen_encoder_run_keeps(nn
          "-o", transplanted], nnunet_env)
     env = dict(nnunet_env, nnUNet_results=str(tmp_path / "results"))
     trainer = FINETUNE + "_FrozenEncoder"
-    assert "source: supervised pre-training" in train(env, trainer, "-pretrained_weights", transplanted).stdout
+    report = train(env, trainer, "-pretrained_weights", transplanted).stdout
+    assert "source: supervised pre-training" in report and "unused by the token-level" not in report
     folder = output_folder(env, trainer)
     final = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu",
                        weights_only=False)["network_weights"]

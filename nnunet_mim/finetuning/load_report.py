@@ -76,8 +76,9 @@ class LoadReport:
             if part.startswith("decoder") and "seg_layers" not in part and self.record is not None \
                     and not self.record.decoder_pretrained:
                 note = "  (copied, but not trained during pre-training)"
-            if part.startswith("encoder.stem") and self.record is not None:
-                note = "  (copied, but unused by the token-level pre-training)"
+            if part.startswith("encoder.stem") and self.record is not None:  # a supervised encoder used its stem
+                note = "" if self.record.method == "supervised" else \
+                    "  (copied, but unused by the token-level pre-training)"
             lines.append(f"  {part:45s} loaded {loaded[part]:4d}  new/unchanged {unchanged[part]:4d}{note}")
         lines.append(f"  encoder tensors loaded: {self.encoder_fraction:.1%}")
         lines.append("  segmentation heads: new (nnU-Net never transfers .seg_layers.)")
