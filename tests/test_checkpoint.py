@@ -50,6 +50,10 @@ def test_an_encoder_that_does_not_fit_is_refused_and_nothing_changes():
     not_pretraining = segmentation_checkpoint()
     with pytest.raises(RuntimeError, match="not an nnunet-mim pre-training checkpoint"):
         transplant_encoder(not_pretraining, segmentation_checkpoint())
+    pretraining_as_source = dict(segmentation_checkpoint(), nnunet_mim={"method": "MiM"})
+    with pytest.raises(RuntimeError, match="not the checkpoint of an nnU-Net segmentation run"):
+        transplant_encoder(checkpoint, pretraining_as_source)
+    assert all(v.eq(0).all() for k, v in checkpoint["network_weights"].items() if k != "pretraining_record")
 
 
 def test_adapt_checkpoint_refuses_by_name_and_writes_nothing(tmp_path, capsys):

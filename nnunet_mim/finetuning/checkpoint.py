@@ -125,6 +125,9 @@ def transplant_encoder(checkpoint: dict, source: dict) -> List[str]:
     record = PretrainingRecord.from_tensor(weights["pretraining_record"]) if "pretraining_record" in weights else None
     if record is None:
         raise RuntimeError("the checkpoint to transplant into is not an nnunet-mim pre-training checkpoint")
+    if "method" in source.get("nnunet_mim", {}) or "init_args" not in source:  # what pre-training writes
+        raise RuntimeError("the encoder's source is not the checkpoint of an nnU-Net segmentation run trained with "
+                           "labels (nnUNetTrainerMiMScratch or nnUNetTrainerMiMFinetune)")
     keys = [k for k in weights if k.startswith(ENCODER_PREFIXES)]
     missing = [k for k in keys if k not in donor]
     mismatched = [k for k in keys if k in donor and donor[k].shape != weights[k].shape]
