@@ -42,6 +42,18 @@ def in_projection_keys(state_dict: Dict[str, torch.Tensor]) -> List[str]:
     return [k for k in state_dict if any(k == p or k == "decoder." + p for p in IN_PROJECTIONS)]
 
 
+def fit_problem(keys: Sequence[str], wanted: Dict[str, torch.Tensor],
+                offered: Dict[str, torch.Tensor]) -> Optional[str]:
+    """What keeps ``offered`` from filling ``keys`` of ``wanted`` (missing or differently shaped
+    tensors, with examples); None when it fits."""
+    missing = [k for k in keys if k not in offered]
+    mismatched = [k for k in keys if k in offered and offered[k].shape != wanted[k].shape]
+    if not missing and not mismatched:
+        return None
+    return (f"{len(missing)} missing and {len(mismatched)} differently shaped tensors, e.g. "
+            f"{(missing + mismatched)[:3]}")
+
+
 def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.Tensor],
                                   preset: str) -> Tuple[List[str], dict]:
     """Raise a RuntimeError that says what to do when ``filename`` cannot load into the network;
@@ -70,12 +82,9 @@ def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.
         raise RuntimeError(f"{filename} was pre-trained with {source} input channel(s), this dataset has {target}. "
                            f"Adapt it first:\n    nnunet-mim adapt-checkpoint {filename} --input-channels {target} "
                            "-o adapted.pth\nand pass adapted.pth to -pretrained_weights")
-    mismatched = [k for k, v in network_state.items() if ".seg_layers." not in k and k in weights
-                  and weights[k].shape != v.shape]
-    missing = [k for k in network_state if ".seg_layers." not in k and k not in weights]
-    if mismatched or missing:
-        raise RuntimeError(f"{filename} does not fit this network: {len(missing)} missing and {len(mismatched)} "
-                           f"differently shaped tensors, e.g. {(missing + mismatched)[:3]}")
+    misfit = fit_problem([k for k in network_state if ".seg_layers." not in k], network_state, weights)
+    if misfit:
+        raise RuntimeError(f"{filename} does not fit this network: {misfit}")
     return list(weights), checkpoint.get("nnunet_mim", {})
 
 
@@ -129,12 +138,10 @@ def transplant_encoder(checkpoint: dict, source: dict) -> List[str]:
         raise RuntimeError("the encoder's source is not the checkpoint of an nnU-Net segmentation run trained with "
                            "labels (nnUNetTrainerMiMScratch or nnUNetTrainerMiMFinetune)")
     keys = [k for k in weights if k.startswith(ENCODER_PREFIXES)]
-    missing = [k for k in keys if k not in donor]
-    mismatched = [k for k in keys if k in donor and donor[k].shape != weights[k].shape]
-    if missing or mismatched:
+    misfit = fit_problem(keys, weights, donor)
+    if misfit:
         raise RuntimeError(f"the source's encoder does not fit the pre-training checkpoint's (another preset?): "
-                           f"{len(missing)} missing and {len(mismatched)} differently shaped tensors, e.g. "
-                           f"{(missing + mismatched)[:3]}")
+                           f"{misfit}")
     for key in keys:
         weights[key] = donor[key].clone()
     plans = source["init_args"]["plans"]
