@@ -20,9 +20,9 @@ import argparse
 import os
 import sys
 
-import torch
 
 from nnunet_mim.benchmark import BUDGETS, DownstreamBenchmark, write_outputs
+from nnunet_mim.checkpointing import save_checkpoint_file
 from nnunet_mim.finetuning.checkpoint import load_checkpoint, transplant_encoder
 
 PROBED_ARMS = ["scratch", "MAE", "MiM"]  # scratch: the random encoder every other is compared with
@@ -37,8 +37,7 @@ def supervised_checkpoint(bench: DownstreamBenchmark, fold: int, host: str) -> s
         checkpoint = load_checkpoint(host)
         transplant_encoder(checkpoint, load_checkpoint(os.path.join(labelled, "checkpoint_final.pth")))
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        torch.save(checkpoint, path + ".partial")
-        os.replace(path + ".partial", path)
+        save_checkpoint_file(checkpoint, path)
     return path
 
 

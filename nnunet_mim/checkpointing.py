@@ -1,11 +1,23 @@
 """Checkpoint handling shared by all nnunet-mim trainers: nnU-Net's format, written atomically,
-never silently replaced."""
+never silently replaced; and the atomic write that every file nnunet-mim produces goes through."""
 import os
 
 import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+
+
+def write_atomically(path: str, write) -> None:
+    """``write`` a temporary file beside ``path``, then rename it over ``path``: a process killed
+    while writing leaves the previous file (or none), never a truncated one."""
+    partial = path + ".partial"  # never ends in .b2nd or .pth: nnU-Net must not take it for a case
+    write(partial)
+    os.replace(partial, path)
+
+
+def save_checkpoint_file(checkpoint: dict, path: str) -> None:
+    write_atomically(path, lambda partial: torch.save(checkpoint, partial))
 
 
 class AtomicCheckpointMixin:

@@ -36,7 +36,7 @@ def cmd_demo(args) -> int:
 def cmd_adapt_checkpoint(args) -> int:
     import os
 
-    import torch
+    from nnunet_mim.checkpointing import save_checkpoint_file
     from nnunet_mim.finetuning.checkpoint import adapt_input_channels, load_checkpoint, transplant_encoder
     if args.input_channels is None and args.encoder_from is None:
         print("nothing to do: give --input-channels N and/or --encoder-from CHECKPOINT", file=sys.stderr)
@@ -55,7 +55,7 @@ def cmd_adapt_checkpoint(args) -> int:
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    torch.save(checkpoint, args.output)
+    save_checkpoint_file(checkpoint, args.output)
     print(f"wrote {args.output}; pass it to nnUNetv2_train ... -pretrained_weights {args.output}")
     return 0
 

@@ -67,3 +67,26 @@ def test_adapt_checkpoint_refuses_by_name_and_writes_nothing(tmp_path, capsys):
     assert main(["adapt-checkpoint", pretraining, "--encoder-from", wider, "-o", str(output)]) == 1
     assert "error: the source's encoder does not fit" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_adapt_checkpoint_killed_while_writing_leaves_no_file_under_the_output_name(tmp_path, monkeypatch):
+    from nnunet_mim.cli import main
+    pretraining, source = str(tmp_path / "pretraining.pth"), str(tmp_path / "segmentation.pth")
+    torch.save(pretraining_checkpoint(), pretraining)
+    torch.save(segmentation_checkpoint(), source)
+    real_save = torch.save
+
+    def save_half_then_die(obj, path):
+        real_save(obj, path)
+        with open(path, "r+b") as f:
+            f.truncate(10)
+        raise KeyboardInterrupt  # as a kill between the first and the last byte
+
+    monkeypatch.setattr(torch, "save", save_half_then_die)
+    output = tmp_path / "out.pth"
+    with pytest.raises(KeyboardInterrupt):
+        main(["adapt-checkpoint", pretraining, "--encoder-from", source, "-o", str(output)])
+    assert not output.exists()
+    monkeypatch.setattr(torch, "save", real_save)
+    assert main(["adapt-checkpoint", pretraining, "--encoder-from", source, "-o", str(output)]) == 0
+    assert torch.load(output, weights_only=False)["nnunet_mim"]["method"] == "supervised"

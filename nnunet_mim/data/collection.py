@@ -29,6 +29,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
+from nnunet_mim.checkpointing import write_atomically
 from nnunet_mim.data.sources import SourceImage, find_images, read_header, read_volume
 from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans, round_patch_size
 from nnunet_mim.pretraining.data import COLLECTION_MANIFEST as MANIFEST
@@ -169,12 +170,6 @@ def plan_collection(name: str, entries: List[dict], settings: CollectionSettings
 
 
 # ---- preprocess ----------------------------------------------------------------------------
-def write_atomically(path: str, write) -> None:
-    partial = path + ".partial"  # never ends in .b2nd: nnU-Net must not take it for a case
-    write(partial)
-    os.replace(partial, path)
-
-
 def is_done(folder: str, case_id: str) -> bool:
     """Properties there and the image's header readable: the image is renamed into place only
     once complete, after its properties, so a readable image means a finished case."""
