@@ -1,8 +1,16 @@
-"""Trainer variants, named the nnU-Net way: ``<Trainer>_<preset>_<length>``.
+"""Trainer variants, named the nnU-Net way: ``<Trainer>_<variant>``, e.g. ``nnUNetTrainerMAEPretrain_T_CPUbench``
+or ``nnUNetTrainerMiMScratch_T_CPUxlong_DecoderFirst``.
+
+A variant is a trainer with a few class attributes changed; the settings are the small classes below
+(a preset, a length, a CPU budget, a fine-tuning schedule), each written once. nnU-Net finds a trainer
+by its class name, so ``add_variants`` makes every pairing a module-level class here, and the modules
+in ``trainers/`` re-export them. Every fine-tuning variant has its scratch twin.
 
 ``_T_CPUdemo`` and ``_T_CPUsmoke`` use the tiny preset and run on a laptop CPU (the built-in demo
 and the end-to-end tests); they show that the pipeline works, not what the method can do.
 """
+from typing import Dict, Sequence
+
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -10,26 +18,26 @@ from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMFinetune, nnUNetTraine
 from nnunet_mim.pretraining.trainer import nnUNetTrainerMAEPretrain, nnUNetTrainerMiMPretrain
 
 
+def add_variants(bases: Sequence[type], settings: Dict[str, type]) -> None:
+    """``<base>_<suffix>`` for every base and every ``suffix: settings class`` pair."""
+    for base in bases:
+        for suffix, setting in settings.items():
+            name = f"{base.__name__}_{suffix}"
+            globals()[name] = type(name, (setting, base), {"__module__": __name__, "__qualname__": name})
+
+
 class nnUNetTrainerMiMPretrainNoAlign(nnUNetTrainerMiMPretrain):
     """Ablation: MiM's three levels without the cross-level alignment loss."""
     alignment_weight = 0.0
 
 
+class PresetS:
+    encoder_preset = "S"
+
+
 # ---- pre-training ----------------------------------------------------------------------------
-class nnUNetTrainerMiMPretrain_100ep(nnUNetTrainerMiMPretrain):
+class Pretrain100Epochs:
     epochs, warmup_epochs = 100, 10
-
-
-class nnUNetTrainerMiMPretrain_S(nnUNetTrainerMiMPretrain):
-    encoder_preset = "S"
-
-
-class nnUNetTrainerMAEPretrain_100ep(nnUNetTrainerMAEPretrain):
-    epochs, warmup_epochs = 100, 10
-
-
-class nnUNetTrainerMAEPretrain_S(nnUNetTrainerMAEPretrain):
-    encoder_preset = "S"
 
 
 # The paper's lr (1e-4 per 256 samples) assumes batches of hundreds; at the CPU batch of 2 it
@@ -71,93 +79,20 @@ class PretrainCPUBench25Budget(PretrainCPUBenchBudget):
     epochs, warmup_epochs = 25, 3
 
 
-class nnUNetTrainerMiMPretrain_T_CPUdemo(PretrainCPUDemoBudget, nnUNetTrainerMiMPretrain):
-    pass
-
-
-class nnUNetTrainerMAEPretrain_T_CPUdemo(PretrainCPUDemoBudget, nnUNetTrainerMAEPretrain):
-    pass
-
-
-class nnUNetTrainerMiMPretrain_T_CPUbench(PretrainCPUBenchBudget, nnUNetTrainerMiMPretrain):
-    pass
-
-
-class nnUNetTrainerMAEPretrain_T_CPUbench(PretrainCPUBenchBudget, nnUNetTrainerMAEPretrain):
-    pass
-
-
-class nnUNetTrainerMiMPretrainNoAlign_T_CPUbench(PretrainCPUBenchBudget, nnUNetTrainerMiMPretrainNoAlign):
-    pass
-
-
-class nnUNetTrainerMiMPretrain_T_CPUbench300(PretrainCPUBench300Budget, nnUNetTrainerMiMPretrain):
-    pass
-
-
-class nnUNetTrainerMAEPretrain_T_CPUbench300(PretrainCPUBench300Budget, nnUNetTrainerMAEPretrain):
-    pass
-
-
-class nnUNetTrainerMiMPretrainNoAlign_T_CPUbench300(PretrainCPUBench300Budget, nnUNetTrainerMiMPretrainNoAlign):
-    pass
-
-
-class nnUNetTrainerMiMPretrain_T_CPUbench25(PretrainCPUBench25Budget, nnUNetTrainerMiMPretrain):
-    pass
-
-
-class nnUNetTrainerMAEPretrain_T_CPUbench25(PretrainCPUBench25Budget, nnUNetTrainerMAEPretrain):
-    pass
-
-
-class nnUNetTrainerMiMPretrainNoAlign_T_CPUbench25(PretrainCPUBench25Budget, nnUNetTrainerMiMPretrainNoAlign):
-    pass
-
-
-class nnUNetTrainerMiMPretrainNoAlign_100ep(nnUNetTrainerMiMPretrainNoAlign):
-    epochs, warmup_epochs = 100, 10
-
-
-class nnUNetTrainerMiMPretrainNoAlign_T_CPUdemo(PretrainCPUDemoBudget, nnUNetTrainerMiMPretrainNoAlign):
-    pass
-
-
-class nnUNetTrainerMiMPretrainNoAlign_T_CPUsmoke(PretrainCPUSmokeBudget, nnUNetTrainerMiMPretrainNoAlign):
-    pass
-
-
-class nnUNetTrainerMiMPretrain_T_CPUsmoke(PretrainCPUSmokeBudget, nnUNetTrainerMiMPretrain):
-    pass
-
-
-class nnUNetTrainerMAEPretrain_T_CPUsmoke(PretrainCPUSmokeBudget, nnUNetTrainerMAEPretrain):
-    pass
+PRETRAINING_VARIANTS = {"100ep": Pretrain100Epochs, "S": PresetS, "T_CPUdemo": PretrainCPUDemoBudget,
+                        "T_CPUsmoke": PretrainCPUSmokeBudget, "T_CPUbench": PretrainCPUBenchBudget,
+                        "T_CPUbench300": PretrainCPUBench300Budget, "T_CPUbench25": PretrainCPUBench25Budget}
+PRETRAINING_TRAINERS = (nnUNetTrainerMiMPretrain, nnUNetTrainerMAEPretrain, nnUNetTrainerMiMPretrainNoAlign)
+add_variants(PRETRAINING_TRAINERS, PRETRAINING_VARIANTS)
 
 
 # ---- fine-tuning and its matched scratch baseline ----------------------------------------------
-class nnUNetTrainerMiMFinetune_100ep(nnUNetTrainerMiMFinetune):
+class Finetune100Epochs:
     epochs = 100
 
 
-class nnUNetTrainerMiMFinetune_250ep(nnUNetTrainerMiMFinetune):
+class Finetune250Epochs:
     epochs = 250
-
-
-class nnUNetTrainerMiMFinetune_S(nnUNetTrainerMiMFinetune):
-    encoder_preset = "S"
-
-
-class nnUNetTrainerMiMScratch_100ep(nnUNetTrainerMiMScratch):
-    epochs = 100
-
-
-class nnUNetTrainerMiMScratch_250ep(nnUNetTrainerMiMScratch):
-    epochs = 250
-
-
-class nnUNetTrainerMiMScratch_S(nnUNetTrainerMiMScratch):
-    encoder_preset = "S"
 
 
 class FinetuneCPUDemoBudget:
@@ -203,47 +138,15 @@ class FinetuneCPUXXLongBudget(FinetuneCPUDemoBudget):
     epochs = 120
 
 
-class nnUNetTrainerMiMFinetune_T_CPUdemo(FinetuneCPUDemoBudget, nnUNetTrainerMiMFinetune):
-    pass
+FINETUNING_VARIANTS = {"100ep": Finetune100Epochs, "250ep": Finetune250Epochs, "S": PresetS,
+                       "T_CPUdemo": FinetuneCPUDemoBudget, "T_CPUsmoke": FinetuneCPUSmokeBudget,
+                       "T_CPUlong": FinetuneCPULongBudget, "T_CPUxlong": FinetuneCPUXLongBudget,
+                       "T_CPUxxlong": FinetuneCPUXXLongBudget}
+FINETUNING_TRAINERS = (nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch)
+add_variants(FINETUNING_TRAINERS, FINETUNING_VARIANTS)
 
 
-class nnUNetTrainerMiMFinetune_T_CPUlong(FinetuneCPULongBudget, nnUNetTrainerMiMFinetune):
-    pass
-
-
-class nnUNetTrainerMiMScratch_T_CPUlong(FinetuneCPULongBudget, nnUNetTrainerMiMScratch):
-    pass
-
-
-class nnUNetTrainerMiMScratch_T_CPUdemo(FinetuneCPUDemoBudget, nnUNetTrainerMiMScratch):
-    pass
-
-
-class nnUNetTrainerMiMFinetune_T_CPUxlong(FinetuneCPUXLongBudget, nnUNetTrainerMiMFinetune):
-    pass
-
-
-class nnUNetTrainerMiMScratch_T_CPUxlong(FinetuneCPUXLongBudget, nnUNetTrainerMiMScratch):
-    pass
-
-
-class nnUNetTrainerMiMFinetune_T_CPUxxlong(FinetuneCPUXXLongBudget, nnUNetTrainerMiMFinetune):
-    pass
-
-
-class nnUNetTrainerMiMScratch_T_CPUxxlong(FinetuneCPUXXLongBudget, nnUNetTrainerMiMScratch):
-    pass
-
-
-class nnUNetTrainerMiMFinetune_T_CPUsmoke(FinetuneCPUSmokeBudget, nnUNetTrainerMiMFinetune):
-    pass
-
-
-class nnUNetTrainerMiMScratch_T_CPUsmoke(FinetuneCPUSmokeBudget, nnUNetTrainerMiMScratch):
-    pass
-
-
-# ---- fine-tuning schedules (compared in docs/benchmarks.md) ---------------------------------------
+# ---- fine-tuning schedules (compared in docs/benchmarks.md), on every fine-tuning variant ---------
 class LayerDecay:
     """Layer-wise lr decay 0.75 (BEiT / MAE fine-tuning practice)."""
     layer_decay = 0.75
@@ -261,57 +164,35 @@ class FrozenEncoder:
     encoder_frozen_fraction = 1.0
 
 
-FINETUNING_SCHEDULES = (LayerDecay, DecoderFirst, FrozenEncoder)
-
-
-def add_schedule_variants(*bases: type) -> None:
-    """``<base>_<Schedule>`` for every base and schedule (``nnUNetTrainerMiMScratch_T_CPUxlong_DecoderFirst``):
-    nnU-Net finds a trainer by its class name, so each pairing is a module-level class here, and the
-    scratch twin of every fine-tuning variant comes with it."""
-    for base in bases:
-        for schedule in FINETUNING_SCHEDULES:
-            name = f"{base.__name__}_{schedule.__name__}"
-            globals()[name] = type(name, (schedule, base), {"__module__": __name__, "__qualname__": name})
-
-
-add_schedule_variants(nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch,
-                      nnUNetTrainerMiMFinetune_T_CPUsmoke, nnUNetTrainerMiMScratch_T_CPUsmoke,
-                      nnUNetTrainerMiMFinetune_250ep, nnUNetTrainerMiMScratch_250ep,
-                      nnUNetTrainerMiMFinetune_T_CPUdemo, nnUNetTrainerMiMScratch_T_CPUdemo,
-                      nnUNetTrainerMiMFinetune_T_CPUlong, nnUNetTrainerMiMScratch_T_CPUlong,
-                      nnUNetTrainerMiMFinetune_T_CPUxlong, nnUNetTrainerMiMScratch_T_CPUxlong,
-                      nnUNetTrainerMiMFinetune_T_CPUxxlong, nnUNetTrainerMiMScratch_T_CPUxxlong)
+FINETUNING_SCHEDULES = {"LayerDecay": LayerDecay, "DecoderFirst": DecoderFirst, "FrozenEncoder": FrozenEncoder}
+add_variants([*FINETUNING_TRAINERS, *(globals()[f"{trainer.__name__}_{suffix}"]
+                                       for trainer in FINETUNING_TRAINERS for suffix in FINETUNING_VARIANTS)],
+             FINETUNING_SCHEDULES)
 
 
 # ---- stock nnU-Net CNN at the same CPU budgets (the reference arm of the benchmark) ---------------
-class nnUNetTrainerStockCNN_CPUdemo(nnUNetTrainer):
-    budget = FinetuneCPUDemoBudget
+class nnUNetTrainerStockCNN(nnUNetTrainer):
+    """nnU-Net's own trainer, its length set by the class attributes the hybrid trainers use, so that
+    a CPU fine-tuning budget applies to it unchanged. The defaults are nnU-Net's."""
+    epochs, iterations_per_epoch, val_iterations_per_epoch, checkpoint_every = 1000, 250, 50, 50
+    test_time_mirroring = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = self.budget.epochs
-        self.num_iterations_per_epoch = self.budget.iterations_per_epoch
-        self.num_val_iterations_per_epoch = self.budget.val_iterations_per_epoch
-        self.save_every = self.budget.checkpoint_every
+        self.num_epochs = self.epochs
+        self.num_iterations_per_epoch = self.iterations_per_epoch
+        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+        self.save_every = self.checkpoint_every
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        self.inference_allowed_mirroring_axes = None  # as the budget's hybrid trainers
+        if not self.test_time_mirroring:
+            self.inference_allowed_mirroring_axes = None  # as the budget's hybrid trainers
         return out
 
 
-class nnUNetTrainerStockCNN_CPUsmoke(nnUNetTrainerStockCNN_CPUdemo):
-    budget = FinetuneCPUSmokeBudget
-
-
-class nnUNetTrainerStockCNN_CPUlong(nnUNetTrainerStockCNN_CPUdemo):
-    budget = FinetuneCPULongBudget
-
-
-class nnUNetTrainerStockCNN_CPUxlong(nnUNetTrainerStockCNN_CPUdemo):
-    budget = FinetuneCPUXLongBudget
-
-
-class nnUNetTrainerStockCNN_CPUxxlong(nnUNetTrainerStockCNN_CPUdemo):
-    budget = FinetuneCPUXXLongBudget
+# the budgets' encoder preset and lr are the hybrid network's; nnU-Net's CNN keeps its own
+add_variants([nnUNetTrainerStockCNN], {"CPUdemo": FinetuneCPUDemoBudget, "CPUsmoke": FinetuneCPUSmokeBudget,
+                                       "CPUlong": FinetuneCPULongBudget, "CPUxlong": FinetuneCPUXLongBudget,
+                                       "CPUxxlong": FinetuneCPUXXLongBudget})
