@@ -488,6 +488,15 @@ def per_fold_table(rows: List[dict]) -> List[str]:
     return lines
 
 
+def paragraphs(*blocks: Sequence[str]) -> List[str]:
+    """The lines of the non-empty blocks, a blank line between one block and the next."""
+    lines: List[str] = []
+    for block in blocks:
+        if block:
+            lines += ([""] if lines else []) + list(block)
+    return lines
+
+
 def write_outputs(rows: List[dict], folder: str, title: str, reference: str = "scratch",
                   name: str = RESULTS_NAME, notes: Sequence[str] = ()) -> str:
     """NAME_runs.csv (one row per run and class), NAME.csv/.md (summary, then ``notes``), NAME.png."""
@@ -504,9 +513,9 @@ def write_outputs(rows: List[dict], folder: str, title: str, reference: str = "s
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
-    lines = [f"{title}", ""] + summary_lines(table, reference)
-    lines += ["", "Mean Dice per fold (the pairs behind each paired test):", ""] + per_fold_table(rows)
-    markdown = "\n".join(lines + [""] * bool(notes) + list(notes))
+    markdown = "\n".join(paragraphs([title], summary_lines(table, reference),
+                                    ["Mean Dice per fold (the pairs behind each paired test):"], per_fold_table(rows),
+                                    notes))
     with open(os.path.join(folder, f"{name}.md"), "w") as f:
         f.write(markdown + "\n")
     fig, ax = plt.subplots(figsize=(7, 5))

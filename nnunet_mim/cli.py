@@ -62,7 +62,7 @@ def cmd_adapt_checkpoint(args) -> int:
 
 def cmd_benchmark(args) -> int:
     from nnunet_mim.benchmark import (RESULTS_NAME, SCRATCH_DEFAULT, BenchmarkError, DownstreamBenchmark,
-                                      mean_dice_against, write_outputs)
+                                      mean_dice_against, paragraphs, write_outputs)
     from nnunet_mim.learning_curves import end_of_training_table, write_curves
     try:
         bench = DownstreamBenchmark(args.dataset, args.configuration, args.folds, args.fractions, args.budget,
@@ -79,17 +79,15 @@ def cmd_benchmark(args) -> int:
              f"folds {args.folds}, seed {args.seed}{pretraining}" + (f"; {args.note}" if args.note else ""))
     results = args.results_folder or bench.work + "/results"
     write_curves(curves, results, title, RESULTS_NAME)
-    read_with = bench.table_notes()
-    if SCRATCH_DEFAULT in bench.arms:
-        read_with = mean_dice_against(rows, SCRATCH_DEFAULT) + [""] * bool(read_with) + read_with
-    notes = read_with + [""] * bool(read_with) + end_of_training_table(curves, RESULTS_NAME)
+    notes = paragraphs(mean_dice_against(rows, SCRATCH_DEFAULT) if SCRATCH_DEFAULT in bench.arms else [],
+                       bench.table_notes(), end_of_training_table(curves, RESULTS_NAME))
     print(write_outputs(rows, results, title, notes=notes))
     return 0
 
 
 def cmd_compare(args) -> int:
-    from nnunet_mim.benchmark import (RESULTS_NAME, arms_in, differing_arms, merge_benchmarks, read_runs,
-                                      write_outputs)
+    from nnunet_mim.benchmark import (RESULTS_NAME, arms_in, differing_arms, merge_benchmarks, paragraphs,
+                                      read_runs, write_outputs)
     from nnunet_mim.learning_curves import end_of_training_table, read_curves, write_curves
     benchmarks, curves, titles = {}, {}, []
     for item in args.benchmarks:
@@ -114,11 +112,10 @@ def cmd_compare(args) -> int:
               "--reference)", file=sys.stderr)
         return 1
     title = f"{len(benchmarks)} benchmarks combined ({', '.join(benchmarks)})" + (f"; {args.note}" if args.note else "")
-    notes = list(titles)
     combined_curves = merge_benchmarks(curves, differing, ("fraction", "fold", "epoch"))
     if combined_curves:
         write_curves(combined_curves, args.output_folder, title, "comparison")
-        notes += [""] + end_of_training_table(combined_curves, "comparison")
+    notes = paragraphs(titles, end_of_training_table(combined_curves, "comparison"))
     print(write_outputs(rows, args.output_folder, title, reference=args.reference, name="comparison", notes=notes))
     return 0
 

@@ -78,7 +78,10 @@ def curves_by_run(rows: List[dict], field: str) -> dict:
 
 def end_of_training_table(rows: List[dict], name: str) -> List[str]:
     """Markdown lines: per label fraction and arm, the EMA pseudo-Dice after the last epoch and the
-    change of the raw pseudo-Dice at the end (mean over folds, and the lowest and highest fold)."""
+    change of the raw pseudo-Dice at the end (mean over folds, and the lowest and highest fold); none
+    without curves (benchmarks from before curves were kept)."""
+    if not rows:
+        return []
     lines = ["Were the runs still learning when the budget ended? nnU-Net's pseudo-Dice (validation patches, mean "
              f"over folds): its EMA after the last epoch, and the raw figure's mean over the last {END_SHARE:.0%} of "
              "the epochs minus its mean over as many epochs before. A clear rise says the budget stopped the runs "
