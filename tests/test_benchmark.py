@@ -216,8 +216,10 @@ def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(benchmark_e
             decay = variants.LayerDecay.layer_decay if schedule == "layer-decay" else 1.0
             assert (finetune.encoder_frozen_fraction, finetune.layer_decay) == (frozen, decay)
     # a budget of trainers that have no schedule variants (e.g. one a user adds for their own trainers)
-    monkeypatch.setitem(BUDGETS, "plain", Budget("nnUNetTrainer", "nnUNetTrainerMiMScratch_S",
-                                                  "nnUNetTrainerMiMFinetune_S", BUDGETS["gpu"].pretrain))
+    monkeypatch.setattr(variants, "MyScratchTrainer", variants.nnUNetTrainerMiMScratch, raising=False)
+    monkeypatch.setattr(variants, "MyFinetuneTrainer", variants.nnUNetTrainerMiMFinetune, raising=False)
+    monkeypatch.setitem(BUDGETS, "plain", Budget("nnUNetTrainer", "MyScratchTrainer", "MyFinetuneTrainer",
+                                                  BUDGETS["gpu"].pretrain))
     with pytest.raises(BenchmarkError, match="budget 'plain' has no 'decoder-first' schedule"):
         DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "plain", str(tmp_path / "w"),
                             schedule="decoder-first")
