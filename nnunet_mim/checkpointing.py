@@ -1,5 +1,6 @@
 """Checkpoint handling shared by all nnunet-mim trainers: nnU-Net's format, written atomically,
-never silently replaced; and the atomic write that every file nnunet-mim produces goes through."""
+never silently replaced; and the atomic write (a temporary file, then a rename) that checkpoints and
+pre-training collections are written with."""
 import os
 
 import torch
