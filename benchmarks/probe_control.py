@@ -20,7 +20,6 @@ import argparse
 import os
 import sys
 
-
 from nnunet_mim.benchmark import BUDGETS, DownstreamBenchmark, write_outputs
 from nnunet_mim.checkpointing import save_checkpoint_file
 from nnunet_mim.finetuning.checkpoint import load_checkpoint, transplant_encoder

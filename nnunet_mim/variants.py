@@ -9,7 +9,7 @@ in ``trainers/`` re-export them. Every fine-tuning variant has its scratch twin.
 ``_T_CPUdemo`` and ``_T_CPUsmoke`` use the tiny preset and run on a laptop CPU (the built-in demo
 and the end-to-end tests); they show that the pipeline works, not what the method can do.
 """
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -18,12 +18,21 @@ from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMFinetune, nnUNetTraine
 from nnunet_mim.pretraining.trainer import nnUNetTrainerMAEPretrain, nnUNetTrainerMiMPretrain
 
 
-def add_variants(bases: Sequence[type], settings: Dict[str, type]) -> None:
-    """``<base>_<suffix>`` for every base and every ``suffix: settings class`` pair."""
+def add_variants(bases: Sequence[type], settings: Dict[str, type]) -> List[type]:
+    """``<base>_<suffix>`` for every base and every ``suffix: settings class`` pair; returns them."""
+    made = []
     for base in bases:
         for suffix, setting in settings.items():
             name = f"{base.__name__}_{suffix}"
             globals()[name] = type(name, (setting, base), {"__module__": __name__, "__qualname__": name})
+            made.append(globals()[name])
+    return made
+
+
+def trainers_named(*prefixes: str) -> Dict[str, type]:
+    """The trainers of this module whose names start with one of ``prefixes``, for the re-exporting
+    modules in ``trainers/``."""
+    return {name: value for name, value in globals().items() if name.startswith(prefixes) and isinstance(value, type)}
 
 
 class nnUNetTrainerMiMPretrainNoAlign(nnUNetTrainerMiMPretrain):
@@ -143,7 +152,7 @@ FINETUNING_VARIANTS = {"100ep": Finetune100Epochs, "250ep": Finetune250Epochs, "
                        "T_CPUlong": FinetuneCPULongBudget, "T_CPUxlong": FinetuneCPUXLongBudget,
                        "T_CPUxxlong": FinetuneCPUXXLongBudget}
 FINETUNING_TRAINERS = (nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch)
-add_variants(FINETUNING_TRAINERS, FINETUNING_VARIANTS)
+FINETUNING_TRAINER_VARIANTS = add_variants(FINETUNING_TRAINERS, FINETUNING_VARIANTS)
 
 
 # ---- fine-tuning schedules (compared in docs/benchmarks.md), on every fine-tuning variant ---------
@@ -165,9 +174,7 @@ class FrozenEncoder:
 
 
 FINETUNING_SCHEDULES = {"LayerDecay": LayerDecay, "DecoderFirst": DecoderFirst, "FrozenEncoder": FrozenEncoder}
-add_variants([*FINETUNING_TRAINERS, *(globals()[f"{trainer.__name__}_{suffix}"]
-                                       for trainer in FINETUNING_TRAINERS for suffix in FINETUNING_VARIANTS)],
-             FINETUNING_SCHEDULES)
+add_variants([*FINETUNING_TRAINERS, *FINETUNING_TRAINER_VARIANTS], FINETUNING_SCHEDULES)
 
 
 # ---- stock nnU-Net CNN at the same CPU budgets (the reference arm of the benchmark) ---------------

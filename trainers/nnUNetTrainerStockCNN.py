@@ -1,5 +1,4 @@
 """nnU-Net's own trainer at the CPU budgets of nnunet-mim (the reference arm of the benchmark)."""
-from nnunet_mim import variants
+from nnunet_mim.variants import trainers_named
 
-globals().update({name: trainer for name, trainer in vars(variants).items()
-                  if name.startswith("nnUNetTrainerStockCNN")})
+globals().update(trainers_named("nnUNetTrainerStockCNN"))
