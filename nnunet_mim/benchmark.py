@@ -113,6 +113,17 @@ def data_loading_note(environ: Mapping[str, str]) -> Optional[str]:
             "nnUNet_n_proc_DA=0 for the benchmark; docs/benchmarks.md ran its CPU tables so.")
 
 
+def cross_validation_splits(preprocessed_dataset: str, data_folder: str) -> List[dict]:
+    """The folds nnU-Net trains a preprocessed dataset with: its splits_final.json, or the split
+    nnU-Net makes when there is none (five folds, seed 12345)."""
+    own = os.path.join(preprocessed_dataset, "splits_final.json")
+    if os.path.isfile(own):
+        return load_json(own)
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+    cases = sorted(f[:-len(".pkl")] for f in os.listdir(data_folder) if f.endswith(".pkl"))
+    return generate_crossval_split(cases, seed=12345, n_splits=5)
+
+
 def label_fraction_splits(splits: List[dict], fraction: float, seed: int) -> List[dict]:
     """Per fold, the first round(fraction * n) training cases of a fixed permutation."""
     out = []
@@ -190,12 +201,7 @@ class DownstreamBenchmark:
         return os.path.join(os.environ["nnUNet_preprocessed"], dataset_name, plans + ".json")
 
     def base_splits(self) -> List[dict]:
-        own = os.path.join(self.source, "splits_final.json")
-        if os.path.isfile(own):
-            return load_json(own)
-        from nnunetv2.utilities.crossval_split import generate_crossval_split
-        cases = sorted(f[:-len(".pkl")] for f in os.listdir(self.data_folder) if f.endswith(".pkl"))
-        return generate_crossval_split(cases, seed=12345, n_splits=5)
+        return cross_validation_splits(self.source, self.data_folder)
 
     def fraction_env(self, fraction: float, arm: str) -> Dict[str, str]:
         """The fraction's preprocessed folder; results per arm (the fine-tuned arms share one
