@@ -17,8 +17,8 @@ minutes on a CPU: a cheap first look at a pre-training before fine-tuning runs a
 
 An encoder is an nnunet-mim pre-training checkpoint (or one that `adapt-checkpoint --encoder-from`
 wrote); "{fold}" in a path names one file per fold. The reference is a random encoder of the same
-preset (torch seed 0, initialised as the scratch network is); --random-seeds adds others, to show
-how much random encoders differ. Two feature sets, one table each: every encoder output ("all") and
+preset (torch seed 0: the encoder the benchmark's scratch arm starts from); --random-seeds adds
+others, to show how much random encoders differ. Two feature sets, one table each: every encoder output ("all") and
 the transformer's tokens alone ("tokens"). The full-resolution stem is left out: no pre-training
 trains it. Writes linear_probe_all.* and linear_probe_tokens.* (Markdown, CSV, chart) into OUT and
 prints the tables.
@@ -47,10 +47,13 @@ WEIGHT_DECAY, ITERATIONS = 1e-4, 200  # chosen before the first run (docs/benchm
 REFERENCE = "random"
 
 
-def random_encoder(preset: str, input_channels: int, seed: int) -> HybridEncoder:
-    """The encoder of a freshly built network, initialised as the scratch arm's is."""
+def random_encoder(preset: str, input_channels: int, segmentation_heads: int, seed: int) -> HybridEncoder:
+    """The encoder of a freshly built network with the dataset's segmentation heads, seeded. Seed 0 is
+    the encoder the benchmark's scratch arm starts from: its trainer seeds torch with 0 before building
+    the same network, and the decoder's initialisation, whose draws depend on the number of heads, comes
+    before the transformer's."""
     torch.manual_seed(seed)
-    return MiMHybridUNet(input_channels, 2, **preset_kwargs(preset)).encoder
+    return MiMHybridUNet(input_channels, segmentation_heads, **preset_kwargs(preset)).encoder
 
 
 def checkpoint_encoder(path: str, input_channels: int) -> Tuple[HybridEncoder, str]:
@@ -223,7 +226,8 @@ def main() -> int:
 
     # arm -> fold -> (what the encoder is, the encoder)
     arms = {(REFERENCE if i == 0 else f"{REFERENCE} seed {seed}"):
-            (lambda fold, seed=seed: (f"random, {preset}, seed {seed}", random_encoder(preset, channels, seed)))
+            (lambda fold, seed=seed: (f"random, {preset}, seed {seed}",
+                                      random_encoder(preset, channels, len(classes) + 1, seed)))
             for i, seed in enumerate(args.random_seeds)}
     arms.update({name: (lambda fold, path=path: (path.format(fold=fold), from_checkpoint(path.format(fold=fold))))
                  for name, path in checkpoints.items()})

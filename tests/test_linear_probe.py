@@ -41,12 +41,13 @@ def test_the_probe_reads_classes_that_features_hold_linearly_and_not_from_noise(
 
 
 def save_encoder_checkpoint(path, input_channels=1):
-    """A pre-training checkpoint whose encoder is the probe's random encoder of seed 1."""
+    """A pre-training checkpoint whose encoder is the probe's random encoder of seed 1 on Dataset991
+    (background and two classes)."""
     from nnunet_mim.architecture.network import MiMHybridUNet
     from nnunet_mim.architecture.presets import preset_kwargs
     from nnunet_mim.pretraining_record import PretrainingRecord
     torch.manual_seed(1)
-    network = MiMHybridUNet(input_channels, 2, **preset_kwargs("T"))
+    network = MiMHybridUNet(input_channels, 3, **preset_kwargs("T"))
     network.pretraining_record.copy_(PretrainingRecord("MAE", "T", True, input_channels, (32, 32, 32),
                                                        (5.0, 5.0, 5.0), 1).to_tensor())
     torch.save({"network_weights": network.state_dict()}, path)
@@ -72,6 +73,26 @@ def test_a_checkpoint_of_a_random_encoder_scores_as_that_encoder(nnunet_env, tmp
         assert same != {key[1:]: value for key, value in dice.items() if key[0] == "random"}
         assert "| 50% | mean | same | 2 |" in result.stdout
     assert {r["encoder"] for r in rows if r["arm"] == "same"} == {f"{tmp_path}/encoder_fold_{k}.pth" for k in (1, 3)}
+
+
+SCRATCH_ENCODER_SCRIPT = """
+import sys, torch
+from nnunetv2.run.run_training import get_trainer_from_args
+trainer = get_trainer_from_args("991", "3d_fullres", 0, "nnUNetTrainerMiMScratch_T_CPUsmoke",
+                                device=torch.device("cpu"))
+trainer.initialize()
+torch.save(trainer.network.encoder.state_dict(), sys.argv[1])
+"""
+
+
+def test_the_random_reference_is_the_encoder_the_scratch_arm_starts_from(nnunet_env, tmp_path):
+    """Seed 0 is the benchmark's scratch network as its trainer builds it, tensor for tensor, so the
+    probe's reference is the random encoder of the frozen-encoder probe's scratch arm."""
+    run([sys.executable, "-c", SCRATCH_ENCODER_SCRIPT, str(tmp_path / "scratch.pth")], nnunet_env)
+    scratch = torch.load(tmp_path / "scratch.pth")
+    reference = linear_probe_module().random_encoder("T", 1, 3, seed=0).state_dict()
+    assert list(scratch) == list(reference)
+    assert [k for k in reference if not torch.equal(reference[k], scratch[k])] == []
 
 
 def test_a_checkpoint_that_cannot_be_probed_says_why(tmp_path):
