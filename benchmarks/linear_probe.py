@@ -18,10 +18,11 @@ minutes on a CPU: a cheap first look at a pre-training before fine-tuning runs a
 An encoder is an nnunet-mim pre-training checkpoint (or one that `adapt-checkpoint --encoder-from`
 wrote); "{fold}" in a path names one file per fold. The reference is a random encoder of the same
 preset (torch seed 0: the encoder the benchmark's scratch arm starts from); --random-seeds adds
-others, to show how much random encoders differ. Two feature sets, one table each: every encoder output ("all") and
-the transformer's tokens alone ("tokens"). The full-resolution stem is left out: no pre-training
-trains it. Writes linear_probe_all.* and linear_probe_tokens.* (Markdown, CSV, chart) into OUT and
-prints the tables.
+others, to show how much random encoders differ: with more than one, each table also compares every
+arm with their mean and says how many of them it is above. Two feature sets, one table each: every
+encoder output ("all") and the transformer's tokens alone ("tokens"). The full-resolution stem is
+left out: no pre-training trains it. Writes linear_probe_all.* and linear_probe_tokens.* (Markdown,
+CSV, chart) into OUT and prints the tables.
 """
 import argparse
 import os
@@ -37,7 +38,8 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunet_mim.architecture.encoder import TOKEN_SIZE, HybridEncoder
 from nnunet_mim.architecture.network import MiMHybridUNet
 from nnunet_mim.architecture.presets import preset_kwargs
-from nnunet_mim.benchmark import class_names, cross_validation_splits, label_fraction_splits, write_outputs
+from nnunet_mim.benchmark import (class_names, cross_validation_splits, label_fraction_splits, mean_dice_against,
+                                  paragraphs, write_outputs)
 from nnunet_mim.finetuning.checkpoint import load_checkpoint
 from nnunet_mim.pretraining_record import PretrainingRecord
 
@@ -153,6 +155,28 @@ def probe_fold(features: Dict[str, List[torch.Tensor]], segmentations: Dict[str,
     return np.nanmean(np.stack(scores), axis=0)
 
 
+def against_random_encoders(rows: List[dict], random_arms: Sequence[str]) -> List[str]:
+    """Markdown lines for under the table when several random encoders were probed: random encoders
+    differ among themselves, so every other arm against their mean (paired over folds) and against
+    each of them (how many it is above, by mean Dice over the folds)."""
+    mean_arm = f"mean of {len(random_arms)} random encoders"
+    by_run = {}
+    for row in rows:
+        if row["arm"] in random_arms:
+            by_run.setdefault((row["fold"], row["class"]), []).append(row)
+    averaged = [dict(group[0], arm=mean_arm, encoder=mean_arm, dice=float(np.mean([r["dice"] for r in group])))
+                for group in by_run.values()]
+    others = [row for row in rows if row["arm"] not in random_arms]
+
+    def fold_mean(arm):
+        return np.mean([r["dice"] for r in rows if r["arm"] == arm and r["class"] == "mean"])
+    random_means = [fold_mean(arm) for arm in random_arms]
+    ranks = [f"- {arm}: {fold_mean(arm):.3f}, above {sum(fold_mean(arm) > m for m in random_means)} of the "
+             f"{len(random_arms)} random encoders ({min(random_means):.3f} to {max(random_means):.3f})"
+             for arm in dict.fromkeys(r["arm"] for r in others)]
+    return paragraphs(mean_dice_against(averaged + others, mean_arm), ["Mean Dice over the folds:"] + ranks)
+
+
 def parse_encoders(specs: Sequence[str]) -> Dict[str, str]:
     encoders = {}
     for spec in specs:
@@ -254,8 +278,10 @@ def main() -> int:
         title = (f"Linear probe, {feature_set} encoder features: {dataset_name}, {args.fraction:.0%} labels "
                  f"(label draw {args.seed}), folds {args.folds}; logistic regression, L2 {WEIGHT_DECAY:g}, "
                  f"L-BFGS {ITERATIONS} iterations")
+        random_arms = [arm for arm in arms if arm.startswith(REFERENCE)]
+        notes = against_random_encoders(feature_rows, random_arms) if len(random_arms) > 1 else []
         print(write_outputs(feature_rows, args.output_folder, title, reference=REFERENCE,
-                            name=f"linear_probe_{feature_set}"))
+                            name=f"linear_probe_{feature_set}", notes=notes))
         print()
     return 0
 

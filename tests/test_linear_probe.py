@@ -60,8 +60,8 @@ def test_a_checkpoint_of_a_random_encoder_scores_as_that_encoder(nnunet_env, tmp
     for fold in (1, 3):
         save_encoder_checkpoint(tmp_path / f"encoder_fold_{fold}.pth")
     out = tmp_path / "probe"
-    result = run([sys.executable, SCRIPT, "991", "--encoders", f"same={tmp_path}/encoder_fold_{{fold}}.pth",
-                  "--random-seeds", "0", "1", "--fraction", "0.5", "--folds", "1", "3", "-o", str(out)], nnunet_env)
+    run([sys.executable, SCRIPT, "991", "--encoders", f"same={tmp_path}/encoder_fold_{{fold}}.pth",
+         "--random-seeds", "0", "1", "--fraction", "0.5", "--folds", "1", "3", "-o", str(out)], nnunet_env)
     for feature_set in ("all", "tokens"):
         with open(out / f"linear_probe_{feature_set}_runs.csv") as f:
             rows = list(csv.DictReader(f))
@@ -71,7 +71,12 @@ def test_a_checkpoint_of_a_random_encoder_scores_as_that_encoder(nnunet_env, tmp
         same = {key[1:]: value for key, value in dice.items() if key[0] == "same"}
         assert same == {key[1:]: value for key, value in dice.items() if key[0] == "random seed 1"}
         assert same != {key[1:]: value for key, value in dice.items() if key[0] == "random"}
-        assert "| 50% | mean | same | 2 |" in result.stdout
+        table = open(out / f"linear_probe_{feature_set}.md").read()
+        # in the main table, and against the mean of the two random encoders under it
+        assert table.count("| 50% | mean | same | 2 |") == 2 and "Mean Dice against mean of 2 random encoders" in table
+        # "same" is random seed 1: above seed 0 or not, never above itself
+        above_seed_0 = sum(dice["same", f, "mean"] - dice["random", f, "mean"] for f in ("1", "3")) > 0
+        assert f"above {int(above_seed_0)} of the 2 random encoders" in table
     assert {r["encoder"] for r in rows if r["arm"] == "same"} == {f"{tmp_path}/encoder_fold_{k}.pth" for k in (1, 3)}
 
 
