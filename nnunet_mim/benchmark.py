@@ -40,6 +40,7 @@ from nnunet_mim.checkpointing import CHECKPOINTS
 from nnunet_mim.demo import nnunet_command
 from nnunet_mim.environment import ext_trainer_value
 from nnunet_mim.learning_curves import curve_rows
+from nnunet_mim.seeding import SEED_VARIABLE
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ class DownstreamBenchmark:
     def __init__(self, dataset: str, configuration: str, folds: Sequence[int], fractions: Sequence[float],
                  budget: str, work_folder: str, seed: int = 0, arms: Sequence[str] = ARMS,
                  device: Optional[str] = None, pretrain_dataset: Optional[str] = None, schedule: str = "default",
-                 plans: str = "nnUNetPlans", pretrain_plans: Optional[str] = None, report_only: bool = False):
+                 plans: str = "nnUNetPlans", pretrain_plans: Optional[str] = None, report_only: bool = False,
+                 init_seed: int = 0):
         from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
         for var in ("nnUNet_raw", "nnUNet_preprocessed"):
             if var not in os.environ:
@@ -149,6 +151,8 @@ class DownstreamBenchmark:
         if SCRATCH_DEFAULT in arms and schedule == "default":
             raise BenchmarkError(f"{SCRATCH_DEFAULT} is scratch at the default schedule: it differs from the "
                                  "scratch arm only with another --schedule")
+        if init_seed < 0:
+            raise BenchmarkError(f"--init-seed must be 0 or more, got {init_seed}")
         if not all(0 < fraction <= 1 for fraction in fractions):
             raise BenchmarkError(f"label fractions must lie in (0, 1], got {list(fractions)}")
         try:
@@ -169,7 +173,7 @@ class DownstreamBenchmark:
         self.class_names = class_names(load_json(os.path.join(self.source, "dataset.json"))["labels"])
         self.configuration, self.folds, self.fractions = configuration, list(folds), list(fractions)
         self.budget, self.budget_name, self.seed, self.arms = BUDGETS[budget], budget, seed, list(arms)
-        self.schedule, self.report_only = schedule, report_only
+        self.schedule, self.report_only, self.init_seed = schedule, report_only, init_seed
         configurations = load_json(self.plans_file(self.dataset_name, self.plans))["configurations"]
         if configuration not in configurations:
             raise BenchmarkError(f"{self.plans} of {self.dataset_name} has no configuration {configuration!r}; "
@@ -223,25 +227,28 @@ class DownstreamBenchmark:
                                  f"and seed {self.seed} give now (did its splits_final.json change?): "
                                  "use a new --work-folder")
         results = os.path.join(root, "nnUNet_results", self.results_name(arm))
-        return self.env(os.path.join(root, "nnUNet_preprocessed"), results)
+        return self.env(os.path.join(root, "nnUNet_preprocessed"), results, self.init_seed)
 
     def results_name(self, arm: str) -> str:
         """A pre-trained arm's results folder names its pre-training (the budget's label, the
         dataset when that is not the benchmark's own), so runs from another pre-training are never
-        reused; scratch and the stock arm do not depend on it and are shared."""
+        reused; scratch and the stock arm do not depend on it and are shared. Another --init-seed gets
+        folders of its own (the stock arm's too: nnU-Net's trainer is not seeded, but the runs stay apart)."""
+        init = f"_init{self.init_seed}" if self.init_seed else ""
         if arm == SCRATCH_DEFAULT:  # its trainer is the one of scratch at the default schedule: runs are shared
-            return "scratch"
+            return "scratch" + init
         if arm not in self.budget.pretrain:
-            return arm
+            return arm + init
         name = f"{arm}_{self.budget.pretrain_label}" if self.budget.pretrain_label else arm
         if self.pretrain_dataset_name != self.dataset_name:
             name += f"_pretrained_on_{self.pretrain_dataset_name}"
-        return name
+        return name + init
 
-    def env(self, preprocessed: str, results: str) -> Dict[str, str]:
+    def env(self, preprocessed: str, results: str, seed: int) -> Dict[str, str]:
         os.makedirs(results, exist_ok=True)
         return dict(os.environ, nnUNet_preprocessed=preprocessed, nnUNet_results=results,
-                    nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer", "")))
+                    nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer", "")),
+                    **{SEED_VARIABLE: str(seed)})
 
     # ---- runs ----------------------------------------------------------------------------------
     def trainer(self, arm: str) -> str:
@@ -283,7 +290,8 @@ class DownstreamBenchmark:
         return folder
 
     def pretrain(self, method: str) -> str:
-        env = self.env(os.environ["nnUNet_preprocessed"], os.path.join(self.work, "pretraining", "nnUNet_results"))
+        # seed 0 whatever --init-seed says: one pre-training serves the runs of every seed
+        env = self.env(os.environ["nnUNet_preprocessed"], os.path.join(self.work, "pretraining", "nnUNet_results"), 0)
         return os.path.join(self.train(env, self.budget.pretrain[method], "all", dataset=self.pretrain_dataset_name,
                                        plans=self.pretrain_plans), "checkpoint_final.pth")
 

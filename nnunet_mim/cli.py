@@ -67,16 +67,17 @@ def cmd_benchmark(args) -> int:
     try:
         bench = DownstreamBenchmark(args.dataset, args.configuration, args.folds, args.fractions, args.budget,
                                     args.work_folder, args.seed, args.arms, args.device, args.pretrain_dataset,
-                                    args.schedule, args.plans, args.pretrain_plans, args.report_only)
+                                    args.schedule, args.plans, args.pretrain_plans, args.report_only, args.init_seed)
         rows, curves = bench.run()
     except BenchmarkError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     pretraining = "" if bench.pretrain_dataset_name == bench.dataset_name else \
         f", pre-trained on {bench.pretrain_dataset_name} ({bench.pretrain_plans})"
+    init = f", init seed {args.init_seed}" if args.init_seed else ""
     title = (f"{bench.dataset_name}, {args.plans} {args.configuration}, budget '{args.budget}', "
              f"schedule {args.schedule}, "
-             f"folds {args.folds}, seed {args.seed}{pretraining}" + (f"; {args.note}" if args.note else ""))
+             f"folds {args.folds}, seed {args.seed}{init}{pretraining}" + (f"; {args.note}" if args.note else ""))
     results = args.results_folder or bench.work + "/results"
     write_curves(curves, results, title, RESULTS_NAME)
     notes = paragraphs(mean_dice_against(rows, SCRATCH_DEFAULT) if SCRATCH_DEFAULT in bench.arms else [],
@@ -212,6 +213,9 @@ def benchmark_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain-dataset", default=None, help="pre-train on this planned dataset (ID or name) "
                    "instead of the benchmark dataset's own training images")
     p.add_argument("--seed", type=int, default=0, help="seed of the label-fraction subsets")
+    p.add_argument("--init-seed", type=int, default=0, help="seed of the fine-tuning runs (NNUNET_MIM_SEED): the "
+                   "random initialisation (scratch's network, the new decoder of the pre-trained arms), crops and "
+                   "augmentation; each seed has its own results folders, pre-training keeps seed 0")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--work-folder", default="nnunet_mim_benchmark")
     p.add_argument("--results-folder", default=None, help="default: WORK_FOLDER/results")

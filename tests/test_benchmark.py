@@ -245,6 +245,29 @@ def test_each_label_draw_has_its_own_folders(benchmark_env, tmp_path):
         first.fraction_env(0.5, "scratch")
 
 
+def test_each_init_seed_has_its_own_runs_and_one_pretraining(benchmark_env, tmp_path, monkeypatch):
+    """--init-seed N: every fine-tuning run gets NNUNET_MIM_SEED=N and results folders of its own (a
+    work folder that holds seed 0's runs never hands them out as seed N's); pre-training runs at seed 0
+    for every N, in the one pre-training folder."""
+    from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
+    from nnunet_mim.seeding import SEED_VARIABLE
+    work = str(tmp_path / "w")
+    first, other = (DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", work, init_seed=seed)
+                    for seed in (0, 3))
+    for arm in ("nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"):
+        envs = [bench.fraction_env(0.5, arm) for bench in (first, other)]
+        assert [env[SEED_VARIABLE] for env in envs] == ["0", "3"]
+        assert envs[0]["nnUNet_results"] != envs[1]["nnUNet_results"], arm
+    pretrainings = []
+    monkeypatch.setattr(DownstreamBenchmark, "train", lambda self, env, trainer, fold, *a, **k:
+                        pretrainings.append((env[SEED_VARIABLE], env["nnUNet_results"])) or "folder")
+    for bench in (first, other):
+        bench.pretrain("MiM")
+    assert pretrainings[0] == pretrainings[1] and pretrainings[0][0] == "0"
+    with pytest.raises(BenchmarkError, match="--init-seed must be 0 or more"):
+        DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", work, init_seed=-1)
+
+
 def test_report_only_trains_nothing(benchmark_env, tmp_path):
     """--report-only on a work folder without the runs fails, naming the missing run, and starts no
     nnU-Net training, not even the pre-training (finished runs are reported: test_decathlon_task)."""

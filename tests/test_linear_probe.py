@@ -90,12 +90,15 @@ torch.save(trainer.network.encoder.state_dict(), sys.argv[1])
 """
 
 
-def test_the_random_reference_is_the_encoder_the_scratch_arm_starts_from(nnunet_env, tmp_path):
-    """Seed 0 is the benchmark's scratch network as its trainer builds it, tensor for tensor, so the
-    probe's reference is the random encoder of the frozen-encoder probe's scratch arm."""
-    run([sys.executable, "-c", SCRATCH_ENCODER_SCRIPT, str(tmp_path / "scratch.pth")], nnunet_env)
+@pytest.mark.parametrize("seed", [0, 8])
+def test_each_random_encoder_is_the_one_the_scratch_arm_starts_from_at_that_seed(nnunet_env, tmp_path, seed):
+    """Seed N is the benchmark's scratch network as its trainer builds it under NNUNET_MIM_SEED=N
+    (--init-seed N), tensor for tensor: the probe's reference (seed 0) is the random encoder of the
+    frozen-encoder probe's scratch arm."""
+    run([sys.executable, "-c", SCRATCH_ENCODER_SCRIPT, str(tmp_path / "scratch.pth")],
+        dict(nnunet_env, NNUNET_MIM_SEED=str(seed)))
     scratch = torch.load(tmp_path / "scratch.pth")
-    reference = linear_probe_module().random_encoder("T", 1, 3, seed=0).state_dict()
+    reference = linear_probe_module().random_encoder("T", 1, 3, seed=seed).state_dict()
     assert list(scratch) == list(reference)
     assert [k for k in reference if not torch.equal(reference[k], scratch[k])] == []
 

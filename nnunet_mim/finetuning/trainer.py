@@ -7,7 +7,8 @@ What changes against ``nnUNetTrainer``:
                         adapted plan is what training saves, so prediction needs no extra flag
   configure_optimizers  AdamW with a linear warm-up (10% of the epochs), then cosine; optional
                         layer-wise lr decay and a decoder-first start (``finetuning/param_groups.py``)
-  __init__              also seeds numpy and torch (weights, crops, augmentation), as pre-training
+  __init__              also seeds numpy and torch (weights, crops, augmentation) with NNUNET_MIM_SEED
+                        (0 unless set, ``seeding.py``), as pre-training
   initialize            remembers the random initialisation, to tell later what was loaded
   on_train_start        load report; fails loudly if the pre-trained encoder did not load
 """
@@ -25,6 +26,7 @@ from nnunet_mim.finetuning.load_report import LoadReport, pretrained_weights_fro
 from nnunet_mim.plans import adapt_plans
 from nnunet_mim.finetuning.param_groups import finetuning_param_groups
 from nnunet_mim.schedule import WarmupCosineLR
+from nnunet_mim.seeding import run_seed, seed_generators
 
 
 class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
@@ -55,9 +57,8 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
         # seeded like pre-training: fine-tuning and scratch runs then share the decoder's random
         # initialisation, the crops and the augmentation, and differ only in the encoder's weights
         # (exactly so with single-process data loading, nnUNet_n_proc_DA=0)
-        self.seed = 0
-        np.random.seed(self.seed + self.local_rank)
-        torch.manual_seed(self.seed)
+        self.seed = run_seed()
+        seed_generators(self.seed, self.local_rank)
 
     def configure_optimizers(self):
         encoder_start = round(self.encoder_frozen_fraction * self.num_epochs)

@@ -4,7 +4,8 @@ inside ``nnUNetv2_train``. Labels are never read for the loss.
 What changes against ``nnUNetTrainer`` (one hook each):
   __init__               plan adapted to the pre-training network; paper's recipe
   configure_optimizers   AdamW (0.9, 0.95), no decay on norms/biases, warm-up + cosine
-  initialize             images only: the label files are never opened (a collection has none)
+  initialize             images only: the label files are never opened (a collection has none);
+                         seeded with NNUNET_MIM_SEED (``seeding.py``)
   get_dataloaders        nnU-Net's loader, crops of ``crop_factor`` x the patch, no augmentation,
                          cases drawn uniformly or per source (a collection's setting);
                          validation = a fixed set of crops drawn once (comparable between epochs)
@@ -51,6 +52,7 @@ from nnunet_mim.pretraining.objective import mim_objective  # noqa: E402
 from nnunet_mim.pretraining.preview import save_preview  # noqa: E402
 from nnunet_mim.pretraining_record import PretrainingRecord  # noqa: E402
 from nnunet_mim.schedule import WarmupCosineLR, adamw_param_groups  # noqa: E402
+from nnunet_mim.seeding import run_seed, seed_generators  # noqa: E402
 
 VALIDATION_SEED = 12345
 AUGMENTATIONS = ("none", "intensity", "spatial+intensity")
@@ -88,9 +90,8 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         self.save_every = self.checkpoint_every
         # seeded: the same command gives the same run (with nnUNet_n_proc_DA=0, background
         # workers draw their own crops); --c restores every generator from the checkpoint
-        self.seed = 0
-        np.random.seed(self.seed + self.local_rank)  # crop positions: different on every GPU
-        torch.manual_seed(self.seed)
+        self.seed = run_seed()
+        seed_generators(self.seed, self.local_rank)
         self.skipped_steps = 0
         self._val_counter = 0
         self.loss_terms = [f"rec_l{i + 1}" for i in range(self.levels.num_levels)]
