@@ -28,7 +28,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -189,10 +189,84 @@ def parse_encoders(specs: Sequence[str]) -> Dict[str, str]:
     return encoders
 
 
-def main() -> int:
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+@dataclass
+class ProbeDataset:
+    """The preprocessed cases of the folds to probe, as nnU-Net's trainers read them."""
+    name: str
+    classes: List[int]             # label values, background and an ignore label left out
+    class_names: Dict[str, str]    # label value (as nnU-Net's summary keys it) -> name
+    splits: List[dict]             # per fold: the labelled training cases and the validation cases
+    images: Dict[str, np.ndarray]  # case -> (C, Z, Y, X), normalised
+    segmentations: Dict[str, np.ndarray]
+
+    @classmethod
+    def load(cls, dataset: str, plans_name: str, configuration: str, fraction: float, seed: int,
+             folds: Sequence[int]) -> "ProbeDataset":
+        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+        from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+        if "nnUNet_preprocessed" not in os.environ:
+            raise SystemExit("nnUNet_preprocessed is not set: the probe reads the preprocessed dataset")
+        try:
+            name = maybe_convert_to_dataset_name(dataset)
+        except RuntimeError as error:
+            raise SystemExit(str(error)) from error
+        source = os.path.join(os.environ["nnUNet_preprocessed"], name)
+        plans_file = os.path.join(source, plans_name + ".json")
+        if not os.path.isfile(plans_file):
+            raise SystemExit(f"{plans_file} not found: plan and preprocess {name} first (nnUNetv2_plan_and_preprocess)")
+        configurations = load_json(plans_file)["configurations"]
+        if configuration not in configurations:
+            raise SystemExit(f"{plans_name} of {name} has no configuration {configuration!r}: {sorted(configurations)}")
+        data_folder = os.path.join(source, configurations[configuration]["data_identifier"])
+        if not os.path.isdir(data_folder):
+            raise SystemExit(f"{data_folder} not found: {name} is not preprocessed for {configuration}")
+        labels = load_json(os.path.join(source, "dataset.json"))["labels"]
+        if any(isinstance(value, list) for value in labels.values()):
+            raise SystemExit("region-based labels are not supported: the probe puts each voxel in one class")
+        splits = label_fraction_splits(cross_validation_splits(source, data_folder), fraction, seed)
+        if not all(0 <= fold < len(splits) for fold in folds):
+            raise SystemExit(f"folds {list(folds)}: {name} has folds 0-{len(splits) - 1}")
+        reader = infer_dataset_class(data_folder)(data_folder)
+        images, segmentations = {}, {}
+        for case in sorted({case for fold in folds for part in ("train", "val") for case in splits[fold][part]}):
+            image, segmentation, _, _ = reader.load_case(case)
+            images[case], segmentations[case] = np.asarray(image), np.asarray(segmentation)[0]
+        classes = sorted(value for label, value in labels.items() if value != 0 and label != "ignore")
+        return cls(name, classes, class_names(labels), splits, images, segmentations)
+
+    @property
+    def input_channels(self) -> int:
+        return next(iter(self.images.values())).shape[0]
+
+
+def probe_arms(arms: Dict[str, Callable[[int], Tuple[str, HybridEncoder]]], data: ProbeDataset,
+               folds: Sequence[int], fraction: float) -> Dict[str, List[dict]]:
+    """Per feature set, one row per arm, fold and class and one for the mean over classes. ``arms``:
+    arm -> (fold -> what the encoder is, the encoder)."""
     from tqdm import tqdm
+    rows: Dict[str, List[dict]] = {feature_set: [] for feature_set in FEATURE_SETS}
+    progress = tqdm(total=len(arms) * len(folds), desc="linear probe", unit="fold")
+    for arm, encoder_for in arms.items():
+        features: Dict[tuple, List[torch.Tensor]] = {}  # (encoder, case) -> upsampled outputs, for every fold
+        for fold in folds:
+            source, encoder = encoder_for(fold)
+            split = data.splits[fold]
+            for case in split["train"] + split["val"]:
+                if (source, case) not in features:
+                    features[source, case] = voxel_features(encoder, data.images[case])
+            fold_features = {case: features[source, case] for case in split["train"] + split["val"]}
+            run = {"arm": arm, "fraction": fraction, "fold": fold, "encoder": source}
+            for feature_set, feature_rows in rows.items():
+                dice = probe_fold(fold_features, data.segmentations, split, data.classes, feature_set)
+                feature_rows += [dict(run, **{"class": data.class_names[str(value)], "label": str(value),
+                                              "dice": float(d)}) for value, d in zip(data.classes, dice)]
+                feature_rows.append(dict(run, **{"class": "mean", "label": "", "dice": float(np.nanmean(dice))}))
+            progress.update()
+    progress.close()
+    return rows
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="nnU-Net dataset ID or name, planned and preprocessed")
     parser.add_argument("--encoders", nargs="*", default=[], metavar="NAME=CHECKPOINT",
@@ -207,39 +281,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="label draw, as nnunet-mim benchmark --seed")
     parser.add_argument("-o", "--output-folder", default="linear_probe")
     args = parser.parse_args()
-
-    if "nnUNet_preprocessed" not in os.environ:
-        raise SystemExit("nnUNet_preprocessed is not set: the probe reads the preprocessed dataset")
-    try:
-        dataset_name = maybe_convert_to_dataset_name(args.dataset)
-    except RuntimeError as error:
-        raise SystemExit(str(error)) from error
-    source = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name)
-    plans = load_json(os.path.join(source, args.plans + ".json"))
-    data_folder = os.path.join(source, plans["configurations"][args.configuration]["data_identifier"])
-    labels = load_json(os.path.join(source, "dataset.json"))["labels"]
-    if any(isinstance(value, list) for value in labels.values()):
-        raise SystemExit("region-based labels are not supported: the probe classifies each voxel into one class")
-    names = class_names(labels)
-    classes = sorted(value for name, value in labels.items() if value != 0 and name != "ignore")
-    splits = label_fraction_splits(cross_validation_splits(source, data_folder), args.fraction, args.seed)
-    if not all(0 <= fold < len(splits) for fold in args.folds):
-        raise SystemExit(f"folds {args.folds}: {dataset_name} has folds 0-{len(splits) - 1}")
-    dataset = infer_dataset_class(data_folder)(data_folder)
-    cases = sorted({case for fold in args.folds for part in ("train", "val") for case in splits[fold][part]})
-    images, segmentations = {}, {}
-    for case in cases:
-        image, seg, _, _ = dataset.load_case(case)
-        images[case], segmentations[case] = np.asarray(image), np.asarray(seg)[0]
-    channels = images[cases[0]].shape[0]
+    checkpoints = parse_encoders(args.encoders)
+    data = ProbeDataset.load(args.dataset, args.plans, args.configuration, args.fraction, args.seed, args.folds)
 
     loaded: Dict[str, Tuple[HybridEncoder, str]] = {}  # a checkpoint every fold shares loads once
 
     def from_checkpoint(path: str) -> HybridEncoder:
         if path not in loaded:
-            loaded[path] = checkpoint_encoder(path, channels)
+            loaded[path] = checkpoint_encoder(path, data.input_channels)
         return loaded[path][0]
-    checkpoints = parse_encoders(args.encoders)
     for path in checkpoints.values():  # fail on a bad checkpoint before minutes of probing
         from_checkpoint(path.format(fold=args.folds[0]))
     presets = {preset for _, preset in loaded.values()}
@@ -248,42 +298,23 @@ def main() -> int:
                          "encoders' preset with --preset")
     preset = args.preset or (presets.pop() if presets else "T")
 
-    # arm -> fold -> (what the encoder is, the encoder)
     arms = {(REFERENCE if i == 0 else f"{REFERENCE} seed {seed}"):
             (lambda fold, seed=seed: (f"random, {preset}, seed {seed}",
-                                      random_encoder(preset, channels, len(classes) + 1, seed)))
+                                      random_encoder(preset, data.input_channels, len(data.classes) + 1, seed)))
             for i, seed in enumerate(args.random_seeds)}
     arms.update({name: (lambda fold, path=path: (path.format(fold=fold), from_checkpoint(path.format(fold=fold))))
                  for name, path in checkpoints.items()})
-    rows: Dict[str, List[dict]] = {feature_set: [] for feature_set in FEATURE_SETS}
-    progress = tqdm(total=len(arms) * len(args.folds), desc="linear probe", unit="fold")
-    for arm, encoder_for in arms.items():
-        features: Dict[tuple, List[torch.Tensor]] = {}  # (encoder, case) -> upsampled outputs
-        for fold in args.folds:
-            source_name, encoder = encoder_for(fold)
-            split = splits[fold]
-            for case in split["train"] + split["val"]:
-                if (source_name, case) not in features:
-                    features[source_name, case] = voxel_features(encoder, images[case])
-            fold_features = {case: features[source_name, case] for case in split["train"] + split["val"]}
-            for feature_set in FEATURE_SETS:
-                dice = probe_fold(fold_features, segmentations, split, classes, feature_set)
-                run = {"arm": arm, "fraction": args.fraction, "fold": fold, "encoder": source_name}
-                rows[feature_set] += [dict(run, **{"class": names[str(value)], "label": str(value), "dice": float(d)})
-                                      for value, d in zip(classes, dice)]
-                rows[feature_set].append(dict(run, **{"class": "mean", "label": "", "dice": float(np.nanmean(dice))}))
-            progress.update()
-    progress.close()
-    for feature_set, feature_rows in rows.items():
-        title = (f"Linear probe, {feature_set} encoder features: {dataset_name}, {args.fraction:.0%} labels "
+    random_arms = [arm for arm in arms if arm.startswith(REFERENCE)]
+    for feature_set, rows in probe_arms(arms, data, args.folds, args.fraction).items():
+        title = (f"Linear probe, {feature_set} encoder features: {data.name}, {args.fraction:.0%} labels "
                  f"(label draw {args.seed}), folds {args.folds}; logistic regression, L2 {WEIGHT_DECAY:g}, "
                  f"L-BFGS {ITERATIONS} iterations")
-        random_arms = [arm for arm in arms if arm.startswith(REFERENCE)]
-        notes = against_random_encoders(feature_rows, random_arms) if len(random_arms) > 1 else []
-        print(write_outputs(feature_rows, args.output_folder, title, reference=REFERENCE,
-                            name=f"linear_probe_{feature_set}", notes=notes))
+        notes = against_random_encoders(rows, random_arms) if len(random_arms) > 1 else []
+        print(write_outputs(rows, args.output_folder, title, reference=REFERENCE, name=f"linear_probe_{feature_set}",
+                            notes=notes))
         print()
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
