@@ -46,6 +46,7 @@ from nnunet_mim.pretraining_record import PretrainingRecord
 # which of HybridEncoder.forward's outputs each feature set stacks (output 0 is the stem)
 FEATURE_SETS = {"all": slice(1, None), "tokens": slice(-1, None)}
 WEIGHT_DECAY, ITERATIONS = 1e-4, 200  # chosen before the first run (docs/benchmarks.md), not tuned
+MAX_FEATURE_BYTES = 4 * 2 ** 30  # of one case's stacked features
 REFERENCE = "random"
 
 
@@ -239,6 +240,18 @@ class ProbeDataset:
         return next(iter(self.images.values())).shape[0]
 
 
+def check_feature_memory(data: ProbeDataset, encoder: HybridEncoder) -> None:
+    """Whole cases go through the encoder and every voxel gets a feature vector: refuse, saying why,
+    cases whose features alone would take more than MAX_FEATURE_BYTES (a CT at full resolution)."""
+    channels = sum(encoder.output_channels[FEATURE_SETS["all"]])
+    case, shape = max(((case, image.shape[1:]) for case, image in data.images.items()), key=lambda c: np.prod(c[1]))
+    needed = 4 * channels * int(np.prod(shape))
+    if needed > MAX_FEATURE_BYTES:
+        raise SystemExit(f"{case} ({'x'.join(map(str, shape))} voxels) would need {needed / 2 ** 30:.1f} GiB of "
+                         f"features: the linear probe encodes whole cases, made for small grids such as the "
+                         f"example datasets'; probe a coarser configuration (-c 3d_lowres) or a resampled dataset")
+
+
 def probe_arms(arms: Dict[str, Callable[[int], Tuple[str, HybridEncoder]]], data: ProbeDataset,
                folds: Sequence[int], fraction: float) -> Dict[str, List[dict]]:
     """Per feature set, one row per arm, fold and class and one for the mean over classes. ``arms``:
@@ -304,6 +317,7 @@ def main() -> int:
             for i, seed in enumerate(args.random_seeds)}
     arms.update({name: (lambda fold, path=path: (path.format(fold=fold), from_checkpoint(path.format(fold=fold))))
                  for name, path in checkpoints.items()})
+    check_feature_memory(data, arms[REFERENCE](args.folds[0])[1])
     random_arms = [arm for arm in arms if arm.startswith(REFERENCE)]
     for feature_set, rows in probe_arms(arms, data, args.folds, args.fraction).items():
         title = (f"Linear probe, {feature_set} encoder features: {data.name}, {args.fraction:.0%} labels "

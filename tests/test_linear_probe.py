@@ -115,3 +115,13 @@ def test_a_checkpoint_that_cannot_be_probed_says_why(tmp_path):
             probe.checkpoint_encoder(str(tmp_path / name), input_channels=1)
     encoder, preset = probe.checkpoint_encoder(str(tmp_path / "two_channels.pth"), input_channels=2)
     assert preset == "T" and encoder.stem[0].in_channels == 2
+
+
+def test_cases_whose_features_would_not_fit_in_memory_are_refused_before_encoding(monkeypatch):
+    probe = linear_probe_module()
+    data = probe.ProbeDataset("Dataset001_X", [1], {"1": "a"}, [], {"big": np.zeros((1, 32, 32, 32), np.float32)}, {})
+    encoder = probe.random_encoder("T", 1, 2, seed=0)
+    probe.check_feature_memory(data, encoder)  # 104 channels x 32^3 voxels x 4 bytes = 13.6 MB
+    monkeypatch.setattr(probe, "MAX_FEATURE_BYTES", 10 * 2 ** 20)
+    with pytest.raises(SystemExit, match="big .32x32x32 voxels. would need 0.0 GiB"):
+        probe.check_feature_memory(data, encoder)
