@@ -123,12 +123,13 @@ class LinearProbe:
 
 
 def dice_per_class(prediction: np.ndarray, target: np.ndarray, classes: Sequence[int]) -> np.ndarray:
-    """Dice of each class value (nan where a class is in neither, as nnU-Net scores it)."""
+    """Dice of each class value, counted as nnU-Net's evaluation counts it (nan where a class is in
+    neither)."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
     dice = []
     for value in classes:
-        predicted, true = prediction == value, target == value
-        total = predicted.sum() + true.sum()
-        dice.append(2 * np.sum(predicted & true) / total if total else np.nan)
+        tp, fp, fn, _ = compute_tp_fp_fn_tn(target == value, prediction == value)
+        dice.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else np.nan)
     return np.array(dice)
 
 
