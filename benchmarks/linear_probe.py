@@ -25,6 +25,7 @@ left out: no pre-training trains it. Writes linear_probe_all.* and linear_probe_
 CSV, chart) into OUT and prints the tables.
 """
 import argparse
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -38,8 +39,8 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunet_mim.architecture.encoder import TOKEN_SIZE, HybridEncoder
 from nnunet_mim.architecture.network import MiMHybridUNet
 from nnunet_mim.architecture.presets import preset_kwargs
-from nnunet_mim.benchmark import (class_names, cross_validation_splits, label_fraction_splits, mean_dice_against,
-                                  paragraphs, write_outputs)
+from nnunet_mim.benchmark import (BenchmarkError, class_names, cross_validation_splits, label_fraction_splits,
+                                  mean_dice_against, paragraphs, preprocessed_data_folder, write_outputs)
 from nnunet_mim.finetuning.checkpoint import load_checkpoint
 from nnunet_mim.pretraining_record import PretrainingRecord
 
@@ -213,15 +214,10 @@ class ProbeDataset:
         except RuntimeError as error:
             raise SystemExit(str(error)) from error
         source = os.path.join(os.environ["nnUNet_preprocessed"], name)
-        plans_file = os.path.join(source, plans_name + ".json")
-        if not os.path.isfile(plans_file):
-            raise SystemExit(f"{plans_file} not found: plan and preprocess {name} first (nnUNetv2_plan_and_preprocess)")
-        configurations = load_json(plans_file)["configurations"]
-        if configuration not in configurations:
-            raise SystemExit(f"{plans_name} of {name} has no configuration {configuration!r}: {sorted(configurations)}")
-        data_folder = os.path.join(source, configurations[configuration]["data_identifier"])
-        if not os.path.isdir(data_folder):
-            raise SystemExit(f"{data_folder} not found: {name} is not preprocessed for {configuration}")
+        try:
+            data_folder = preprocessed_data_folder(name, plans_name, configuration)
+        except BenchmarkError as error:
+            raise SystemExit(str(error)) from error
         labels = load_json(os.path.join(source, "dataset.json"))["labels"]
         if any(isinstance(value, list) for value in labels.values()):
             raise SystemExit("region-based labels are not supported: the probe puts each voxel in one class")
@@ -312,9 +308,11 @@ def main() -> int:
                          "encoders' preset with --preset")
     preset = args.preset or (presets.pop() if presets else "T")
 
+    @functools.lru_cache(maxsize=None)  # one build per seed, shared by the folds
+    def seeded(seed: int) -> HybridEncoder:
+        return random_encoder(preset, data.input_channels, len(data.classes) + 1, seed)
     arms = {(REFERENCE if i == 0 else f"{REFERENCE} seed {seed}"):
-            (lambda fold, seed=seed: (f"random, {preset}, seed {seed}",
-                                      random_encoder(preset, data.input_channels, len(data.classes) + 1, seed)))
+            (lambda fold, seed=seed: (f"random, {preset}, seed {seed}", seeded(seed)))
             for i, seed in enumerate(args.random_seeds)}
     arms.update({name: (lambda fold, path=path: (path.format(fold=fold), from_checkpoint(path.format(fold=fold))))
                  for name, path in checkpoints.items()})

@@ -114,6 +114,33 @@ def data_loading_note(environ: Mapping[str, str]) -> Optional[str]:
             "nnUNet_n_proc_DA=0 for the benchmark; docs/benchmarks.md ran its CPU tables so.")
 
 
+def plans_file(dataset_name: str, plans: str) -> str:
+    return os.path.join(os.environ["nnUNet_preprocessed"], dataset_name, plans + ".json")
+
+
+def check_plans_file(dataset_name: str, plans: str) -> None:
+    if not os.path.isfile(plans_file(dataset_name, plans)):
+        raise BenchmarkError(f"{plans_file(dataset_name, plans)} not found: run nnUNetv2_plan_and_preprocess (or "
+                             f"nnunet-mim pretrain-dataset create) for {dataset_name} first, or name the plans it has "
+                             "with -p")
+
+
+def preprocessed_data_folder(dataset_name: str, plans: str, configuration: str) -> str:
+    """The folder of a dataset's preprocessed cases for one configuration of its plans; a
+    BenchmarkError that says what to run when the plans, the configuration or the data are missing."""
+    check_plans_file(dataset_name, plans)
+    configurations = load_json(plans_file(dataset_name, plans))["configurations"]
+    if configuration not in configurations:
+        raise BenchmarkError(f"{plans} of {dataset_name} has no configuration {configuration!r}; "
+                             f"it has {sorted(configurations)}")
+    folder = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name,
+                          configurations[configuration]["data_identifier"])
+    if not os.path.isdir(folder):
+        raise BenchmarkError(f"{folder} not found: {dataset_name} is planned but not preprocessed for "
+                             f"{configuration} (run nnUNetv2_preprocess on it with -c {configuration})")
+    return folder
+
+
 def cross_validation_splits(preprocessed_dataset: str, data_folder: str) -> List[dict]:
     """The folds nnU-Net trains a preprocessed dataset with: its splits_final.json, or the split
     nnU-Net makes when there is none (five folds, seed 12345)."""
@@ -165,24 +192,12 @@ class DownstreamBenchmark:
         self.plans = plans
         self.pretrain_plans = pretrain_plans or (plans if self.pretrain_dataset_name == self.dataset_name
                                                  else "nnUNetPlans")
-        for name, plans_name in {(self.dataset_name, self.plans), (self.pretrain_dataset_name, self.pretrain_plans)}:
-            plans_file = self.plans_file(name, plans_name)
-            if not os.path.isfile(plans_file):
-                raise BenchmarkError(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess (or nnunet-mim "
-                                     f"pretrain-dataset create) for {name} first, or name the plans it has with -p")
+        check_plans_file(self.pretrain_dataset_name, self.pretrain_plans)
+        self.data_folder = preprocessed_data_folder(self.dataset_name, self.plans, configuration)
         self.class_names = class_names(load_json(os.path.join(self.source, "dataset.json"))["labels"])
         self.configuration, self.folds, self.fractions = configuration, list(folds), list(fractions)
         self.budget, self.budget_name, self.seed, self.arms = BUDGETS[budget], budget, seed, list(arms)
         self.schedule, self.report_only, self.init_seed = schedule, report_only, init_seed
-        configurations = load_json(self.plans_file(self.dataset_name, self.plans))["configurations"]
-        if configuration not in configurations:
-            raise BenchmarkError(f"{self.plans} of {self.dataset_name} has no configuration {configuration!r}; "
-                                 f"it has {sorted(configurations)}")
-        self.data_folder = os.path.join(self.source, configurations[configuration]["data_identifier"])
-        if not os.path.isdir(self.data_folder):
-            raise BenchmarkError(f"{self.data_folder} not found: {self.dataset_name} is planned but not "
-                                 f"preprocessed for {configuration} (run nnUNetv2_preprocess on it with "
-                                 f"-c {configuration})")
         n_folds = len(self.base_splits())
         if not all(0 <= fold < n_folds for fold in self.folds):
             raise BenchmarkError(f"folds {self.folds}: {self.dataset_name}'s split has folds 0-{n_folds - 1}")
@@ -200,10 +215,6 @@ class DownstreamBenchmark:
         self.log = open(os.path.join(self.work, "benchmark.log"), "a")
 
     # ---- folders -----------------------------------------------------------------------------
-    @staticmethod
-    def plans_file(dataset_name: str, plans: str) -> str:
-        return os.path.join(os.environ["nnUNet_preprocessed"], dataset_name, plans + ".json")
-
     def base_splits(self) -> List[dict]:
         return cross_validation_splits(self.source, self.data_folder)
 
@@ -304,7 +315,7 @@ class DownstreamBenchmark:
         log: what the plan's patch leaves of each method (MiM's hierarchy needs 64 voxels per axis)."""
         from nnunet_mim import variants
         from nnunet_mim.plans import adapt_plans
-        plans = load_json(self.plans_file(self.pretrain_dataset_name, self.pretrain_plans))
+        plans = load_json(plans_file(self.pretrain_dataset_name, self.pretrain_plans))
         warnings = []
         for method in self.pretrained_methods:
             trainer = getattr(variants, self.budget.pretrain[method])
