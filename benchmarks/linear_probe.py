@@ -3,11 +3,14 @@
 `nnunet-mim benchmark --schedule frozen-encoder` reads a frozen encoder through a whole U-Net
 decoder with skip connections and a trained full-resolution stem, which make much of even a random
 encoder's features (docs/benchmarks.md). A linear classifier asks more of them. Every case goes
-through each encoder whole (zero-padded, centred, to a multiple of 16); the outputs of the three
-conv stages and of the transformer are upsampled (trilinear) to the voxel grid and stacked, one
-feature vector per voxel. Per fold, a multinomial logistic regression (background and every class)
-is fitted on every voxel of the fold's labelled cases and labels every voxel of its validation
-cases. Score: Dice per class in the preprocessed grid, averaged over the validation cases (as
+through each encoder whole (zero-padded, centred, to a multiple of 16), or with --sliding-window
+in windows of the network's patch (the plan's, rounded down to a multiple of 16, as fine-tuning
+and nnU-Net's prediction see the image; for cases too large to encode whole); the outputs of the
+three conv stages and of the transformer are upsampled (trilinear) to the voxel grid and stacked,
+one feature vector per voxel. Per fold, a multinomial logistic regression (background and every
+class) is fitted on every voxel of the fold's labelled cases (a random share of them, the same for
+every class, where they would exceed MAX_FIT_BYTES of features) and labels every voxel of its
+validation cases. Score: Dice per class in the preprocessed grid, averaged over the validation cases (as
 nnU-Net's summary averages), and their mean over classes. The labelled cases are the benchmark's
 (same --fraction and --seed), so each fold pairs with the same fold of a benchmark run. It takes
 minutes on a CPU: a cheap first look at a pre-training before fine-tuning runs are spent on it.
@@ -26,10 +29,11 @@ CSV, chart) into OUT and prints the tables.
 """
 import argparse
 import functools
+import itertools
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -40,14 +44,14 @@ from nnunet_mim.architecture.encoder import TOKEN_SIZE, HybridEncoder
 from nnunet_mim.architecture.network import MiMHybridUNet
 from nnunet_mim.architecture.presets import preset_kwargs
 from nnunet_mim.benchmark import (BenchmarkError, class_names, cross_validation_splits, label_fraction_splits,
-                                  mean_dice_against, paragraphs, preprocessed_data_folder, write_outputs)
+                                  mean_dice_against, paragraphs, plans_file, preprocessed_data_folder, write_outputs)
 from nnunet_mim.finetuning.checkpoint import load_checkpoint
+from nnunet_mim.plans import round_patch_size
 from nnunet_mim.pretraining_record import PretrainingRecord
 
-# which of HybridEncoder.forward's outputs each feature set stacks (output 0 is the stem)
-FEATURE_SETS = {"all": slice(1, None), "tokens": slice(-1, None)}
 WEIGHT_DECAY, ITERATIONS = 1e-4, 200  # chosen before the first run (docs/benchmarks.md), not tuned
-MAX_FEATURE_BYTES = 4 * 2 ** 30  # of one case's stacked features
+MAX_FEATURE_BYTES = 4 * 2 ** 30  # of the stacked features of one forward (a whole case, or a window)
+MAX_FIT_BYTES = 2 * 2 ** 30  # of the features one fold's probe is fitted on
 REFERENCE = "random"
 
 
@@ -80,16 +84,51 @@ def checkpoint_encoder(path: str, input_channels: int) -> Tuple[HybridEncoder, s
     return encoder, record.preset
 
 
+def window_starts(size: int, window: int) -> List[int]:
+    """Starts of windows a window apart that cover 0..size; the last one ends at the border."""
+    starts = list(range(0, size - window + 1, window))
+    return starts if starts[-1] + window == size else starts + [size - window]
+
+
 @torch.no_grad()
-def voxel_features(encoder: HybridEncoder, image: np.ndarray) -> List[torch.Tensor]:
-    """(C, Z, Y, X) image -> every encoder output, each upsampled to (channels, Z, Y, X)."""
+def region_features(encoder: HybridEncoder, image: np.ndarray,
+                    window: Optional[Sequence[int]] = None) -> Iterator[Tuple[Tuple[slice, ...], torch.Tensor]]:
+    """(C, Z, Y, X) image -> (region of the case, its features: (voxels, channels) of every encoder
+    output but the stem, each upsampled to the voxels), region by region. ``window`` None: the
+    whole case, zero-padded (centred) to a multiple of 16, in one forward and one region. Otherwise
+    the case, zero-padded (centred) where smaller than the window, in windows that overlap only
+    where the last along an axis must end at the border; every voxel is in one region, whose
+    features come from the first window that holds it."""
     shape = image.shape[1:]
-    pad = [(-s) % TOKEN_SIZE for s in shape]
+    padded = [s + (-s) % TOKEN_SIZE for s in shape] if window is None else [max(s, w) for s, w in zip(shape, window)]
+    window = padded if window is None else list(window)
+    before = [(p - s) // 2 for p, s in zip(padded, shape)]
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-    x = F.pad(x, [p for axis in reversed(pad) for p in (axis // 2, axis - axis // 2)])  # F.pad: last axis first
-    inside = (slice(None), *(slice(p // 2, p // 2 + s) for p, s in zip(pad, shape)))
-    return [F.interpolate(o, size=x.shape[2:], mode="trilinear", align_corners=False)[0][inside]
-            for o in encoder.eval()(x)]
+    # F.pad takes the last axis first
+    x = F.pad(x, [n for b, p, s in reversed(list(zip(before, padded, shape))) for n in (b, p - s - b)])
+    per_axis = [list(enumerate(window_starts(p, w))) for p, w in zip(padded, window)]
+    for position in itertools.product(*per_axis):
+        # the i-th window along an axis owns i*w..(i+1)*w (the last one fewer), inside the case
+        owned = [(max(i * w, b), min((i + 1) * w, b + s)) for (i, _), w, b, s in zip(position, window, before, shape)]
+        if any(low >= high for low, high in owned):
+            continue  # padding only
+        starts = [start for _, start in position]
+        outputs = encoder.eval()(x[(..., *(slice(a, a + w) for a, w in zip(starts, window)))])
+        crop = (slice(None), *(slice(low - a, high - a) for (low, high), a in zip(owned, starts)))
+        features = torch.cat([F.interpolate(o, size=window, mode="trilinear", align_corners=False)[0][crop]
+                              for o in outputs[1:]])
+        yield tuple(slice(low - b, high - b) for (low, high), b in zip(owned, before)), features.flatten(1).T
+
+
+def feature_bytes(encoder: HybridEncoder, voxels: int) -> int:
+    """Memory of region_features' float32 features for that many voxels."""
+    return 4 * sum(encoder.output_channels[1:]) * voxels
+
+
+def feature_columns(encoder: HybridEncoder) -> Dict[str, slice]:
+    """The feature sets, as columns of region_features' channels: every encoder output but the stem,
+    and the transformer's tokens alone."""
+    return {"all": slice(None), "tokens": slice(-encoder.output_channels[-1], None)}
 
 
 @dataclass
@@ -134,28 +173,46 @@ def dice_per_class(prediction: np.ndarray, target: np.ndarray, classes: Sequence
     return np.array(dice)
 
 
-def stacked(features: List[torch.Tensor], feature_set: str) -> torch.Tensor:
-    """One case's upsampled encoder outputs -> (voxels, channels) of the feature set."""
-    chosen = torch.cat(features[FEATURE_SETS[feature_set]])
-    return chosen.flatten(1).T
+def known_voxels(segmentation: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """Voxels of background or a class: not nnU-Net's -1 outside a normalisation mask, not an ignore label."""
+    return (segmentation == 0) | np.isin(segmentation, classes)
 
 
-def probe_fold(features: Dict[str, List[torch.Tensor]], segmentations: Dict[str, np.ndarray], split: dict,
-               classes: Sequence[int], feature_set: str) -> np.ndarray:
-    """Fit on the split's labelled cases, label its validation cases: Dice per class, mean over cases.
-    Voxels of no class (nnU-Net's -1 outside a normalisation mask, an ignore label) are neither
-    learnt nor scored."""
-    def voxels(case):
-        labels = torch.from_numpy(segmentations[case].ravel().astype(np.int64))
-        known = (labels == 0) | torch.isin(labels, torch.tensor(list(classes)))
-        return stacked(features[case], feature_set)[known], labels[known]
-    train = [voxels(case) for case in split["train"]]
-    probe = LinearProbe.fit(torch.cat([f for f, _ in train]), torch.cat([t for _, t in train]), max(classes) + 1)
-    scores = []
+def probe_fold(encoder: HybridEncoder, data: "ProbeDataset", split: dict,
+               window: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
+    """Fit on the split's labelled cases, label its validation cases: per feature set, Dice per
+    class, mean over cases. Voxels of no class are neither learnt nor scored. Where the labelled
+    voxels' features would exceed MAX_FIT_BYTES, each is kept with the same probability (a fixed
+    seed), so the fit sees the classes in their proportions."""
+    columns = feature_columns(encoder)
+    labelled = sum(int(known_voxels(data.segmentations[case], data.classes).sum()) for case in split["train"])
+    share = min(1.0, MAX_FIT_BYTES / feature_bytes(encoder, labelled))
+    generator = torch.Generator().manual_seed(0)
+    features, labels = [], []
+    for case in split["train"]:
+        segmentation = data.segmentations[case]
+        for region, x in region_features(encoder, data.images[case], window):
+            target = torch.from_numpy(segmentation[region].ravel().astype(np.int64))
+            keep = torch.from_numpy(known_voxels(segmentation[region], data.classes).ravel())
+            if share < 1:
+                keep &= torch.rand(len(keep), generator=generator) < share
+            features.append(x[keep])
+            labels.append(target[keep])
+    features, labels = torch.cat(features), torch.cat(labels)
+    probes = {name: LinearProbe.fit(features[:, cols].contiguous(), labels, max(data.classes) + 1)
+              for name, cols in columns.items()}
+    del features  # the fit's copy can be large; prediction goes region by region
+    scores = {name: [] for name in columns}
     for case in split["val"]:
-        x, target = voxels(case)
-        scores.append(dice_per_class(probe.predict(x).numpy(), target.numpy(), classes))
-    return np.nanmean(np.stack(scores), axis=0)
+        segmentation = data.segmentations[case]
+        predictions = {name: np.zeros(segmentation.shape, np.int16) for name in columns}
+        for region, x in region_features(encoder, data.images[case], window):
+            for name, cols in columns.items():
+                predictions[name][region] = probes[name].predict(x[:, cols]).reshape(segmentation[region].shape)
+        known = known_voxels(segmentation, data.classes)
+        for name, prediction in predictions.items():
+            scores[name].append(dice_per_class(prediction[known], segmentation[known], data.classes))
+    return {name: np.nanmean(np.stack(dice), axis=0) for name, dice in scores.items()}
 
 
 def against_random_encoders(rows: List[dict], random_arms: Sequence[str]) -> List[str]:
@@ -201,12 +258,14 @@ class ProbeDataset:
     splits: List[dict]             # per fold: the labelled training cases and the validation cases
     images: Dict[str, np.ndarray]  # case -> (C, Z, Y, X), normalised
     segmentations: Dict[str, np.ndarray]
+    patch_size: List[int]          # the network's: the plan's rounded down to multiples of 16
 
     @classmethod
     def load(cls, dataset: str, plans_name: str, configuration: str, fraction: float, seed: int,
              folds: Sequence[int]) -> "ProbeDataset":
         from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
         from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
         if "nnUNet_preprocessed" not in os.environ:
             raise SystemExit("nnUNet_preprocessed is not set: the probe reads the preprocessed dataset")
         try:
@@ -230,47 +289,49 @@ class ProbeDataset:
             image, segmentation, _, _ = reader.load_case(case)
             images[case], segmentations[case] = np.asarray(image), np.asarray(segmentation)[0]
         classes = sorted(value for label, value in labels.items() if value != 0 and label != "ignore")
-        return cls(name, classes, class_names(labels), splits, images, segmentations)
+        patch = PlansManager(plans_file(name, plans_name)).get_configuration(configuration).patch_size
+        return cls(name, classes, class_names(labels), splits, images, segmentations,
+                   round_patch_size(patch, TOKEN_SIZE))
 
     @property
     def input_channels(self) -> int:
         return next(iter(self.images.values())).shape[0]
 
 
-def check_feature_memory(data: ProbeDataset, encoder: HybridEncoder) -> None:
-    """Whole cases go through the encoder and every voxel gets a feature vector: refuse, saying why,
-    cases whose features alone would take more than MAX_FEATURE_BYTES (a CT at full resolution)."""
-    channels = sum(encoder.output_channels[FEATURE_SETS["all"]])
-    case, shape = max(((case, image.shape[1:]) for case, image in data.images.items()), key=lambda c: np.prod(c[1]))
-    needed = 4 * channels * int(np.prod(shape))
+def check_feature_memory(data: ProbeDataset, encoder: HybridEncoder, sliding_window: bool) -> None:
+    """Every voxel of a forward gets a feature vector: refuse, saying why, a forward whose features
+    alone would take more than MAX_FEATURE_BYTES (a whole CT at full resolution)."""
+    if sliding_window:
+        what, shape = "a window of the patch", data.patch_size
+    else:
+        case, shape = max(((c, image.shape[1:]) for c, image in data.images.items()), key=lambda c: np.prod(c[1]))
+        what = case
+    needed = feature_bytes(encoder, int(np.prod(shape)))
     if needed > MAX_FEATURE_BYTES:
-        raise SystemExit(f"{case} ({'x'.join(map(str, shape))} voxels) would need {needed / 2 ** 30:.1f} GiB of "
-                         f"features: the linear probe encodes whole cases, made for small grids such as the "
-                         f"example datasets'; probe a coarser configuration (-c 3d_lowres) or a resampled dataset")
+        advice = ("probe a coarser configuration (-c 3d_lowres)" if sliding_window else
+                  f"encode in windows of the network's patch ({'x'.join(map(str, data.patch_size))}) with "
+                  "--sliding-window, or probe a coarser configuration (-c 3d_lowres)")
+        raise SystemExit(f"{what} ({'x'.join(map(str, shape))} voxels) would need {needed / 2 ** 30:.1f} GiB of "
+                         f"features: {advice}")
 
 
 def probe_arms(arms: Dict[str, Callable[[int], Tuple[str, HybridEncoder]]], data: ProbeDataset,
-               folds: Sequence[int], fraction: float) -> Dict[str, List[dict]]:
+               folds: Sequence[int], fraction: float, window: Optional[Sequence[int]] = None) -> Dict[str, List[dict]]:
     """Per feature set, one row per arm, fold and class and one for the mean over classes. ``arms``:
-    arm -> (fold -> what the encoder is, the encoder)."""
+    arm -> (fold -> what the encoder is, the encoder). Every fold encodes its cases again: encoding
+    takes a fraction of the fit's time, and nothing is held between folds."""
     from tqdm import tqdm
-    rows: Dict[str, List[dict]] = {feature_set: [] for feature_set in FEATURE_SETS}
+    rows: Dict[str, List[dict]] = {}  # feature set -> rows
     progress = tqdm(total=len(arms) * len(folds), desc="linear probe", unit="fold")
     for arm, encoder_for in arms.items():
-        features: Dict[tuple, List[torch.Tensor]] = {}  # (encoder, case) -> upsampled outputs, for every fold
         for fold in folds:
             source, encoder = encoder_for(fold)
-            split = data.splits[fold]
-            for case in split["train"] + split["val"]:
-                if (source, case) not in features:
-                    features[source, case] = voxel_features(encoder, data.images[case])
-            fold_features = {case: features[source, case] for case in split["train"] + split["val"]}
             run = {"arm": arm, "fraction": fraction, "fold": fold, "encoder": source}
-            for feature_set, feature_rows in rows.items():
-                dice = probe_fold(fold_features, data.segmentations, split, data.classes, feature_set)
-                feature_rows += [dict(run, **{"class": data.class_names[str(value)], "label": str(value),
-                                              "dice": float(d)}) for value, d in zip(data.classes, dice)]
-                feature_rows.append(dict(run, **{"class": "mean", "label": "", "dice": float(np.nanmean(dice))}))
+            for feature_set, dice in probe_fold(encoder, data, data.splits[fold], window).items():
+                per_class = [dict(run, **{"class": data.class_names[str(value)], "label": str(value), "dice": float(d)})
+                             for value, d in zip(data.classes, dice)]
+                mean = dict(run, **{"class": "mean", "label": "", "dice": float(np.nanmean(dice))})
+                rows.setdefault(feature_set, []).extend(per_class + [mean])
             progress.update()
     progress.close()
     return rows
@@ -289,6 +350,8 @@ def main() -> int:
     parser.add_argument("--fraction", type=float, default=0.1, help="labelled share of each fold's training cases")
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--seed", type=int, default=0, help="label draw, as nnunet-mim benchmark --seed")
+    parser.add_argument("--sliding-window", action="store_true",
+                        help="encode in windows of the network's patch, not whole cases (for large images)")
     parser.add_argument("-o", "--output-folder", default="linear_probe")
     args = parser.parse_args()
     checkpoints = parse_encoders(args.encoders)
@@ -316,12 +379,14 @@ def main() -> int:
             for i, seed in enumerate(args.random_seeds)}
     arms.update({name: (lambda fold, path=path: (path.format(fold=fold), from_checkpoint(path.format(fold=fold))))
                  for name, path in checkpoints.items()})
-    check_feature_memory(data, arms[REFERENCE](args.folds[0])[1])
+    check_feature_memory(data, arms[REFERENCE](args.folds[0])[1], args.sliding_window)
     random_arms = [arm for arm in arms if arm.startswith(REFERENCE)]
-    for feature_set, rows in probe_arms(arms, data, args.folds, args.fraction).items():
+    window = data.patch_size if args.sliding_window else None
+    encoding = f"windows of {'x'.join(map(str, window))}" if window else "whole cases"
+    for feature_set, rows in probe_arms(arms, data, args.folds, args.fraction, window).items():
         title = (f"Linear probe, {feature_set} encoder features: {data.name}, {args.fraction:.0%} labels "
-                 f"(label draw {args.seed}), folds {args.folds}; logistic regression, L2 {WEIGHT_DECAY:g}, "
-                 f"L-BFGS {ITERATIONS} iterations")
+                 f"(label draw {args.seed}), folds {args.folds}, {encoding}; logistic regression, "
+                 f"L2 {WEIGHT_DECAY:g}, L-BFGS {ITERATIONS} iterations")
         notes = against_random_encoders(rows, random_arms) if len(random_arms) > 1 else []
         print(write_outputs(rows, args.output_folder, title, reference=REFERENCE, name=f"linear_probe_{feature_set}",
                             notes=notes))

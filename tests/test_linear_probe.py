@@ -80,6 +80,23 @@ def test_a_checkpoint_of_a_random_encoder_scores_as_that_encoder(nnunet_env, tmp
     assert {r["encoder"] for r in rows if r["arm"] == "same"} == {f"{tmp_path}/encoder_fold_{k}.pth" for k in (1, 3)}
 
 
+def test_the_sliding_window_probe_encodes_in_windows_of_the_network_patch(nnunet_env, tmp_path):
+    """End to end: --sliding-window takes the plan's patch rounded down to the token size (what the
+    fine-tuned network sees) and says so in every table."""
+    import json
+    with open(os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset991_E2E", "nnUNetPlans.json")) as f:
+        planned = json.load(f)["configurations"]["3d_fullres"]["patch_size"]
+    window = "x".join(str(max(16, p // 16 * 16)) for p in planned)
+    out = tmp_path / "probe"
+    run([sys.executable, SCRIPT, "991", "--sliding-window", "--fraction", "0.5", "--folds", "1", "-o", str(out)],
+        nnunet_env)
+    for feature_set in ("all", "tokens"):
+        assert f"windows of {window};" in (out / f"linear_probe_{feature_set}.md").read_text()
+        with open(out / f"linear_probe_{feature_set}_runs.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert {(r["arm"], r["fold"]) for r in rows} == {("random", "1")} and len(rows) == 3  # 2 classes + mean
+
+
 SCRATCH_ENCODER_SCRIPT = """
 import sys, torch
 from nnunetv2.run.run_training import get_trainer_from_args
@@ -119,9 +136,62 @@ def test_a_checkpoint_that_cannot_be_probed_says_why(tmp_path):
 
 def test_cases_whose_features_would_not_fit_in_memory_are_refused_before_encoding(monkeypatch):
     probe = linear_probe_module()
-    data = probe.ProbeDataset("Dataset001_X", [1], {"1": "a"}, [], {"big": np.zeros((1, 32, 32, 32), np.float32)}, {})
+    data = probe.ProbeDataset("Dataset001_X", [1], {"1": "a"}, [], {"big": np.zeros((1, 32, 32, 32), np.float32)}, {},
+                              [16, 16, 16])
     encoder = probe.random_encoder("T", 1, 2, seed=0)
-    probe.check_feature_memory(data, encoder)  # 104 channels x 32^3 voxels x 4 bytes = 13.6 MB
+    probe.check_feature_memory(data, encoder, sliding_window=False)  # 104 channels x 32^3 voxels x 4 bytes = 13.6 MB
     monkeypatch.setattr(probe, "MAX_FEATURE_BYTES", 10 * 2 ** 20)
-    with pytest.raises(SystemExit, match="big .32x32x32 voxels. would need 0.0 GiB"):
-        probe.check_feature_memory(data, encoder)
+    with pytest.raises(SystemExit, match="big .32x32x32 voxels. would need 0.0 GiB.*--sliding-window"):
+        probe.check_feature_memory(data, encoder, sliding_window=False)
+    probe.check_feature_memory(data, encoder, sliding_window=True)  # windows of 16^3: 1.7 MB
+
+
+def test_windows_cover_every_voxel_once_and_each_region_is_its_window_encoded_alone():
+    """--sliding-window: the regions tile the case (a case smaller than the window on an axis is
+    padded, a larger one gets a last window that ends at the border), and a region's features are
+    those of the first window holding it, encoded as a case of its own."""
+    probe = linear_probe_module()
+    encoder = probe.random_encoder("T", 1, 2, seed=0)
+    image = torch.randn(1, 20, 70, 33, generator=torch.Generator().manual_seed(0)).numpy()
+    window = [32, 32, 32]
+    regions = list(probe.region_features(encoder, image, window))
+    covered = np.zeros(image.shape[1:], int)
+    for region, _ in regions:
+        covered[region] += 1
+    assert (covered == 1).all()
+    features_of = {tuple((r.start, r.stop) for r in region): features for region, features in regions}
+    assert len(regions) == 1 * 3 * 2  # z: 20 < 32, padded; y: 0, 32, 38 (ends at 70); x: 0, 1 (ends at 33)
+
+    def alone(crop):  # the whole-case features of a crop, as (Z, Y, X, channels)
+        [(_, features)] = probe.region_features(encoder, image[(slice(None), *crop)])
+        return features.reshape(*image[(0, *crop)].shape, -1)
+    # the last window along y starts at 38 but owns only y 64..69 (32..63 belong to the window before)
+    last_y = ((0, 20), (64, 70), (0, 32))
+    padded_z = np.pad(image, [(0, 0), (6, 6), (0, 0), (0, 0)])  # z padded to the window, centred
+    [(_, features)] = probe.region_features(encoder, padded_z[:, :, 38:70, 0:32])
+    expected = features.reshape(32, 32, 32, -1)[6:26, 26:32]
+    assert torch.allclose(features_of[last_y].reshape(20, 6, 32, -1), expected, atol=1e-5)
+    # a case exactly one window large: windows and the whole case agree
+    cube = (slice(0, 16), slice(0, 32), slice(0, 32))
+    [(_, features)] = probe.region_features(encoder, image[(slice(None), *cube)], [16, 32, 32])
+    assert torch.equal(features.reshape(16, 32, 32, -1), alone(cube))
+
+
+def test_the_fit_keeps_a_share_of_the_labelled_voxels_when_they_would_not_fit(monkeypatch):
+    probe = linear_probe_module()
+    rng = np.random.default_rng(0)
+    images = {c: rng.normal(size=(1, 16, 16, 16)).astype(np.float32) for c in ("a", "b")}
+    segmentations = {c: rng.integers(0, 3, (16, 16, 16)) for c in ("a", "b")}
+    segmentations["a"][0] = -1  # outside the normalisation mask: never learnt
+    data = probe.ProbeDataset("Dataset001_X", [1, 2], {"1": "x", "2": "y"}, [], images, segmentations, [16, 16, 16])
+    encoder = probe.random_encoder("T", 1, 3, seed=0)
+    fitted = []
+    fit = probe.LinearProbe.fit
+    monkeypatch.setattr(probe.LinearProbe, "fit", lambda x, y, n: fitted.append(len(y)) or fit(x, y, n))
+    split = {"train": ["a"], "val": ["b"]}
+    dice = probe.probe_fold(encoder, data, split)
+    assert fitted == [15 * 16 * 16] * 2 and set(dice) == {"all", "tokens"}  # every known voxel, both feature sets
+    monkeypatch.setattr(probe, "MAX_FIT_BYTES", 4 * 104 * 1000)  # room for 1000 voxels of 104 channels
+    fitted.clear()
+    probe.probe_fold(encoder, data, split)
+    assert 800 < fitted[0] < 1200 and fitted[0] == fitted[1]
