@@ -271,8 +271,9 @@ def pretrain_dataset_arguments(p: argparse.ArgumentParser) -> None:
                        "array axis order as in nnU-Net plans (default: nnU-Net's rule on the images found)")
     group.add_argument("--like", metavar="DATASET", help="take spacing and patch size from this planned dataset's "
                        "3d_fullres plan (the fine-tuning target)")
-    p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="multiples of 32 (default: "
-                   "about 96^3 voxels of equal physical extent per axis, at most the median image)")
+    p.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="multiples of 16; MiM "
+                   "pre-trains at it rounded down to multiples of 32 (default: about 96^3 voxels of equal "
+                   "physical extent per axis, at most the median image)")
     p.add_argument("--ct-window", type=float, nargs=2, default=list(collection.DEFAULT_CT_WINDOW),
                    metavar=("LOW", "HIGH"), help="HU clipped to [LOW, HIGH], then mapped to [-1, 1]")
     p.add_argument("--sampling", choices=["uniform", "per_source"], default="uniform", help="how pre-training "

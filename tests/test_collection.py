@@ -1,5 +1,6 @@
 """Pre-training collections: two nnU-Net datasets with different spacings + a folder of unlabeled
-images (NIfTI, NRRD, a DICOM series, a corrupt file, a 2D image, an image smaller than the patch)
+images (NIfTI, NRRD, a DICOM series, a corrupt file, a 2D image, an image smaller than the patch that
+the trainers pad, one under half the patch that would be mostly padding)
 -> one preprocessed dataset; a rerun does no work; MiM pre-training runs on it via nnUNetv2_train.
 """
 import hashlib
@@ -85,6 +86,7 @@ def sources(tmp_path_factory, nnunet_env):
         f.write(b"this is not an image" * 10)
     write_image(ct_phantom((1, 64, 64), rng), (3.0, 1.0, 1.0), str(unlabeled / "scans" / "slice2d.nii.gz"))
     write_image(ct_phantom((10, 10, 10), rng), (1.0, 1.0, 1.0), str(unlabeled / "scans" / "tiny.mha"))
+    write_image(ct_phantom((18, 40, 40), rng), (3.0, 3.0, 3.0), str(unlabeled / "scans" / "thin.nii.gz"))
     return {"unlabeled": str(unlabeled), "raw": raw}
 
 
@@ -114,10 +116,11 @@ def test_collection_reports_and_skips_bad_images(collection):
              if c["source"] == "unlabeled_ct"}
     assert cases["broken.nii.gz"]["status"] == "skipped" and "unreadable" in cases["broken.nii.gz"]["reason"]
     assert cases["slice2d.nii.gz"]["status"] == "skipped" and "2D" in cases["slice2d.nii.gz"]["reason"]
-    assert cases["tiny.mha"]["status"] == "skipped" and "smaller than the patch" in cases["tiny.mha"]["reason"]
+    assert cases["tiny.mha"]["status"] == "skipped" and "less than half the patch" in cases["tiny.mha"]["reason"]
+    assert cases["thin.nii.gz"]["status"] == "done"  # 18 slices for a 32-voxel patch: padded, as nnU-Net does
     done = sorted(c["case_id"] for c in manifest["cases"] if c["status"] == "done")
-    # 3 + 2 cases of the nnU-Net datasets (imagesTr and imagesTs), 2 files and 1 DICOM series
-    assert len(done) == 8, done
+    # 3 + 2 cases of the nnU-Net datasets (imagesTr and imagesTs), 3 files and 1 DICOM series
+    assert len(done) == 9, done
     assert cases["dicom"]["status"] == "done" and len(cases["dicom"]["files"]) == 40
     for problem in ("broken.nii.gz", "slice2d.nii.gz", "tiny.mha"):
         assert problem in collection["stdout"]
@@ -151,7 +154,7 @@ def test_rerun_does_no_work(nnunet_env, sources, collection):
     stamps = {f: os.stat(os.path.join(images, f)).st_mtime_ns for f in os.listdir(images)}
     create(nnunet_env, sources["unlabeled"])
     summary = manifest_of(collection["folder"])["summary"]
-    assert summary["processed_now"] == 0 and summary["already_done"] == 8 and summary["done"] == 8
+    assert summary["processed_now"] == 0 and summary["already_done"] == 9 and summary["done"] == 9
     assert stamps == {f: os.stat(os.path.join(images, f)).st_mtime_ns for f in os.listdir(images)}
 
 
@@ -171,7 +174,7 @@ def test_an_interrupted_collection_is_continued(nnunet_env, sources, collection)
     os.replace(os.path.join(images, victim), os.path.join(images, victim + ".partial"))
     create(nnunet_env, sources["unlabeled"])
     summary = manifest_of(collection["folder"])["summary"]
-    assert summary["processed_now"] == 1 and summary["already_done"] == 7 and summary["done"] == 8
+    assert summary["processed_now"] == 1 and summary["already_done"] == 8 and summary["done"] == 9
     assert os.path.isfile(os.path.join(images, victim))
 
 
@@ -297,3 +300,28 @@ def test_planning_rules():
     shapes = np.array([[30, 512, 512]] * 10)
     assert nnunet_target_spacing(spacings, shapes)[0] < 5.0
     assert nnunet_target_spacing(np.ones((10, 3)), shapes) == [1.0, 1.0, 1.0]
+
+
+def test_like_takes_the_patch_mae_and_finetuning_use_there(tmp_path, monkeypatch, example_plans):
+    """--like DATASET: its spacing and its patch rounded down to whole tokens (what MAE and fine-tuning
+    train at on that dataset); MiM's trainer rounds the collection's patch down to 32 itself, as it
+    does on the dataset; a patch of partial tokens is refused."""
+    import nnunetv2.paths
+    from nnunet_mim.data.collection import CollectionSettings, plan_collection
+    from nnunet_mim.masking import LevelConfig
+    from nnunet_mim.plans import adapt_plans
+    target = tmp_path / "Dataset901_Target"
+    target.mkdir()
+    example_plans["configurations"]["3d_fullres"].update(patch_size=[56, 48, 40], spacing=[4.0, 4.0, 4.0])
+    (target / "nnUNetPlans.json").write_text(json.dumps(example_plans))
+    monkeypatch.setattr(nnunetv2.paths, "nnUNet_preprocessed", str(tmp_path))
+    entries = [{"status": "pending", "shape": [60, 60, 60], "spacing": [2.0, 2.0, 2.0]}]
+    like = CollectionSettings(like_dataset="Dataset901_Target")
+    plans, _, _ = plan_collection("Dataset902_Collection", entries, like)
+    config = plans["configurations"]["3d_fullres"]
+    assert config["spacing"] == [4.0, 4.0, 4.0] and config["patch_size"] == [48, 48, 32]
+    for levels, patch in ((LevelConfig(num_levels=1), [48, 48, 32]), (LevelConfig(), [32, 32, 32])):
+        adapted = adapt_plans(plans, "3d_fullres", "T", levels.token_size * levels.crop_factor)
+        assert adapted["configurations"]["3d_fullres"]["patch_size"] == patch
+    with pytest.raises(ValueError, match="multiple of 16"):
+        plan_collection("Dataset902_Collection", entries, CollectionSettings(patch_size=[40, 48, 48]))

@@ -29,14 +29,16 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
+from nnunet_mim.architecture.encoder import TOKEN_SIZE
 from nnunet_mim.checkpointing import write_atomically
 from nnunet_mim.data.sources import SourceImage, find_images, read_header, read_volume
 from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans, round_patch_size
 from nnunet_mim.pretraining.data import COLLECTION_MANIFEST as MANIFEST
-from nnunet_mim.pretraining.data import ImagesOnlyDataset, load_collection_manifest
+from nnunet_mim.pretraining.data import ImagesOnlyDataset, fills_half_the_patch, load_collection_manifest
 
 CONFIGURATION = "3d_fullres"
-PATCH_MULTIPLE = 32       # MiM's patch: L1 octants of 16^3 tokens
+PATCH_MULTIPLE = TOKEN_SIZE  # a patch is whole tokens; MiM's trainer rounds down to 32 itself, as on any dataset
+DEFAULT_PATCH_MULTIPLE = 32  # the default patch is one MiM uses as it is (L1 octants of whole tokens)
 DEFAULT_PATCH_VOXELS = 96 ** 3  # the paper's 96^3 patch, reshaped to the collection's spacing
 DEFAULT_CT_WINDOW = (-1000.0, 1000.0)
 MAX_PROBLEMS_PRINTED = 20
@@ -87,7 +89,7 @@ def nnunet_target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> List[floa
 
 
 def default_patch_size(spacing: Sequence[float], median_shape: Sequence[float],
-                       voxels: int = DEFAULT_PATCH_VOXELS, multiple: int = PATCH_MULTIPLE) -> List[int]:
+                       voxels: int = DEFAULT_PATCH_VOXELS, multiple: int = DEFAULT_PATCH_MULTIPLE) -> List[int]:
     """Equal physical extent on every axis (nnU-Net's starting point), about ``voxels`` in total
     (each axis to the nearest multiple of ``multiple``), no larger than the median image."""
     inverse = 1 / np.asarray(spacing, dtype=float)
@@ -130,7 +132,7 @@ def plan_collection(name: str, entries: List[dict], settings: CollectionSettings
     spacings = np.array([e["spacing"] for e in usable], dtype=float)
     shapes = np.array([e["shape"] for e in usable], dtype=float)
     spacing, patch = settings.spacing, settings.patch_size
-    if settings.like_dataset is not None:  # its patch rounded down as the pre-training trainer would
+    if settings.like_dataset is not None:  # its patch rounded down as MAE and fine-tuning round it there
         like_spacing, like_patch = plan_of_dataset(settings.like_dataset)
         spacing, patch = spacing or like_spacing, patch or round_patch_size(like_patch, PATCH_MULTIPLE)
     spacing = list(spacing) if spacing else nnunet_target_spacing(spacings, shapes)
@@ -138,8 +140,8 @@ def plan_collection(name: str, entries: List[dict], settings: CollectionSettings
     median_shape = np.median(resampled, 0)
     patch = list(patch) if patch else default_patch_size(spacing, median_shape)
     if any(p % PATCH_MULTIPLE for p in patch):
-        raise ValueError(f"patch size {patch} must be a multiple of {PATCH_MULTIPLE} on every axis (MiM's L1 "
-                         f"octants of 16^3-voxel tokens)")
+        raise ValueError(f"patch size {patch} must be a multiple of {PATCH_MULTIPLE} on every axis (16^3-voxel "
+                         f"tokens; MiM pre-trains at the patch rounded down to multiples of 32)")
     scheme, properties = intensity_properties(settings)
     resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}  # nnU-Net's defaults
     config = {"data_identifier": f"nnUNetPlans_{CONFIGURATION}", "preprocessor_name": "DefaultPreprocessor",
@@ -205,9 +207,9 @@ class CasePreprocessor:
         except Exception as error:  # one bad file must not stop ten thousand good ones
             return {**entry, "status": "failed", "reason": f"{type(error).__name__}: {str(error).strip()[:300]}"}
         patch = self.configuration.patch_size
-        if any(s < p for s, p in zip(data.shape[1:], patch)):
-            return {**entry, "status": "skipped", "reason": f"smaller than the patch {list(patch)} after cropping "
-                                                            f"and resampling: {list(data.shape[1:])}"}
+        if not fills_half_the_patch(data.shape[1:], patch):
+            return {**entry, "status": "skipped", "reason": f"less than half the patch {list(patch)} on some axis "
+                                                            f"after cropping and resampling: {list(data.shape[1:])}"}
         return {**entry, **self.save(entry, data, properties), "status": "done"}
 
     def body_mask(self, data: np.ndarray, nonzero: np.ndarray) -> np.ndarray:
@@ -319,9 +321,9 @@ def create(dataset_id: int, name: str, inputs: Sequence[str], settings: Collecti
     for e in entries:
         if e["status"] == "pending":
             resampled = np.round(np.array(e["shape"]) * np.array(e["spacing"]) / spacing).astype(int)
-            if any(r < p for r, p in zip(resampled, patch)):
-                e.update(status="skipped", reason=f"smaller than the patch {patch} at {spacing.tolist()} mm: "
-                                                  f"{resampled.tolist()} voxels")
+            if not fills_half_the_patch(resampled, patch):
+                e.update(status="skipped", reason=f"less than half the patch {patch} on some axis at "
+                                                  f"{spacing.tolist()} mm: {resampled.tolist()} voxels")
     images_folder = os.path.join(folder, config["data_identifier"])
     os.makedirs(images_folder, exist_ok=True)
     orphans = sorted(set(ImagesOnlyDataset.get_identifiers(images_folder)) - {e["case_id"] for e in entries})

@@ -34,17 +34,22 @@ class ImagesOnlyDataset(nnUNetDatasetBlosc2):
         return data, no_labels, None, properties
 
 
+def fills_half_the_patch(shape: Sequence[int], patch_size: Sequence[int]) -> bool:
+    """Whether an image of ``shape`` fills at least half the patch on every axis. nnU-Net pads a
+    crop of a smaller image, which is fine; below half, a crop would be mostly padding."""
+    return all(2 * s >= p for s, p in zip(shape, patch_size))
+
+
 def check_images_fit(dataset: nnUNetBaseDataset, patch_size: Sequence[int]) -> None:
-    """Refuse a patch that even the largest image fills less than half of on some axis: nnU-Net
-    pads every crop (as it does for a patch slightly larger than the images, which is fine), but
-    then pre-training would mostly reconstruct padding."""
+    """Refuse a patch that even the largest image does not fill half of on some axis: pre-training
+    would mostly reconstruct padding."""
     # headers only, not the properties (they hold crop locations); nnU-Net's legacy numpy format
     # has no header-only access
     open_image = getattr(dataset, "open_image", lambda identifier: dataset.load_case(identifier)[0])
     largest = np.zeros(len(patch_size), dtype=int)
     for identifier in dataset.identifiers:
         largest = np.maximum(largest, open_image(identifier).shape[1:])
-    if np.any(2 * largest < np.asarray(patch_size)):
+    if not fills_half_the_patch(largest, patch_size):
         raise RuntimeError(f"the patch {list(patch_size)} does not fit the images: the largest preprocessed image is "
                            f"{largest.tolist()} voxels (per axis), so every crop would be mostly padding. Use a "
                            "smaller patch (plans.json, or --patch-size of nnunet-mim pretrain-dataset create) or a "
