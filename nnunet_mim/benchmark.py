@@ -320,8 +320,7 @@ class DownstreamBenchmark:
         for method in self.pretrained_methods:
             trainer = getattr(variants, self.budget.pretrain[method])
             levels = trainer.levels
-            config = adapt_plans(plans, self.configuration, trainer.encoder_preset,
-                                 levels.token_size * levels.crop_factor)
+            config = adapt_plans(plans, self.configuration, trainer.encoder_preset, levels.patch_multiple)
             warning = levels.hierarchy_warning(config["configurations"][self.configuration]["patch_size"])
             if warning:
                 warnings.append(f"WARNING ({method} pre-training): {warning}")

@@ -35,9 +35,14 @@ class LevelConfig:
         """Crop size / patch size: MiM's L2 needs native-resolution octants of a 2x crop."""
         return 2 if self.num_levels > 1 else 1
 
+    @property
+    def patch_multiple(self) -> int:
+        """What the pre-training patch is a multiple of: whole tokens, and for MiM an even number of
+        them per axis (octants of the token grid)."""
+        return self.token_size * self.crop_factor
+
     def check_patch_size(self, patch_size: Sequence[int]) -> None:
-        # octants of the token grid need an even number of tokens per axis
-        check_patch_size(patch_size, self.token_size * (2 if self.num_levels > 1 else 1))
+        check_patch_size(patch_size, self.patch_multiple)
 
     def hierarchy_warning(self, patch_size: Sequence[int]) -> Optional[str]:
         """Why MiM's levels lose what makes them MiM at this patch, or None.

@@ -321,7 +321,7 @@ def test_like_takes_the_patch_mae_and_finetuning_use_there(tmp_path, monkeypatch
     config = plans["configurations"]["3d_fullres"]
     assert config["spacing"] == [4.0, 4.0, 4.0] and config["patch_size"] == [48, 48, 32]
     for levels, patch in ((LevelConfig(num_levels=1), [48, 48, 32]), (LevelConfig(), [32, 32, 32])):
-        adapted = adapt_plans(plans, "3d_fullres", "T", levels.token_size * levels.crop_factor)
+        adapted = adapt_plans(plans, "3d_fullres", "T", levels.patch_multiple)
         assert adapted["configurations"]["3d_fullres"]["patch_size"] == patch
     with pytest.raises(ValueError, match="multiple of 16"):
         plan_collection("Dataset902_Collection", entries, CollectionSettings(patch_size=[40, 48, 48]))

@@ -76,7 +76,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        plans = adapt_plans(plans, configuration, self.encoder_preset, self.levels.token_size * self.levels.crop_factor,
+        plans = adapt_plans(plans, configuration, self.encoder_preset, self.levels.patch_multiple,
                             PRETRAIN_NETWORK_CLASS)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = self.epochs
