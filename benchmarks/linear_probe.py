@@ -45,9 +45,9 @@ from nnunet_mim.architecture.network import MiMHybridUNet
 from nnunet_mim.architecture.presets import preset_kwargs
 from nnunet_mim.benchmark import (BenchmarkError, class_names, cross_validation_splits, label_fraction_splits,
                                   mean_dice_against, paragraphs, plans_file, preprocessed_data_folder, write_outputs)
-from nnunet_mim.finetuning.checkpoint import load_checkpoint
+from nnunet_mim.cli import name_and_value
+from nnunet_mim.finetuning.checkpoint import load_checkpoint, pretraining_record_of
 from nnunet_mim.plans import round_patch_size
-from nnunet_mim.pretraining_record import PretrainingRecord
 
 WEIGHT_DECAY, ITERATIONS = 1e-4, 200  # chosen before the first run (docs/benchmarks.md), not tuned
 MAX_FEATURE_BYTES = 4 * 2 ** 30  # of the stacked features of one forward (a whole case, or a window)
@@ -67,12 +67,14 @@ def random_encoder(preset: str, input_channels: int, segmentation_heads: int, se
 def checkpoint_encoder(path: str, input_channels: int) -> Tuple[HybridEncoder, str]:
     """The encoder of an nnunet-mim checkpoint and its preset; a message that says what is wrong otherwise."""
     try:
-        weights = load_checkpoint(path)["network_weights"]
-    except RuntimeError as error:  # unreadable, or not an nnU-Net checkpoint: the message says which
+        checkpoint = load_checkpoint(path)
+        record = pretraining_record_of(path, checkpoint)
+    except RuntimeError as error:  # unreadable, not an nnU-Net checkpoint, or not ours: the message says which
         raise SystemExit(str(error)) from error
-    record = PretrainingRecord.from_tensor(weights["pretraining_record"]) if "pretraining_record" in weights else None
     if record is None:
-        raise SystemExit(f"{path} is not an nnunet-mim pre-training checkpoint (its network has no pretraining record)")
+        raise SystemExit(f"{path} is not an nnunet-mim pre-training checkpoint (its pretraining record is empty: "
+                         "a network never pre-trained)")
+    weights = checkpoint["network_weights"]
     if record.input_channels != input_channels:
         raise SystemExit(f"{path} takes {record.input_channels} input channel(s), the dataset has {input_channels} "
                          "(nnunet-mim adapt-checkpoint --input-channels makes one that fits)")
@@ -237,12 +239,9 @@ def against_random_encoders(rows: List[dict], random_arms: Sequence[str]) -> Lis
     return paragraphs(mean_dice_against(averaged + others, mean_arm), ["Mean Dice over the folds:"] + ranks)
 
 
-def parse_encoders(specs: Sequence[str]) -> Dict[str, str]:
+def parse_encoders(specs: Sequence[Tuple[str, str]]) -> Dict[str, str]:
     encoders = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--encoders takes NAME=CHECKPOINT, got {spec!r}")
+    for name, path in specs:
         if name == REFERENCE or name.startswith(REFERENCE + " "):
             raise SystemExit(f"{name!r} names the random reference encoder: call the checkpoint something else")
         encoders[name] = path
@@ -340,7 +339,7 @@ def probe_arms(arms: Dict[str, Callable[[int], Tuple[str, HybridEncoder]]], data
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="nnU-Net dataset ID or name, planned and preprocessed")
-    parser.add_argument("--encoders", nargs="*", default=[], metavar="NAME=CHECKPOINT",
+    parser.add_argument("--encoders", nargs="*", default=[], type=name_and_value, metavar="NAME=CHECKPOINT",
                         help='pre-training checkpoints to probe; "{fold}" in a path names one file per fold')
     parser.add_argument("--random-seeds", type=int, nargs="+", default=[0],
                         help="random encoders; the first is the reference (default: 0)")

@@ -162,12 +162,56 @@ def label_fraction_splits(splits: List[dict], fraction: float, seed: int) -> Lis
     return out
 
 
+@dataclass(frozen=True)
+class GivenWeights:
+    """A pre-training checkpoint given to a pre-trained arm instead of the benchmark's own pre-training."""
+    path: str
+    digest: str  # of the file's bytes: names the arm's results folders, so other weights never reuse its runs
+    description: str
+
+
+def given_pretrained_weights(arm: str, path: str, arms: Sequence[str], budget: Budget) -> GivenWeights:
+    """--pretrained-weights ARM=FILE, checked before any run: ARM is a pre-trained arm being run, FILE an
+    nnunet-mim pre-training checkpoint of that arm's method (so the table never labels one method's
+    weights with another's name). Whether it fits the dataset's network is checked by the fine-tuning
+    trainer, as for any -pretrained_weights."""
+    import hashlib
+    from nnunet_mim.finetuning.checkpoint import load_checkpoint, pretraining_record_of
+    if arm not in budget.pretrain:
+        raise BenchmarkError(f"--pretrained-weights {arm}=...: {arm} is not a pre-trained arm "
+                             f"(those are {', '.join(budget.pretrain)})")
+    if arm not in arms:
+        raise BenchmarkError(f"--pretrained-weights {arm}=...: the arm {arm} is not run (add it to --arms)")
+    if not os.path.isfile(path):
+        raise BenchmarkError(f"--pretrained-weights {arm}={path}: no such file")
+    try:
+        checkpoint = load_checkpoint(path)
+        record = pretraining_record_of(path, checkpoint)
+    except RuntimeError as error:
+        raise BenchmarkError(f"--pretrained-weights {arm}=...: {error}") from error
+    extras = checkpoint.get("nnunet_mim", {})
+    found = None if record is None else record.method
+    if found == "MiM" and "alignment_weight" in extras:
+        found = "MiM" if extras["alignment_weight"] > 0 else "MiM-noalign"
+    # a MiM checkpoint written before the alignment weight was kept may be either MiM arm's
+    accepted = {arm} if "alignment_weight" in extras else {arm, arm.split("-")[0]}
+    if found not in accepted:
+        raise BenchmarkError(f"--pretrained-weights {arm}={path} holds "
+                             f"{'a network never pre-trained' if found is None else found + ' pre-training'}, "
+                             f"not {arm}'s: give it to the arm of its method")
+    details = ([f"mask ratio {extras['levels']['l1_mask_ratio']:g}"] if found == "MAE" and "levels" in extras
+               else [f"alignment weight {extras['alignment_weight']:g}"] if "alignment_weight" in extras else [])
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:12]
+    return GivenWeights(os.path.abspath(path), digest, ", ".join([record.describe()] + details))
+
+
 class DownstreamBenchmark:
     def __init__(self, dataset: str, configuration: str, folds: Sequence[int], fractions: Sequence[float],
                  budget: str, work_folder: str, seed: int = 0, arms: Sequence[str] = ARMS,
                  device: Optional[str] = None, pretrain_dataset: Optional[str] = None, schedule: str = "default",
                  plans: str = "nnUNetPlans", pretrain_plans: Optional[str] = None, report_only: bool = False,
-                 init_seed: int = 0):
+                 init_seed: int = 0, pretrained_weights: Optional[Mapping[str, str]] = None):
         from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
         for var in ("nnUNet_raw", "nnUNet_preprocessed"):
             if var not in os.environ:
@@ -198,6 +242,8 @@ class DownstreamBenchmark:
         self.configuration, self.folds, self.fractions = configuration, list(folds), list(fractions)
         self.budget, self.budget_name, self.seed, self.arms = BUDGETS[budget], budget, seed, list(arms)
         self.schedule, self.report_only, self.init_seed = schedule, report_only, init_seed
+        self.given_weights = {arm: given_pretrained_weights(arm, path, self.arms, self.budget)
+                              for arm, path in (pretrained_weights or {}).items()}
         n_folds = len(self.base_splits())
         if not all(0 <= fold < n_folds for fold in self.folds):
             raise BenchmarkError(f"folds {self.folds}: {self.dataset_name}'s split has folds 0-{n_folds - 1}")
@@ -250,6 +296,8 @@ class DownstreamBenchmark:
             return "scratch" + init
         if arm not in self.budget.pretrain:
             return arm + init
+        if arm in self.given_weights:
+            return f"{arm}_weights_{self.given_weights[arm].digest}" + init
         name = f"{arm}_{self.budget.pretrain_label}" if self.budget.pretrain_label else arm
         if self.pretrain_dataset_name != self.dataset_name:
             name += f"_pretrained_on_{self.pretrain_dataset_name}"
@@ -308,7 +356,8 @@ class DownstreamBenchmark:
 
     @property
     def pretrained_methods(self) -> List[str]:
-        return [arm for arm in self.arms if arm in self.budget.pretrain]
+        """The arms the benchmark pre-trains itself: the pre-trained arms not given --pretrained-weights."""
+        return [arm for arm in self.arms if arm in self.budget.pretrain and arm not in self.given_weights]
 
     def pretraining_warnings(self) -> List[str]:
         """Said before hours of runs and under the results table, not only deep in a pre-training
@@ -341,8 +390,11 @@ class DownstreamBenchmark:
                 "(--arms ... scratch-default): it reuses the default-schedule scratch runs of the work folder.")
 
     def table_notes(self) -> List[str]:
-        """What the results table must be read with: the pre-training warnings and the schedule note."""
-        return self.pretraining_warnings() + list(filter(None, [self.schedule_note()]))
+        """What the results table must be read with: where given weights come from, the pre-training
+        warnings and the schedule note."""
+        given = [f"{arm}: fine-tuned from {weights.path} ({weights.description})"
+                 for arm, weights in self.given_weights.items()]
+        return given + self.pretraining_warnings() + list(filter(None, [self.schedule_note()]))
 
     def run(self) -> Tuple[List[dict], List[dict]]:
         """Pre-train, then train every arm, label fraction and fold (finished runs are reused):
@@ -356,7 +408,7 @@ class DownstreamBenchmark:
             self.log.write(note + "\n")
         total = len(methods) + len(self.fractions) * len(self.folds) * len(self.arms)
         bar = tqdm(total=total, unit="run")
-        checkpoints = {}
+        checkpoints = {arm: weights.path for arm, weights in self.given_weights.items()}
         for method in methods:
             bar.set_description(f"pre-training {method}")
             checkpoints[method] = self.pretrain(method)

@@ -2,7 +2,7 @@
 import argparse
 import sys
 import warnings
-from typing import Iterable
+from typing import Iterable, Tuple
 
 
 def cmd_env(args) -> int:
@@ -67,12 +67,13 @@ def cmd_benchmark(args) -> int:
     try:
         bench = DownstreamBenchmark(args.dataset, args.configuration, args.folds, args.fractions, args.budget,
                                     args.work_folder, args.seed, args.arms, args.device, args.pretrain_dataset,
-                                    args.schedule, args.plans, args.pretrain_plans, args.report_only, args.init_seed)
+                                    args.schedule, args.plans, args.pretrain_plans, args.report_only, args.init_seed,
+                                    dict(args.pretrained_weights or []))
         rows, curves = bench.run()
     except BenchmarkError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    pretraining = "" if bench.pretrain_dataset_name == bench.dataset_name else \
+    pretraining = "" if bench.pretrain_dataset_name == bench.dataset_name or not bench.pretrained_methods else \
         f", pre-trained on {bench.pretrain_dataset_name} ({bench.pretrain_plans})"
     init = f", init seed {args.init_seed}" if args.init_seed else ""
     title = (f"{bench.dataset_name}, {args.plans} {args.configuration}, budget '{args.budget}', "
@@ -91,11 +92,7 @@ def cmd_compare(args) -> int:
                                       read_runs, write_outputs)
     from nnunet_mim.learning_curves import end_of_training_table, read_curves, write_curves
     benchmarks, curves, titles = {}, {}, []
-    for item in args.benchmarks:
-        label, _, results = item.partition("=")
-        if not results or not label:
-            print(f"expected LABEL=RESULTS_FOLDER, got {item!r}", file=sys.stderr)
-            return 2
+    for label, results in args.benchmarks:
         if label in benchmarks:
             print(f"the label {label!r} is given twice", file=sys.stderr)
             return 2
@@ -145,13 +142,7 @@ def cmd_example_dataset(args) -> int:
 def cmd_pretrain_dataset_create(args) -> int:
     from nnunet_mim.data.collection import CollectionSettings, create, format_summary
     from nnunet_mim.pretraining.data import load_collection_manifest
-    weights = {}
-    for item in args.source_weight:
-        name, _, value = item.partition("=")
-        if not value:
-            print(f"--source-weight expects NAME=WEIGHT, got {item!r}", file=sys.stderr)
-            return 2
-        weights[name] = float(value)
+    weights = dict(args.source_weight)
     settings = CollectionSettings(modality=args.modality, spacing=args.spacing, patch_size=args.patch_size,
                                   like_dataset=args.like, ct_window=tuple(args.ct_window), batch_size=args.batch_size,
                                   sampling=args.sampling, source_weights=weights,
@@ -191,6 +182,22 @@ def adapt_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_adapt_checkpoint)
 
 
+def name_and_value(text: str) -> Tuple[str, str]:
+    """The argparse type of NAME=VALUE arguments (argparse names the option in its error)."""
+    name, separator, value = text.partition("=")
+    if not separator or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def name_and_weight(text: str) -> Tuple[str, float]:
+    name, value = name_and_value(text)
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {text!r}") from None
+
+
 def benchmark_arguments(p: argparse.ArgumentParser) -> None:
     from nnunet_mim import benchmark
     p.description, p.formatter_class = benchmark.__doc__, argparse.RawDescriptionHelpFormatter
@@ -212,6 +219,9 @@ def benchmark_arguments(p: argparse.ArgumentParser) -> None:
                    "what the pre-trained features are worth against a random encoder's")
     p.add_argument("--pretrain-dataset", default=None, help="pre-train on this planned dataset (ID or name) "
                    "instead of the benchmark dataset's own training images")
+    p.add_argument("--pretrained-weights", nargs="+", type=name_and_value, metavar="ARM=FILE",
+                   help="fine-tune a pre-trained arm from this checkpoint instead of pre-training it (e.g. "
+                   "MAE=.../checkpoint_final.pth from a run of your own); the table names the file")
     p.add_argument("--seed", type=int, default=0, help="seed of the label-fraction subsets")
     p.add_argument("--init-seed", type=int, default=0, help="seed of the fine-tuning runs (NNUNET_MIM_SEED): the "
                    "random initialisation (scratch's network, the new decoder of the pre-trained arms), crops and "
@@ -232,7 +242,7 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
                      "folder) is counted once; an arm that differs between them (MiM pre-trained two ways) becomes "
                      "'ARM LABEL' in each. Writes OUTPUT/comparison.md, .csv, _runs.csv and .png, and joins the "
                      "benchmarks' learning curves the same way (comparison_curves.csv and .png).")
-    p.add_argument("benchmarks", nargs="+", metavar="LABEL=RESULTS",
+    p.add_argument("benchmarks", nargs="+", type=name_and_value, metavar="LABEL=RESULTS",
                    help="a short label and a benchmark's results folder (or its downstream_runs.csv)")
     p.add_argument("--reference", default="scratch", help="the arm every other is compared with (default: "
                    "scratch), e.g. 'MiM 32' to compare with one benchmark's MiM")
@@ -278,7 +288,7 @@ def pretrain_dataset_arguments(p: argparse.ArgumentParser) -> None:
                    metavar=("LOW", "HIGH"), help="HU clipped to [LOW, HIGH], then mapped to [-1, 1]")
     p.add_argument("--sampling", choices=["uniform", "per_source"], default="uniform", help="how pre-training "
                    "draws cases: uniformly, or each source its weight's share (equal by default)")
-    p.add_argument("--source-weight", action="append", default=[], metavar="NAME=WEIGHT",
+    p.add_argument("--source-weight", action="append", default=[], type=name_and_weight, metavar="NAME=WEIGHT",
                    help="weight of one source for --sampling per_source (repeatable)")
     p.add_argument("--no-test-images", action="store_true", help="leave out imagesTs of nnU-Net datasets "
                    "(pre-training on the images you evaluate on is transductive)")

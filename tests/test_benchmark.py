@@ -173,6 +173,79 @@ def test_pretraining_on_another_dataset(benchmark_env, tmp_path, monkeypatch):
     assert results["own"]["MiM"] != results["other"]["MiM"]
 
 
+def save_pretraining_checkpoint(path, method, **extras):
+    """A checkpoint as pre-training writes it, as far as the benchmark reads one before its runs."""
+    import torch
+    from nnunet_mim.pretraining_record import PretrainingRecord
+    record = PretrainingRecord(method=method, preset="T", decoder_pretrained=False, input_channels=1,
+                               patch_size=(32, 32, 32), spacing=(1.0, 1.0, 1.0), epochs=5)
+    torch.save({"network_weights": {"pretraining_record": record.to_tensor()}, "nnunet_mim": extras}, path)
+    return str(path)
+
+
+def test_given_pretrained_weights_replace_that_arms_pretraining(benchmark_env, tmp_path, monkeypatch):
+    """--pretrained-weights MAE=FILE: MAE fine-tunes from FILE and is not pre-trained, while MiM still
+    is; MAE's runs get results folders named by the file's bytes (other weights, or the benchmark's
+    own MAE pre-training, never reuse them), and the table notes name the file and what it holds."""
+    import torch
+    from dataclasses import asdict
+    from nnunet_mim.benchmark import DownstreamBenchmark
+    from nnunet_mim.masking import LevelConfig
+    weights = save_pretraining_checkpoint(tmp_path / "mae60.pth", "MAE", alignment_weight=0.0,
+                                          levels=asdict(LevelConfig(num_levels=1, l1_mask_ratio=0.6)))
+    settings = dict(dataset="Dataset991_E2E", configuration="3d_fullres", folds=[0], fractions=[1.0],
+                    budget="smoke", work_folder=str(tmp_path / "w"), arms=["scratch", "MAE", "MiM"], device="cpu")
+    given = DownstreamBenchmark(**settings, pretrained_weights={"MAE": weights})
+    assert given.pretrained_methods == ["MiM"]
+    calls = []
+    monkeypatch.setattr(given, "train", lambda env, trainer, fold, pretrained=None, dataset=None, plans=None:
+                        calls.append((trainer, fold, pretrained)) or str(tmp_path / "run"))
+    monkeypatch.setattr(given, "scores", lambda folder, run: [])
+    given.run()
+    given.log.close()
+    mim_pretraining = os.path.join(str(tmp_path / "run"), "checkpoint_final.pth")
+    assert calls == [("nnUNetTrainerMiMPretrain_T_CPUsmoke", "all", None),
+                     (given.trainer("scratch"), 0, None), (given.trainer("MAE"), 0, weights),
+                     (given.trainer("MiM"), 0, mim_pretraining)]
+    note = given.table_notes()[0]
+    assert note.startswith(f"MAE: fine-tuned from {weights} (MAE pre-training") and "mask ratio 0.6" in note
+    own = DownstreamBenchmark(**settings)
+    other_bytes = torch.load(weights, weights_only=False)
+    other_bytes["nnunet_mim"]["note"] = "another file"
+    torch.save(other_bytes, tmp_path / "other.pth")
+    other = DownstreamBenchmark(**settings, pretrained_weights={"MAE": str(tmp_path / "other.pth")})
+    folders = {arm: [b.fraction_env(1.0, arm)["nnUNet_results"] for b in (given, own, other)]
+               for arm in ("scratch", "MAE", "MiM")}
+    assert len(set(folders["MAE"])) == 3
+    assert len(set(folders["scratch"])) == 1 and len(set(folders["MiM"])) == 1
+
+
+def test_given_pretrained_weights_that_do_not_belong_to_the_arm_are_refused(benchmark_env, tmp_path):
+    import torch
+    from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
+    mae = save_pretraining_checkpoint(tmp_path / "mae.pth", "MAE", alignment_weight=0.0)
+    mim = save_pretraining_checkpoint(tmp_path / "mim.pth", "MiM", alignment_weight=0.1)
+    old_mim = save_pretraining_checkpoint(tmp_path / "old_mim.pth", "MiM")  # before the alignment weight was kept
+    torch.save({"network_weights": {"pretraining_record": torch.zeros(16)}}, tmp_path / "never.pth")
+    (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
+    mistakes = {"scratch is not a pre-trained arm": {"scratch": mae},
+                "the arm MiM-noalign is not run": {"MiM-noalign": mim},
+                "no such file": {"MAE": str(tmp_path / "missing.pth")},
+                "cannot read the pre-trained checkpoint": {"MAE": str(tmp_path / "corrupt.pth")},
+                "holds a network never pre-trained": {"MAE": str(tmp_path / "never.pth")},
+                "holds MiM pre-training, not MAE's": {"MAE": mim},
+                "holds MiM pre-training, not MiM-noalign's": {"MiM-noalign": mim}}
+    for message, given in mistakes.items():
+        arms = ["scratch", "MAE", "MiM"] + (["MiM-noalign"] if "MiM-noalign" in given and "not run" not in message
+                                             else [])
+        with pytest.raises(BenchmarkError, match=message):
+            DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"), arms=arms,
+                                pretrained_weights=given)
+    for arm in ("MiM", "MiM-noalign"):  # an older MiM checkpoint does not say whether it aligned
+        DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"), arms=[arm],
+                            pretrained_weights={arm: old_mim}).log.close()
+
+
 @pytest.mark.parametrize("base, other", [("cpu-long", "cpu-long-pretrain300"), ("cpu-long", "cpu-long-pretrain25"),
                                          ("cpu-xlong", "cpu-xlong-pretrain300")])
 def test_another_pretraining_length_never_reuses_the_other_ones_runs(benchmark_env, tmp_path, base, other):
@@ -434,7 +507,9 @@ def test_compare_counts_a_shared_run_once_and_keeps_differing_runs_apart(tmp_pat
     assert "no arm 'MAE'" in capsys.readouterr().err
     assert main(["compare", f"x={tmp_path / 'missing'}", "-o", str(out)]) == 1
     assert "no downstream_runs.csv" in capsys.readouterr().err
-    assert main(["compare", str(tmp_path / "a"), "-o", str(out)]) == 2
+    with pytest.raises(SystemExit) as stop:  # argparse refuses an argument without its label
+        main(["compare", str(tmp_path / "a"), "-o", str(out)])
+    assert stop.value.code == 2 and "LABEL=RESULTS: expected NAME=VALUE" in capsys.readouterr().err
 
 
 def test_compare_combines_the_learning_curves_as_it_combines_the_runs(tmp_path, capsys):

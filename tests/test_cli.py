@@ -38,3 +38,20 @@ def test_a_command_missing_an_argument_is_told_which(capsys):
         main(["compare", "-o", "out"])  # the runs to compare are missing
     assert stop.value.code == 2
     assert "LABEL=RESULTS" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, arguments, told", [
+    (["benchmark", "991"], ["--pretrained-weights", "MAE"], "--pretrained-weights: expected NAME=VALUE, got 'MAE'"),
+    (["pretrain-dataset", "create", "-d", "990", "-n", "X", "-i", "."], ["--source-weight", "a=heavy"],
+     "--source-weight: expected NAME=NUMBER, got 'a=heavy'")])
+def test_a_name_value_argument_is_parsed_or_refused_by_the_parser(command, arguments, told, capsys):
+    """NAME=VALUE arguments (compare's runs, --pretrained-weights, --source-weight, the linear probe's
+    --encoders) share one argparse type: a malformed one is refused before anything runs."""
+    from nnunet_mim.cli import build_parser
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(command + arguments)
+    assert stop.value.code == 2 and told in capsys.readouterr().err
+    name, value = arguments[1].split("=") if "=" in arguments[1] else (None, None)
+    if name:
+        good = build_parser().parse_args(command + [arguments[0], f"{name}=2.5"])
+        assert good.source_weight == [(name, 2.5)]

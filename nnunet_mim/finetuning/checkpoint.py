@@ -54,13 +54,10 @@ def fit_problem(keys: Sequence[str], wanted: Dict[str, torch.Tensor],
             f"{(missing + mismatched)[:3]}")
 
 
-def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.Tensor],
-                                  preset: str) -> Tuple[List[str], dict]:
-    """Raise a RuntimeError that says what to do when ``filename`` cannot load into the network;
-    otherwise return the keys of its ``network_weights`` and what pre-training recorded about
-    itself (the checkpoint's ``nnunet_mim`` entry)."""
-    checkpoint = load_checkpoint(filename)
-    weights = checkpoint["network_weights"]
+def pretraining_record_of(filename: str, checkpoint: dict) -> Optional[PretrainingRecord]:
+    """What pre-training recorded in the network weights of ``checkpoint`` (read from ``filename``):
+    None for a network never pre-trained; a RuntimeError that says what to do when the checkpoint is
+    not one of an nnunet-mim network at all (an nnssl checkpoint in particular)."""
     nnssl_plan = checkpoint.get("nnssl_adaptation_plan")
     if isinstance(nnssl_plan, dict):  # e.g. the OpenMind models: a ResEnc or Primus encoder, not ours
         architecture = (nnssl_plan.get("architecture_plans") or {}).get("arch_class_name", "unknown architecture")
@@ -68,11 +65,21 @@ def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.
                            "network's. Fine-tune it with nnU-Net's own nnssl route (nnU-Net after 2.8.1: "
                            "nnUNetv2_preprocess_like_nnssl, then nnUNetv2_train_pretrained -tr PretrainedTrainer), "
                            "or pre-train this network with nnUNetTrainerMiMPretrain")
-    if "pretraining_record" not in weights:
+    if "pretraining_record" not in checkpoint["network_weights"]:
         raise RuntimeError(f"{filename} is not an nnunet-mim pre-training checkpoint (written by "
                            "nnUNetTrainerMiMPretrain / nnUNetTrainerMAEPretrain); its network has no "
                            "pretraining_record")
-    record = PretrainingRecord.from_tensor(weights["pretraining_record"])
+    return PretrainingRecord.from_tensor(checkpoint["network_weights"]["pretraining_record"])
+
+
+def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.Tensor],
+                                  preset: str) -> Tuple[List[str], dict]:
+    """Raise a RuntimeError that says what to do when ``filename`` cannot load into the network;
+    otherwise return the keys of its ``network_weights`` and what pre-training recorded about
+    itself (the checkpoint's ``nnunet_mim`` entry)."""
+    checkpoint = load_checkpoint(filename)
+    weights = checkpoint["network_weights"]
+    record = pretraining_record_of(filename, checkpoint)
     if record is not None and record.preset != preset:
         raise RuntimeError(f"{filename} holds a preset-{record.preset} encoder, this trainer builds preset "
                            f"{preset}; use the trainer variant of preset {record.preset}")

@@ -291,7 +291,8 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         cm = self.configuration_manager
         return {"mask_generator_state": self.mask_generator.get_state(), "numpy_rng_state": np.random.get_state(),
                 "torch_rng_state": torch.get_rng_state(), "skipped_steps": self.skipped_steps,
-                "method": self.method, "encoder_preset": self.encoder_preset, "token_size": self.levels.token_size,
+                "method": self.method, "alignment_weight": self.alignment_weight,
+                "encoder_preset": self.encoder_preset, "token_size": self.levels.token_size,
                 "levels": asdict(self.levels), "patch_size": list(cm.patch_size), "spacing": list(cm.spacing),
                 "normalization_schemes": list(cm.normalization_schemes),
                 "foreground_intensity_properties_per_channel":
