@@ -15,7 +15,8 @@ with it too, in a second table under the main one).
 
 Self pre-training uses the images of all training cases (labels never), once per method;
 ``--pretrain-dataset`` pre-trains on another planned dataset instead (e.g. a collection made with
-``nnunet-mim pretrain-dataset create``).
+``nnunet-mim pretrain-dataset create``); ``--pretrained-weights ARM=FILE`` fine-tunes that arm from a
+checkpoint you already have instead of pre-training it.
 ``--schedule`` fine-tunes scratch and the pre-trained arms with one schedule variant (SCHEDULES).
 ``-p`` names the plans (nnUNetPlans unless given, e.g. nnUNetResEncUNetMPlans): the stock arm trains
 the network they describe, the hybrid arms take their patch size and spacing.
@@ -27,6 +28,7 @@ share a trainer name): the user's folders are only read.
 Scores are nnU-Net's own final validation (fold_k/validation/summary.json).
 """
 import csv
+import hashlib
 import os
 import subprocess
 import textwrap
@@ -38,6 +40,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json, save
 
 from nnunet_mim.checkpointing import CHECKPOINTS
 from nnunet_mim.demo import nnunet_command
+from nnunet_mim.finetuning.checkpoint import load_checkpoint, pretraining_record_of
 from nnunet_mim.environment import ext_trainer_value
 from nnunet_mim.learning_curves import curve_rows
 from nnunet_mim.seeding import SEED_VARIABLE
@@ -175,8 +178,6 @@ def given_pretrained_weights(arm: str, path: str, arms: Sequence[str], budget: B
     nnunet-mim pre-training checkpoint of that arm's method (so the table never labels one method's
     weights with another's name). Whether it fits the dataset's network is checked by the fine-tuning
     trainer, as for any -pretrained_weights."""
-    import hashlib
-    from nnunet_mim.finetuning.checkpoint import load_checkpoint, pretraining_record_of
     if arm not in budget.pretrain:
         raise BenchmarkError(f"--pretrained-weights {arm}=...: {arm} is not a pre-trained arm "
                              f"(those are {', '.join(budget.pretrain)})")

@@ -48,7 +48,7 @@ def test_pretraining_outputs(nnunet_env, pretrained):
     checkpoint = torch.load(pretrained, map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == PRETRAIN
     assert checkpoint["nnunet_mim"]["method"] == "MiM" and checkpoint["nnunet_mim"]["token_size"] == 16
-    assert checkpoint["nnunet_mim"]["alignment_weight"] > 0  # tells MiM from MiM-noalign (benchmark --pretrained-weights)
+    assert checkpoint["nnunet_mim"]["alignment_weight"] > 0  # tells MiM from MiM-noalign (--pretrained-weights)
     log = checkpoint["logging"]
     assert len(log["train_rec_l3"]) == 2 and len(log["val_align_l1_l2"]) == 2
     assert not any(f.endswith(".partial") for f in os.listdir(folder))
