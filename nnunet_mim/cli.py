@@ -64,11 +64,15 @@ def cmd_benchmark(args) -> int:
     from nnunet_mim.benchmark import (RESULTS_NAME, SCRATCH_DEFAULT, BenchmarkError, DownstreamBenchmark,
                                       mean_dice_against, paragraphs, write_outputs)
     from nnunet_mim.learning_curves import end_of_training_table, write_curves
+    given = dict(args.pretrained_weights or [])
+    if len(given) < len(args.pretrained_weights or []):
+        print("error: --pretrained-weights names an arm twice", file=sys.stderr)
+        return 2
     try:
         bench = DownstreamBenchmark(args.dataset, args.configuration, args.folds, args.fractions, args.budget,
                                     args.work_folder, args.seed, args.arms, args.device, args.pretrain_dataset,
                                     args.schedule, args.plans, args.pretrain_plans, args.report_only, args.init_seed,
-                                    dict(args.pretrained_weights or []))
+                                    given)
         rows, curves = bench.run()
     except BenchmarkError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -241,6 +241,8 @@ def test_given_pretrained_weights_that_do_not_belong_to_the_arm_are_refused(benc
         with pytest.raises(BenchmarkError, match=message):
             DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"), arms=arms,
                                 pretrained_weights=given)
+    from nnunet_mim.cli import main
+    assert main(["benchmark", "991", "--arms", "MAE", "--pretrained-weights", f"MAE={mae}", f"MAE={mae}"]) == 2
     for arm in ("MiM", "MiM-noalign"):  # an older MiM checkpoint does not say whether it aligned
         DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"), arms=[arm],
                             pretrained_weights={arm: old_mim}).log.close()
