@@ -200,11 +200,14 @@ def given_pretrained_weights(arm: str, path: str, arms: Sequence[str], budget: B
         raise BenchmarkError(f"--pretrained-weights {arm}={path} holds "
                              f"{'a network never pre-trained' if found is None else found + ' pre-training'}, "
                              f"not {arm}'s: give it to the arm of its method")
-    details = ([f"mask ratio {extras['levels']['l1_mask_ratio']:g}"] if found == "MAE" and "levels" in extras
-               else [f"alignment weight {extras['alignment_weight']:g}"] if "alignment_weight" in extras else [])
+    description = record.describe()
+    if found == "MAE" and "levels" in extras:
+        description += f", mask ratio {extras['levels']['l1_mask_ratio']:g}"
+    elif "alignment_weight" in extras:
+        description += f", alignment weight {extras['alignment_weight']:g}"
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()[:12]
-    return GivenWeights(os.path.abspath(path), digest, ", ".join([record.describe()] + details))
+    return GivenWeights(os.path.abspath(path), digest, description)
 
 
 class DownstreamBenchmark:

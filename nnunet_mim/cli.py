@@ -64,8 +64,9 @@ def cmd_benchmark(args) -> int:
     from nnunet_mim.benchmark import (RESULTS_NAME, SCRATCH_DEFAULT, BenchmarkError, DownstreamBenchmark,
                                       mean_dice_against, paragraphs, write_outputs)
     from nnunet_mim.learning_curves import end_of_training_table, write_curves
-    given = dict(args.pretrained_weights or [])
-    if len(given) < len(args.pretrained_weights or []):
+    pairs = args.pretrained_weights or []
+    given = dict(pairs)
+    if len(given) < len(pairs):
         print("error: --pretrained-weights names an arm twice", file=sys.stderr)
         return 2
     try:

@@ -40,18 +40,18 @@ def test_a_command_missing_an_argument_is_told_which(capsys):
     assert "LABEL=RESULTS" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command, arguments, told", [
-    (["benchmark", "991"], ["--pretrained-weights", "MAE"], "--pretrained-weights: expected NAME=VALUE, got 'MAE'"),
-    (["pretrain-dataset", "create", "-d", "990", "-n", "X", "-i", "."], ["--source-weight", "a=heavy"],
-     "--source-weight: expected NAME=NUMBER, got 'a=heavy'")])
-def test_a_name_value_argument_is_parsed_or_refused_by_the_parser(command, arguments, told, capsys):
+def test_name_value_arguments_are_parsed_or_refused_by_the_parser(capsys):
     """NAME=VALUE arguments (compare's runs, --pretrained-weights, --source-weight, the linear probe's
-    --encoders) share one argparse type: a malformed one is refused before anything runs."""
+    --encoders) share one argparse type: split at the first '=', a malformed one refused before anything runs."""
     from nnunet_mim.cli import build_parser
-    with pytest.raises(SystemExit) as stop:
-        build_parser().parse_args(command + arguments)
-    assert stop.value.code == 2 and told in capsys.readouterr().err
-    name, value = arguments[1].split("=") if "=" in arguments[1] else (None, None)
-    if name:
-        good = build_parser().parse_args(command + [arguments[0], f"{name}=2.5"])
-        assert good.source_weight == [(name, 2.5)]
+    benchmark, create = ["benchmark", "991"], ["pretrain-dataset", "create", "-d", "990", "-n", "X", "-i", "."]
+    parsed = build_parser().parse_args(benchmark + ["--pretrained-weights", "MAE=a.pth", "MiM=b=c.pth"])
+    assert parsed.pretrained_weights == [("MAE", "a.pth"), ("MiM", "b=c.pth")]
+    assert build_parser().parse_args(create + ["--source-weight", "a=2.5"]).source_weight == [("a", 2.5)]
+    for arguments, told in ((benchmark + ["--pretrained-weights", "MAE"],
+                             "--pretrained-weights: expected NAME=VALUE, got 'MAE'"),
+                            (create + ["--source-weight", "a=heavy"],
+                             "--source-weight: expected NAME=NUMBER, got 'a=heavy'")):
+        with pytest.raises(SystemExit) as stop:
+            build_parser().parse_args(arguments)
+        assert stop.value.code == 2 and told in capsys.readouterr().err
