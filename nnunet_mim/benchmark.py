@@ -30,6 +30,7 @@ Scores are nnU-Net's own final validation (fold_k/validation/summary.json).
 import csv
 import hashlib
 import os
+import re
 import subprocess
 import textwrap
 from dataclasses import dataclass
@@ -215,7 +216,7 @@ class DownstreamBenchmark:
                  budget: str, work_folder: str, seed: int = 0, arms: Sequence[str] = ARMS,
                  device: Optional[str] = None, pretrain_dataset: Optional[str] = None, schedule: str = "default",
                  plans: str = "nnUNetPlans", pretrain_plans: Optional[str] = None, report_only: bool = False,
-                 init_seed: int = 0, pretrained_weights: Optional[Mapping[str, str]] = None):
+                 init_seeds: Sequence[int] = (0,), pretrained_weights: Optional[Mapping[str, str]] = None):
         from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
         for var in ("nnUNet_raw", "nnUNet_preprocessed"):
             if var not in os.environ:
@@ -226,8 +227,8 @@ class DownstreamBenchmark:
         if SCRATCH_DEFAULT in arms and schedule == "default":
             raise BenchmarkError(f"{SCRATCH_DEFAULT} is scratch at the default schedule: it differs from the "
                                  "scratch arm only with another --schedule")
-        if init_seed < 0:
-            raise BenchmarkError(f"--init-seed must be 0 or more, got {init_seed}")
+        if not init_seeds or min(init_seeds) < 0 or len(set(init_seeds)) < len(init_seeds):
+            raise BenchmarkError(f"--init-seed takes distinct seeds of 0 or more, got {list(init_seeds)}")
         if not all(0 < fraction <= 1 for fraction in fractions):
             raise BenchmarkError(f"label fractions must lie in (0, 1], got {list(fractions)}")
         try:
@@ -245,7 +246,7 @@ class DownstreamBenchmark:
         self.class_names = class_names(load_json(os.path.join(self.source, "dataset.json"))["labels"])
         self.configuration, self.folds, self.fractions = configuration, list(folds), list(fractions)
         self.budget, self.budget_name, self.seed, self.arms = BUDGETS[budget], budget, seed, list(arms)
-        self.schedule, self.report_only, self.init_seed = schedule, report_only, init_seed
+        self.schedule, self.report_only, self.init_seeds = schedule, report_only, list(init_seeds)
         self.given_weights = {arm: given_pretrained_weights(arm, path, self.arms, self.budget)
                               for arm, path in (pretrained_weights or {}).items()}
         n_folds = len(self.base_splits())
@@ -268,7 +269,7 @@ class DownstreamBenchmark:
     def base_splits(self) -> List[dict]:
         return cross_validation_splits(self.source, self.data_folder)
 
-    def fraction_env(self, fraction: float, arm: str) -> Dict[str, str]:
+    def fraction_env(self, fraction: float, arm: str, init_seed: Optional[int] = None) -> Dict[str, str]:
         """The fraction's preprocessed folder; results per arm (the fine-tuned arms share one
         trainer name, so they must not share a results folder). Each seed (label draw) has its own
         folders, so a rerun with another --seed never reuses another draw's runs; seed 0 keeps the
@@ -287,15 +288,16 @@ class DownstreamBenchmark:
             raise BenchmarkError(f"{root} holds runs on other label subsets than {self.dataset_name}'s splits "
                                  f"and seed {self.seed} give now (did its splits_final.json change?): "
                                  "use a new --work-folder")
-        results = os.path.join(root, "nnUNet_results", self.results_name(arm))
-        return self.env(os.path.join(root, "nnUNet_preprocessed"), results, self.init_seed)
+        init_seed = self.init_seeds[0] if init_seed is None else init_seed
+        results = os.path.join(root, "nnUNet_results", self.results_name(arm, init_seed))
+        return self.env(os.path.join(root, "nnUNet_preprocessed"), results, init_seed)
 
-    def results_name(self, arm: str) -> str:
+    def results_name(self, arm: str, init_seed: int) -> str:
         """A pre-trained arm's results folder names its pre-training (the budget's label, the
         dataset when that is not the benchmark's own), so runs from another pre-training are never
         reused; scratch and the stock arm do not depend on it and are shared. Another --init-seed gets
         folders of its own (the stock arm's too: nnU-Net's trainer is not seeded, but the runs stay apart)."""
-        init = f"_init{self.init_seed}" if self.init_seed else ""
+        init = f"_init{init_seed}" if init_seed else ""
         if arm == SCRATCH_DEFAULT:  # its trainer is the one of scratch at the default schedule: runs are shared
             return "scratch" + init
         if arm not in self.budget.pretrain:
@@ -410,7 +412,7 @@ class DownstreamBenchmark:
         for note in filter(None, notes):
             print(note, flush=True)
             self.log.write(note + "\n")
-        total = len(methods) + len(self.fractions) * len(self.folds) * len(self.arms)
+        total = len(methods) + len(self.init_seeds) * len(self.fractions) * len(self.folds) * len(self.arms)
         bar = tqdm(total=total, unit="run")
         checkpoints = {arm: weights.path for arm, weights in self.given_weights.items()}
         for method in methods:
@@ -418,16 +420,20 @@ class DownstreamBenchmark:
             checkpoints[method] = self.pretrain(method)
             bar.update()
         rows, curves = [], []
-        for fraction in self.fractions:
-            for fold in self.folds:
-                for arm in self.arms:
-                    env = self.fraction_env(fraction, arm)
-                    bar.set_description(f"{arm}, {fraction:.0%} labels, fold {fold}")
-                    trainer = self.trainer(arm)
-                    folder = self.train(env, trainer, fold, checkpoints.get(arm))
-                    rows += self.scores(folder, {"arm": arm, "fraction": fraction, "fold": fold, "trainer": trainer})
-                    curves += curve_rows(folder, arm, fraction, fold)
-                    bar.update()
+        for init_seed in self.init_seeds:  # one seed's table is whole before the next seed starts
+            seed_label = f", init seed {init_seed}" if len(self.init_seeds) > 1 else ""
+            for fraction in self.fractions:
+                for fold in self.folds:
+                    for arm in self.arms:
+                        env = self.fraction_env(fraction, arm, init_seed)
+                        bar.set_description(f"{arm}, {fraction:.0%} labels, fold {fold}{seed_label}")
+                        trainer = self.trainer(arm)
+                        folder = self.train(env, trainer, fold, checkpoints.get(arm))
+                        run = {"arm": arm, "fraction": fraction, "fold": fold, "init_seed": init_seed,
+                               "trainer": trainer}
+                        rows += self.scores(folder, run)
+                        curves += curve_rows(folder, arm, fraction, fold, init_seed)
+                        bar.update()
         bar.close()
         return rows, curves
 
@@ -463,28 +469,36 @@ def read_runs(results: str) -> Tuple[List[dict], str]:
     path = os.path.join(results, runs_csv) if os.path.isdir(results) else results
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no {runs_csv} in {results}: name a results folder of nnunet-mim benchmark")
-    with open(path, newline="") as f:
-        rows = [dict(r, fraction=float(r["fraction"]), fold=int(r["fold"]), dice=float(r["dice"]))
-                for r in csv.DictReader(f)]
-    if not rows:
-        raise ValueError(f"{path} holds no runs")
     markdown = os.path.join(os.path.dirname(path), f"{RESULTS_NAME}.md")
     title = open(markdown).readline().strip() if os.path.isfile(markdown) else ""
+    seed = titled_init_seed(title)
+    with open(path, newline="") as f:
+        rows = [dict(r, fraction=float(r["fraction"]), fold=int(r["fold"]), dice=float(r["dice"]),
+                     init_seed=int(r.get("init_seed") or seed)) for r in csv.DictReader(f)]
+    if not rows:
+        raise ValueError(f"{path} holds no runs")
     return rows, title
+
+
+def titled_init_seed(title: str) -> int:
+    """The init seed of a benchmark whose rows do not name theirs (written before they did): its title
+    says "init seed N" for a seed other than 0."""
+    named = re.search(r"init seed (\d+)", title)
+    return int(named.group(1)) if named else 0
 
 
 def differing_arms(benchmarks: Dict[str, List[dict]]) -> set:
     """The arms whose runs differ between benchmarks (label -> rows) at the same labels and fold:
     MiM pre-trained two ways differs, scratch reused in one work folder (the same Dice for every
     class) does not."""
-    scores = {}  # (label, arm, fraction, fold) -> {class: dice}
+    scores = {}  # (label, arm, fraction, fold, init seed) -> {class: dice}
     for label, rows in benchmarks.items():
         for r in rows:
-            scores.setdefault((label, r["arm"], r["fraction"], r["fold"]), {})[r["class"]] = r["dice"]
+            scores.setdefault((label, r["arm"], r["fraction"], r["fold"], r["init_seed"]), {})[r["class"]] = r["dice"]
     first_scores, differing = {}, set()
-    for (label, arm, fraction, fold), dice in scores.items():
-        if first_scores.setdefault((arm, fraction, fold), dice) != dice:
-            differing.add(arm)
+    for (label, *run), dice in scores.items():
+        if first_scores.setdefault(tuple(run), dice) != dice:
+            differing.add(run[0])
     return differing
 
 
@@ -504,24 +518,43 @@ def merge_benchmarks(tables: Dict[str, List[dict]], differing: set, key: Sequenc
     return merged
 
 
+def seeds_by_fold(rows: List[dict]) -> Dict[int, Dict[int, float]]:
+    """fold -> {init seed: Dice} of the rows of one arm, label fraction and class (rows without an
+    init seed are seed 0's)."""
+    runs: Dict[int, Dict[int, float]] = {}
+    for r in rows:
+        runs.setdefault(r["fold"], {})[r.get("init_seed", 0)] = r["dice"]
+    return runs
+
+
+def fold_means(runs: Dict[int, Dict[int, float]]) -> Dict[int, float]:
+    """fold -> the mean Dice over the init seeds run at that fold. Seeds are averaged before folds are
+    paired: a fold's figure then holds less of the random initialisation's noise, and the paired test
+    stays one over the folds, whose cases differ, not over runs that share their cases."""
+    return {fold: float(np.mean(list(seeds.values()))) for fold, seeds in runs.items()}
+
+
 def summarise(rows: List[dict], reference: str = "scratch") -> List[dict]:
-    """Mean and sd over folds per arm, fraction and class; difference to the reference arm and a
-    paired t-test over the folds."""
+    """Mean and sd over folds per arm, fraction and class (each fold the mean over its init seeds);
+    difference to the reference arm and a paired t-test over the folds."""
     from scipy.stats import ttest_rel
     table = []
     classes = list(dict.fromkeys(r["class"] for r in rows))  # as the runs list them: labels, then mean
     keys = sorted({(r["fraction"], r["class"]) for r in rows}, key=lambda k: (k[0], classes.index(k[1])))
     arms = arms_in(rows)
     for fraction, cls in keys:
-        per_arm = {a: {r["fold"]: r["dice"] for r in rows
-                       if (r["arm"], r["fraction"], r["class"]) == (a, fraction, cls)} for a in arms}
+        runs = {a: seeds_by_fold([r for r in rows if (r["arm"], r["fraction"], r["class"]) == (a, fraction, cls)])
+                for a in arms}
+        per_arm = {a: fold_means(runs[a]) for a in arms}
         for arm in arms:
             folds = sorted(per_arm[arm])
             if not folds:  # combined benchmarks: an arm need not be run at every label fraction
                 continue
             values = np.array([per_arm[arm][f] for f in folds])
+            seeds = sorted({seed for by_seed in runs[arm].values() for seed in by_seed})
             entry = {"fraction": fraction, "class": cls, "arm": arm, "folds": len(folds),
-                     "mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+                     "init_seeds": " ".join(map(str, seeds)), "mean": float(values.mean()),
+                     "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
                      "diff_vs_reference": float("nan"), "p_vs_reference": float("nan")}
             base = per_arm.get(reference, {})
             paired = [f for f in folds if f in base]
@@ -538,10 +571,11 @@ def summarise(rows: List[dict], reference: str = "scratch") -> List[dict]:
 def summary_lines(table: List[dict], reference: str) -> List[str]:
     """Markdown lines of ``summarise``'s entries: one row per label fraction, class and arm."""
     fmt = lambda v, spec: "n/a" if v != v else format(v, spec)  # noqa: E731  (nan -> n/a)
-    lines = [f"| labels | class | arm | folds | Dice mean | sd | vs {reference} | paired p |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| labels | class | arm | folds | init seeds | Dice mean | sd | vs {reference} | paired p |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for e in table:
-        lines.append(f"| {e['fraction']:.0%} | {e['class']} | {e['arm']} | {e['folds']} | {e['mean']:.3f} | "
+        lines.append(f"| {e['fraction']:.0%} | {e['class']} | {e['arm']} | {e['folds']} | {e['init_seeds']} | "
+                     f"{e['mean']:.3f} | "
                      f"{fmt(e['sd'], '.3f')} | {fmt(e['diff_vs_reference'], '+.3f')} | "
                      f"{fmt(e['p_vs_reference'], '.3f')} |")
     return lines
@@ -555,16 +589,21 @@ def mean_dice_against(rows: List[dict], reference: str) -> List[str]:
 
 
 def per_fold_table(rows: List[dict]) -> List[str]:
-    """Markdown lines: the mean-Dice row of every run, one line per label fraction and arm, one
-    column per fold ("-" where that arm has no run of that fold)."""
-    means = {(r["fraction"], r["arm"], r["fold"]): r["dice"] for r in rows if r["class"] == "mean"}
-    folds = sorted({fold for _, _, fold in means})
+    """Markdown lines: the mean Dice of every run, one line per label fraction and arm, one column per
+    fold ("-" where that arm has no run of that fold); an arm run at several init seeds has a line per
+    seed, then the line of their means (the figures paired)."""
+    mean_rows = [r for r in rows if r["class"] == "mean"]
+    folds = sorted({r["fold"] for r in mean_rows})
     lines = ["| labels | arm | " + " | ".join(f"fold {f}" for f in folds) + " |", "|---|---|" + "---|" * len(folds)]
-    for fraction in sorted({fraction for fraction, _, _ in means}):
+    for fraction in sorted({r["fraction"] for r in mean_rows}):
         for arm in arms_in(rows):
-            if any((fraction, arm, f) in means for f in folds):
-                cells = [f"{means[fraction, arm, f]:.3f}" if (fraction, arm, f) in means else "-" for f in folds]
-                lines.append(f"| {fraction:.0%} | {arm} | " + " | ".join(cells) + " |")
+            runs = seeds_by_fold([r for r in mean_rows if (r["arm"], r["fraction"]) == (arm, fraction)])
+            seeds = list(dict.fromkeys(seed for by_seed in runs.values() for seed in by_seed))
+            named = [(f"{arm}, init seed {seed}", {f: s[seed] for f, s in runs.items() if seed in s}) for seed in seeds]
+            mean = (arm if len(seeds) == 1 else f"{arm}, mean of {len(seeds)} seeds", fold_means(runs))
+            for name, dice in (named if len(seeds) > 1 else []) + ([mean] if runs else []):
+                cells = [f"{dice[f]:.3f}" if f in dice else "-" for f in folds]
+                lines.append(f"| {fraction:.0%} | {name} | " + " | ".join(cells) + " |")
     return lines
 
 

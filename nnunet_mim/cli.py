@@ -80,7 +80,8 @@ def cmd_benchmark(args) -> int:
         return 1
     pretraining = "" if bench.pretrain_dataset_name == bench.dataset_name or not bench.pretrained_methods else \
         f", pre-trained on {bench.pretrain_dataset_name} ({bench.pretrain_plans})"
-    init = f", init seed {args.init_seed}" if args.init_seed else ""
+    seeds = " ".join(map(str, args.init_seed))
+    init = "" if args.init_seed == [0] else f", init seed{'s' if len(args.init_seed) > 1 else ''} {seeds}"
     title = (f"{bench.dataset_name}, {args.plans} {args.configuration}, budget '{args.budget}', "
              f"schedule {args.schedule}, "
              f"folds {args.folds}, seed {args.seed}{init}{pretraining}" + (f"; {args.note}" if args.note else ""))
@@ -94,7 +95,7 @@ def cmd_benchmark(args) -> int:
 
 def cmd_compare(args) -> int:
     from nnunet_mim.benchmark import (RESULTS_NAME, arms_in, differing_arms, merge_benchmarks, paragraphs,
-                                      read_runs, write_outputs)
+                                      read_runs, titled_init_seed, write_outputs)
     from nnunet_mim.learning_curves import end_of_training_table, read_curves, write_curves
     benchmarks, curves, titles = {}, {}, []
     for label, results in args.benchmarks:
@@ -106,16 +107,16 @@ def cmd_compare(args) -> int:
         except (OSError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-        curves[label] = read_curves(results, RESULTS_NAME)
+        curves[label] = read_curves(results, RESULTS_NAME, titled_init_seed(title))
         titles.append(f"- {label}: {title or results}" + ("" if curves[label] else " (no learning curves kept)"))
     differing = differing_arms(benchmarks)
-    rows = merge_benchmarks(benchmarks, differing, ("fraction", "fold", "class"))
+    rows = merge_benchmarks(benchmarks, differing, ("fraction", "fold", "init_seed", "class"))
     if args.reference not in arms_in(rows):
         print(f"error: no arm {args.reference!r} to compare with; the arms are {arms_in(rows)} (choose one with "
               "--reference)", file=sys.stderr)
         return 1
     title = f"{len(benchmarks)} benchmarks combined ({', '.join(benchmarks)})" + (f"; {args.note}" if args.note else "")
-    combined_curves = merge_benchmarks(curves, differing, ("fraction", "fold", "epoch"))
+    combined_curves = merge_benchmarks(curves, differing, ("fraction", "fold", "init_seed", "epoch"))
     if combined_curves:
         write_curves(combined_curves, args.output_folder, title, "comparison")
     notes = paragraphs(titles, end_of_training_table(combined_curves, "comparison"))
@@ -228,9 +229,12 @@ def benchmark_arguments(p: argparse.ArgumentParser) -> None:
                    help="fine-tune a pre-trained arm from this checkpoint instead of pre-training it (e.g. "
                    "MAE=.../checkpoint_final.pth from a run of your own); the table names the file")
     p.add_argument("--seed", type=int, default=0, help="seed of the label-fraction subsets")
-    p.add_argument("--init-seed", type=int, default=0, help="seed of the fine-tuning runs (NNUNET_MIM_SEED): the "
-                   "random initialisation (scratch's network, the new decoder of the pre-trained arms), crops and "
-                   "augmentation; each seed has its own results folders, pre-training keeps seed 0")
+    p.add_argument("--init-seed", type=int, nargs="+", default=[0], metavar="SEED",
+                   help="seed(s) of the fine-tuning runs (NNUNET_MIM_SEED): the random initialisation (scratch's "
+                   "network, the new decoder of the pre-trained arms), crops and augmentation; each seed has its own "
+                   "results folders, pre-training keeps seed 0. With several, every arm runs at each seed and the "
+                   "tables average each fold over the seeds before the paired test (one seed moved a five-fold mean "
+                   "by about 1 point here: docs/benchmarks.md)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--work-folder", default="nnunet_mim_benchmark")
     p.add_argument("--results-folder", default=None, help="default: WORK_FOLDER/results")
@@ -245,7 +249,8 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
                      "chart, with every arm compared to --reference by a paired t-test over the folds both have. A "
                      "run two benchmarks share (same arm, labels, fold and Dice, such as scratch reused in one work "
                      "folder) is counted once; an arm that differs between them (MiM pre-trained two ways) becomes "
-                     "'ARM LABEL' in each. Writes OUTPUT/comparison.md, .csv, _runs.csv and .png, and joins the "
+                     "'ARM LABEL' in each; an arm's runs at other --init-seeds are one arm, each fold averaged over "
+                     "its seeds. Writes OUTPUT/comparison.md, .csv, _runs.csv and .png, and joins the "
                      "benchmarks' learning curves the same way (comparison_curves.csv and .png).")
     p.add_argument("benchmarks", nargs="+", type=name_and_value, metavar="LABEL=RESULTS",
                    help="a short label and a benchmark's results folder (or its downstream_runs.csv)")

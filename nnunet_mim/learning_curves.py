@@ -23,10 +23,10 @@ from typing import List, Sequence
 import numpy as np
 
 END_SHARE = 0.1  # a run's end: this share of its epochs (at least one)
-CURVES_FIELDS = ["arm", "fraction", "fold", "epoch", "pseudo_dice", "ema_pseudo_dice"]
+CURVES_FIELDS = ["arm", "fraction", "fold", "init_seed", "epoch", "pseudo_dice", "ema_pseudo_dice"]
 
 
-def curve_rows(run_folder: str, arm: str, fraction: float, fold: int) -> List[dict]:
+def curve_rows(run_folder: str, arm: str, fraction: float, fold: int, init_seed: int = 0) -> List[dict]:
     """One row per epoch of a finished nnU-Net run (the rows of NAME_curves.csv): the pseudo-Dice
     and its EMA as nnU-Net logged them in the run's checkpoint_final.pth; none for a run without
     one (its Dice is still scored: a missing curve only leaves that run out of the curves)."""
@@ -36,21 +36,24 @@ def curve_rows(run_folder: str, arm: str, fraction: float, fold: int) -> List[di
         return []
     # mmap: only the logger's lists are read, not the weights and optimizer state (GBs at the GPU budget)
     logged = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["logging"]
-    return [{"arm": arm, "fraction": fraction, "fold": fold, "epoch": epoch, "pseudo_dice": float(raw),
+    return [{"arm": arm, "fraction": fraction, "fold": fold, "init_seed": init_seed, "epoch": epoch,
+             "pseudo_dice": float(raw),
              "ema_pseudo_dice": float(ema)}
             for epoch, (raw, ema) in enumerate(zip(logged["mean_fg_dice"], logged["ema_fg_dice"]))]
 
 
-def read_curves(results: str, name: str) -> List[dict]:
+def read_curves(results: str, name: str, init_seed: int) -> List[dict]:
     """A finished benchmark's curve rows (NAME_curves.csv in its results folder, or beside the runs
-    CSV named), typed as curve_rows made them; none for a benchmark from before curves were kept."""
+    CSV named), typed as curve_rows made them; none for a benchmark from before curves were kept.
+    ``init_seed``: the seed of rows written before rows named theirs (the benchmark's runs say it)."""
     folder = results if os.path.isdir(results) else os.path.dirname(results)
     path = os.path.join(folder, f"{name}_curves.csv")
     if not os.path.isfile(path):
         return []
     with open(path, newline="") as f:
         return [dict(r, fraction=float(r["fraction"]), fold=int(r["fold"]), epoch=int(r["epoch"]),
-                     pseudo_dice=float(r["pseudo_dice"]), ema_pseudo_dice=float(r["ema_pseudo_dice"]))
+                     init_seed=int(r.get("init_seed") or init_seed), pseudo_dice=float(r["pseudo_dice"]),
+                     ema_pseudo_dice=float(r["ema_pseudo_dice"]))
                 for r in csv.DictReader(f)]
 
 
@@ -68,32 +71,34 @@ def end_change(curve: Sequence[float]) -> float:
 
 
 def curves_by_run(rows: List[dict], field: str) -> dict:
-    """(fraction, arm) -> {fold: one field's curve}, arms in the order the rows give them."""
+    """(fraction, arm) -> {(fold, init seed): one field's curve}, arms in the order the rows give them."""
     runs = {}
     for r in rows:
-        runs.setdefault((r["fraction"], r["arm"]), {}).setdefault(r["fold"], []).append((r["epoch"], r[field]))
-    return {key: {fold: [v for _, v in sorted(points)] for fold, points in folds.items()}
-            for key, folds in runs.items()}
+        run = (r["fold"], r.get("init_seed", 0))
+        runs.setdefault((r["fraction"], r["arm"]), {}).setdefault(run, []).append((r["epoch"], r[field]))
+    return {key: {run: [v for _, v in sorted(points)] for run, points in by_run.items()}
+            for key, by_run in runs.items()}
 
 
 def end_of_training_table(rows: List[dict], name: str) -> List[str]:
     """Markdown lines: per label fraction and arm, the EMA pseudo-Dice after the last epoch and the
-    change of the raw pseudo-Dice at the end (mean over folds, and the lowest and highest fold); none
+    change of the raw pseudo-Dice at the end (mean over runs, and the lowest and highest run: the folds,
+    at each init seed); none
     without curves (benchmarks from before curves were kept)."""
     if not rows:
         return []
     lines = ["Were the runs still learning when the budget ended? nnU-Net's pseudo-Dice (validation patches, mean "
-             f"over folds): its EMA after the last epoch, and the raw figure's mean over the last {END_SHARE:.0%} of "
+             f"over runs): its EMA after the last epoch, and the raw figure's mean over the last {END_SHARE:.0%} of "
              "the epochs minus its mean over as many epochs before. A clear rise says the budget stopped the runs "
              "while they were learning: the table above then compares how soon the arms learn more than where they "
              "end. No rise does not prove convergence (the learning rate ends at zero): compare with a longer budget. "
              f"Curves: {name}_curves.png.", "",
-             "| labels | arm | folds | epochs | EMA pseudo-Dice, last epoch | change at the end (epochs) "
-             "| lowest, highest fold |",
+             "| labels | arm | runs | epochs | EMA pseudo-Dice, last epoch | change at the end (epochs) "
+             "| lowest, highest run |",
              "|---|---|---|---|---|---|---|"]
     raw = curves_by_run(rows, "pseudo_dice")
-    for (fraction, arm), folds in curves_by_run(rows, "ema_pseudo_dice").items():
-        curves = list(folds.values())
+    for (fraction, arm), runs in curves_by_run(rows, "ema_pseudo_dice").items():
+        curves = list(runs.values())
         epochs = sorted({len(c) for c in curves})
         changes = np.array([end_change(c) for c in raw[fraction, arm].values()])
         if np.isnan(changes).all():
@@ -108,7 +113,7 @@ def end_of_training_table(rows: List[dict], name: str) -> List[str]:
 
 def write_curves(rows: List[dict], folder: str, title: str, name: str) -> None:
     """NAME_curves.csv (one row per run and epoch) and NAME_curves.png (one panel per label
-    fraction: each arm's EMA pseudo-Dice, mean over its folds, shaded from the lowest to the highest fold)."""
+    fraction: each arm's EMA pseudo-Dice, mean over its runs, shaded from the lowest to the highest run)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -124,13 +129,13 @@ def write_curves(rows: List[dict], folder: str, title: str, name: str) -> None:
     fractions = sorted({fraction for fraction, _ in runs})
     fig, axes = plt.subplots(1, len(fractions), figsize=(5 * len(fractions), 4), squeeze=False, sharey=True)
     for ax, fraction in zip(axes[0], fractions):
-        for (run_fraction, arm), folds in runs.items():
+        for (run_fraction, arm), by_run in runs.items():
             if run_fraction != fraction:
                 continue
-            epochs = min(len(c) for c in folds.values())  # folds of one arm and budget share their length
-            curves = np.array([c[:epochs] for c in folds.values()])
+            epochs = min(len(c) for c in by_run.values())  # runs of one arm and budget share their length
+            curves = np.array([c[:epochs] for c in by_run.values()])
             x = np.arange(1, epochs + 1)
-            line, = ax.plot(x, curves.mean(0), label=f"{arm} ({len(curves)} folds)")
+            line, = ax.plot(x, curves.mean(0), label=f"{arm} ({len(curves)} runs)")
             ax.fill_between(x, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.15)
         ax.set_title(f"{fraction:.0%} labels", fontsize=9)
         ax.set_xlabel("epoch")

@@ -115,7 +115,7 @@ def test_scratch_default_puts_scratch_at_its_own_schedule_beside_the_matched_one
     against = [line for line in table[1].splitlines() if line.startswith("| 100% |")]
     mim_minus_default = sum(m - s for m, s in zip(dice["MiM"], dice["scratch-default"])) / 3
     assert [line.split(" | ")[1:3] for line in against] == [["mean", arm] for arm in dice]  # mean Dice only
-    assert against[2].split(" | ")[6] == f"{mim_minus_default:+.3f}"
+    assert against[2].split(" | ")[7] == f"{mim_minus_default:+.3f}"
 
 
 def test_class_names_match_nnunet_summary_keys_for_labels_and_regions():
@@ -327,7 +327,7 @@ def test_each_init_seed_has_its_own_runs_and_one_pretraining(benchmark_env, tmp_
     from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
     from nnunet_mim.seeding import SEED_VARIABLE
     work = str(tmp_path / "w")
-    first, other = (DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", work, init_seed=seed)
+    first, other = (DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", work, init_seeds=[seed])
                     for seed in (0, 3))
     for arm in ("nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"):
         envs = [bench.fraction_env(0.5, arm) for bench in (first, other)]
@@ -339,8 +339,52 @@ def test_each_init_seed_has_its_own_runs_and_one_pretraining(benchmark_env, tmp_
     for bench in (first, other):
         bench.pretrain("MiM")
     assert pretrainings[0] == pretrainings[1] and pretrainings[0][0] == "0"
-    with pytest.raises(BenchmarkError, match="--init-seed must be 0 or more"):
-        DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", work, init_seed=-1)
+    for bad in ([-1], [2, 2], []):
+        with pytest.raises(BenchmarkError, match="--init-seed takes distinct seeds of 0 or more"):
+            DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", work, init_seeds=bad)
+
+
+def test_several_init_seeds_average_each_fold_before_the_paired_test(benchmark_env, tmp_path, monkeypatch, capsys):
+    """--init-seed 0 3: every arm runs every fold at both seeds (seed 0's runs first, each seed in its
+    own folders, at NNUNET_MIM_SEED=seed); the table compares each fold's mean over the seeds, paired
+    over folds, and the per-fold table shows each seed's runs and their means."""
+    from scipy.stats import ttest_rel
+
+    from nnunet_mim.benchmark import DownstreamBenchmark
+    from nnunet_mim.cli import main
+    from nnunet_mim.seeding import SEED_VARIABLE
+    dice = {("scratch", 0): [0.50, 0.60, 0.70], ("scratch", 3): [0.56, 0.58, 0.64],
+            ("MiM", 0): [0.62, 0.61, 0.72], ("MiM", 3): [0.52, 0.66, 0.71]}
+    calls = []
+
+    def train(self, env, trainer, fold, pretrained=None, dataset=None, plans=None):
+        calls.append((fold, env[SEED_VARIABLE], env["nnUNet_results"]))
+        return os.path.join(env["nnUNet_results"], f"fold_{fold}")
+    monkeypatch.setattr(DownstreamBenchmark, "train", train)
+    monkeypatch.setattr(DownstreamBenchmark, "scores", lambda self, folder, run: [
+        dict(run, **{"class": "mean", "label": "", "dice": dice[run["arm"], run["init_seed"]][run["fold"]]})])
+    results = tmp_path / "results"
+    assert main(["benchmark", "991", "--budget", "smoke", "--arms", "scratch", "MiM", "--folds", "0", "1", "2",
+                 "--fractions", "0.5", "--init-seed", "0", "3", "--work-folder", str(tmp_path / "w"),
+                 "--results-folder", str(results)]) == 0
+    runs = calls[1:]  # after MiM's one pre-training
+    assert [(fold, seed) for fold, seed, _ in runs] == [(f, s) for s in ("0", "3") for f in (0, 1, 2) for _ in "ab"]
+    folders = {seed: {folder for _, s, folder in runs if s == seed} for seed in ("0", "3")}
+    assert len(folders["0"]) == len(folders["3"]) == 2 and not folders["0"] & folders["3"]
+    printed = capsys.readouterr().out
+    assert "budget 'smoke', schedule default, folds [0, 1, 2], seed 0, init seeds 0 3" in printed  # the title
+    means = {arm: [(a + b) / 2 for a, b in zip(dice[arm, 0], dice[arm, 3])] for arm in ("scratch", "MiM")}
+    with open(results / "downstream.csv") as f:
+        table = {e["arm"]: e for e in csv.DictReader(f)}
+    assert table["MiM"]["init_seeds"] == "0 3" and table["MiM"]["folds"] == "3"
+    assert math.isclose(float(table["MiM"]["mean"]), sum(means["MiM"]) / 3)
+    assert math.isclose(float(table["MiM"]["diff_vs_reference"]), (sum(means["MiM"]) - sum(means["scratch"])) / 3)
+    assert math.isclose(float(table["MiM"]["p_vs_reference"]), ttest_rel(means["MiM"], means["scratch"]).pvalue)
+    assert "| 50% | MiM, init seed 3 | 0.520 | 0.660 | 0.710 |" in printed
+    assert "| 50% | MiM, mean of 2 seeds | 0.570 | 0.635 | 0.715 |" in printed
+    with open(results / "downstream_runs.csv") as f:
+        assert {(r["arm"], r["init_seed"]) for r in csv.DictReader(f)} == {(a, s) for a in ("scratch", "MiM")
+                                                                          for s in ("0", "3")}
 
 
 def test_report_only_trains_nothing(benchmark_env, tmp_path):
@@ -555,3 +599,27 @@ def test_compare_combines_the_learning_curves_as_it_combines_the_runs(tmp_path, 
     assert math.isclose(rise, 0.02 * 2)
     assert f"| 25% | MiM a | 2 | 20 | {0.02 * 19:.3f} | {rise:+.3f} (2) | {rise:+.3f}, {rise:+.3f} |" in printed
     assert "| 25% | MiM b | 2 | 20 | 0.000 | +0.000 (2) | +0.000, +0.000 |" in printed
+
+
+def test_compare_averages_an_arms_runs_at_other_init_seeds(tmp_path, capsys):
+    """Benchmarks of one setting at other --init-seeds combine into one arm per method, each fold the
+    mean over its seeds; a results folder from before rows named their seed is read by its title."""
+    from nnunet_mim.benchmark import write_outputs
+    from nnunet_mim.cli import main
+
+    def runs(arm, mean_dice, init_seed=None):
+        seed = {} if init_seed is None else {"init_seed": init_seed}
+        return [{"arm": arm, "fraction": 0.1, "fold": fold, **seed, "trainer": "t", "class": "mean", "label": "",
+                 "dice": dice} for fold, dice in enumerate(mean_dice)]
+    write_outputs(runs("scratch", [0.5, 0.6, 0.7], 0) + runs("MAE", [0.55, 0.6, 0.72], 0), str(tmp_path / "s0"),
+                  "D, budget 'cpu', folds [0, 1, 2], seed 2")
+    write_outputs(runs("scratch", [0.54, 0.58, 0.66]) + runs("MAE", [0.5, 0.61, 0.74]), str(tmp_path / "s8"),
+                  "D, budget 'cpu', folds [0, 1, 2], seed 2, init seed 8")  # an older benchmark: no init_seed column
+    out = tmp_path / "out"
+    assert main(["compare", f"seed0={tmp_path / 's0'}", f"seed8={tmp_path / 's8'}", "-o", str(out)]) == 0
+    with open(out / "comparison.csv") as f:
+        table = {e["arm"]: e for e in csv.DictReader(f)}
+    assert sorted(table) == ["MAE", "scratch"] and table["MAE"]["init_seeds"] == "0 8"
+    assert math.isclose(float(table["MAE"]["diff_vs_reference"]),
+                        ((0.55 + 0.5) - (0.5 + 0.54) + (0.6 + 0.61) - (0.6 + 0.58) + (0.72 + 0.74) - (0.7 + 0.66)) / 6)
+    assert "| 10% | scratch, init seed 8 | 0.540 | 0.580 | 0.660 |" in capsys.readouterr().out
