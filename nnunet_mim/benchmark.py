@@ -292,6 +292,11 @@ class DownstreamBenchmark:
         results = os.path.join(root, "nnUNet_results", self.results_name(arm, init_seed))
         return self.env(os.path.join(root, "nnUNet_preprocessed"), results, init_seed)
 
+    def pretraining_name(self, arm: str) -> str:
+        """What a pre-trained arm was pre-trained with, as its results folders name it ("" for the other
+        arms): nnunet-mim compare never averages runs of two pre-trainings as one arm."""
+        return self.results_name(arm, 0) if arm in self.budget.pretrain else ""
+
     def results_name(self, arm: str, init_seed: int) -> str:
         """A pre-trained arm's results folder names its pre-training (the budget's label, the
         dataset when that is not the benchmark's own), so runs from another pre-training are never
@@ -430,7 +435,7 @@ class DownstreamBenchmark:
                         trainer = self.trainer(arm)
                         folder = self.train(env, trainer, fold, checkpoints.get(arm))
                         run = {"arm": arm, "fraction": fraction, "fold": fold, "init_seed": init_seed,
-                               "trainer": trainer}
+                               "trainer": trainer, "pretraining": self.pretraining_name(arm)}
                         rows += self.scores(folder, run)
                         curves += curve_rows(folder, arm, fraction, fold, init_seed)
                         bar.update()
@@ -488,14 +493,20 @@ def titled_init_seed(title: str) -> int:
 
 
 def differing_arms(benchmarks: Dict[str, List[dict]]) -> set:
-    """The arms whose runs differ between benchmarks (label -> rows) at the same labels and fold:
-    MiM pre-trained two ways differs, scratch reused in one work folder (the same Dice for every
-    class) does not."""
-    scores = {}  # (label, arm, fraction, fold, init seed) -> {class: dice}
+    """The arms whose runs differ between benchmarks (label -> rows): another trainer or pre-training,
+    or other Dice at the same labels, fold and init seed. MiM pre-trained two ways differs; scratch
+    reused in one work folder (the same Dice for every class) does not, nor does scratch at two init
+    seeds (its runs are then averaged per fold)."""
+    scores, settings = {}, {}  # (label, arm, fraction, fold, init seed) -> {class: dice}; arm -> field -> values
     for label, rows in benchmarks.items():
         for r in rows:
             scores.setdefault((label, r["arm"], r["fraction"], r["fold"], r["init_seed"]), {})[r["class"]] = r["dice"]
-    first_scores, differing = {}, set()
+            found = settings.setdefault(r["arm"], {"trainer": set(), "pretraining": set()})
+            for field in found:
+                if r.get(field) is not None:  # runs written before rows named their pre-training do not say
+                    found[field].add(r[field])
+    differing = {arm for arm, found in settings.items() if any(len(values) > 1 for values in found.values())}
+    first_scores = {}
     for (label, *run), dice in scores.items():
         if first_scores.setdefault(tuple(run), dice) != dice:
             differing.add(run[0])

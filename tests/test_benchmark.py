@@ -383,8 +383,8 @@ def test_several_init_seeds_average_each_fold_before_the_paired_test(benchmark_e
     assert "| 50% | MiM, init seed 3 | 0.520 | 0.660 | 0.710 |" in printed
     assert "| 50% | MiM, mean of 2 seeds | 0.570 | 0.635 | 0.715 |" in printed
     with open(results / "downstream_runs.csv") as f:
-        assert {(r["arm"], r["init_seed"]) for r in csv.DictReader(f)} == {(a, s) for a in ("scratch", "MiM")
-                                                                          for s in ("0", "3")}
+        assert {(r["arm"], r["init_seed"], r["pretraining"]) for r in csv.DictReader(f)} == {
+            (arm, seed, pretraining) for arm, pretraining in (("scratch", ""), ("MiM", "MiM")) for seed in ("0", "3")}
 
 
 def test_report_only_trains_nothing(benchmark_env, tmp_path):
@@ -607,19 +607,28 @@ def test_compare_averages_an_arms_runs_at_other_init_seeds(tmp_path, capsys):
     from nnunet_mim.benchmark import write_outputs
     from nnunet_mim.cli import main
 
-    def runs(arm, mean_dice, init_seed=None):
-        seed = {} if init_seed is None else {"init_seed": init_seed}
-        return [{"arm": arm, "fraction": 0.1, "fold": fold, **seed, "trainer": "t", "class": "mean", "label": "",
+    def runs(arm, mean_dice, init_seed=None, pretraining=None):
+        named = {k: v for k, v in (("init_seed", init_seed), ("pretraining", pretraining)) if v is not None}
+        return [{"arm": arm, "fraction": 0.1, "fold": fold, **named, "trainer": "t", "class": "mean", "label": "",
                  "dice": dice} for fold, dice in enumerate(mean_dice)]
-    write_outputs(runs("scratch", [0.5, 0.6, 0.7], 0) + runs("MAE", [0.55, 0.6, 0.72], 0), str(tmp_path / "s0"),
-                  "D, budget 'cpu', folds [0, 1, 2], seed 2")
+    write_outputs(runs("scratch", [0.5, 0.6, 0.7], 0, "") + runs("MAE", [0.55, 0.6, 0.72], 0, "MAE"),
+                  str(tmp_path / "s0"), "D, budget 'cpu', folds [0, 1, 2], seed 2")
     write_outputs(runs("scratch", [0.54, 0.58, 0.66]) + runs("MAE", [0.5, 0.61, 0.74]), str(tmp_path / "s8"),
-                  "D, budget 'cpu', folds [0, 1, 2], seed 2, init seed 8")  # an older benchmark: no init_seed column
+                  "D, budget 'cpu', folds [0, 1, 2], seed 2, init seed 8")  # an older benchmark: neither column
+    write_outputs(runs("MAE", [0.4, 0.5, 0.6], 1, "MAE_weights_0123456789ab"), str(tmp_path / "given"),
+                  "D, budget 'cpu', folds [0, 1, 2], seed 2, init seed 1")
     out = tmp_path / "out"
+    assert main(["compare", f"seed0={tmp_path / 's0'}", f"seed8={tmp_path / 's8'}", f"given={tmp_path / 'given'}",
+                 "-o", str(out)]) == 0
+    with open(out / "comparison.csv") as f:
+        table = {e["arm"]: e for e in csv.DictReader(f)}
+    # MAE from other weights is never averaged with the benchmark's own MAE pre-training, at any seed
+    assert sorted(table) == ["MAE given", "MAE seed0", "MAE seed8", "scratch"]
+    assert table["scratch"]["init_seeds"] == "0 8" and table["MAE seed8"]["init_seeds"] == "8"
+    assert "| 10% | scratch, init seed 8 | 0.540 | 0.580 | 0.660 |" in capsys.readouterr().out
     assert main(["compare", f"seed0={tmp_path / 's0'}", f"seed8={tmp_path / 's8'}", "-o", str(out)]) == 0
     with open(out / "comparison.csv") as f:
         table = {e["arm"]: e for e in csv.DictReader(f)}
     assert sorted(table) == ["MAE", "scratch"] and table["MAE"]["init_seeds"] == "0 8"
     assert math.isclose(float(table["MAE"]["diff_vs_reference"]),
                         ((0.55 + 0.5) - (0.5 + 0.54) + (0.6 + 0.61) - (0.6 + 0.58) + (0.72 + 0.74) - (0.7 + 0.66)) / 6)
-    assert "| 10% | scratch, init seed 8 | 0.540 | 0.580 | 0.660 |" in capsys.readouterr().out
