@@ -37,8 +37,7 @@ def curve_rows(run_folder: str, arm: str, fraction: float, fold: int, init_seed:
     # mmap: only the logger's lists are read, not the weights and optimizer state (GBs at the GPU budget)
     logged = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["logging"]
     return [{"arm": arm, "fraction": fraction, "fold": fold, "init_seed": init_seed, "epoch": epoch,
-             "pseudo_dice": float(raw),
-             "ema_pseudo_dice": float(ema)}
+             "pseudo_dice": float(raw), "ema_pseudo_dice": float(ema)}
             for epoch, (raw, ema) in enumerate(zip(logged["mean_fg_dice"], logged["ema_fg_dice"]))]
 
 
@@ -82,9 +81,8 @@ def curves_by_run(rows: List[dict], field: str) -> dict:
 
 def end_of_training_table(rows: List[dict], name: str) -> List[str]:
     """Markdown lines: per label fraction and arm, the EMA pseudo-Dice after the last epoch and the
-    change of the raw pseudo-Dice at the end (mean over runs, and the lowest and highest run: the folds,
-    at each init seed); none
-    without curves (benchmarks from before curves were kept)."""
+    change of the raw pseudo-Dice at the end (mean over runs, and the lowest and highest run; a run is
+    one fold at one init seed); none without curves (benchmarks from before curves were kept)."""
     if not rows:
         return []
     lines = ["Were the runs still learning when the budget ended? nnU-Net's pseudo-Dice (validation patches, mean "
