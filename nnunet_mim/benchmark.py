@@ -538,6 +538,11 @@ def seeds_by_fold(rows: List[dict]) -> Dict[int, Dict[int, float]]:
     return runs
 
 
+def seeds_in(runs: Dict[int, Dict[int, float]]) -> List[int]:
+    """The init seeds of ``seeds_by_fold``'s runs, in the order they were run."""
+    return list(dict.fromkeys(seed for by_seed in runs.values() for seed in by_seed))
+
+
 def fold_means(runs: Dict[int, Dict[int, float]]) -> Dict[int, float]:
     """fold -> the mean Dice over the init seeds run at that fold. Seeds are averaged before folds are
     paired: a fold's figure then holds less of the random initialisation's noise, and the paired test
@@ -562,9 +567,8 @@ def summarise(rows: List[dict], reference: str = "scratch") -> List[dict]:
             if not folds:  # combined benchmarks: an arm need not be run at every label fraction
                 continue
             values = np.array([per_arm[arm][f] for f in folds])
-            seeds = sorted({seed for by_seed in runs[arm].values() for seed in by_seed})
             entry = {"fraction": fraction, "class": cls, "arm": arm, "folds": len(folds),
-                     "init_seeds": " ".join(map(str, seeds)), "mean": float(values.mean()),
+                     "init_seeds": " ".join(map(str, seeds_in(runs[arm]))), "mean": float(values.mean()),
                      "sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
                      "diff_vs_reference": float("nan"), "p_vs_reference": float("nan")}
             base = per_arm.get(reference, {})
@@ -586,8 +590,7 @@ def summary_lines(table: List[dict], reference: str) -> List[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for e in table:
         lines.append(f"| {e['fraction']:.0%} | {e['class']} | {e['arm']} | {e['folds']} | {e['init_seeds']} | "
-                     f"{e['mean']:.3f} | "
-                     f"{fmt(e['sd'], '.3f')} | {fmt(e['diff_vs_reference'], '+.3f')} | "
+                     f"{e['mean']:.3f} | {fmt(e['sd'], '.3f')} | {fmt(e['diff_vs_reference'], '+.3f')} | "
                      f"{fmt(e['p_vs_reference'], '.3f')} |")
     return lines
 
@@ -606,15 +609,21 @@ def per_fold_table(rows: List[dict]) -> List[str]:
     mean_rows = [r for r in rows if r["class"] == "mean"]
     folds = sorted({r["fold"] for r in mean_rows})
     lines = ["| labels | arm | " + " | ".join(f"fold {f}" for f in folds) + " |", "|---|---|" + "---|" * len(folds)]
+
+    def add(fraction: float, name: str, dice: Dict[int, float]) -> None:
+        lines.append(f"| {fraction:.0%} | {name} | " + " | ".join(f"{dice[f]:.3f}" if f in dice else "-" for f in folds)
+                     + " |")
     for fraction in sorted({r["fraction"] for r in mean_rows}):
         for arm in arms_in(rows):
             runs = seeds_by_fold([r for r in mean_rows if (r["arm"], r["fraction"]) == (arm, fraction)])
-            seeds = list(dict.fromkeys(seed for by_seed in runs.values() for seed in by_seed))
-            named = [(f"{arm}, init seed {seed}", {f: s[seed] for f, s in runs.items() if seed in s}) for seed in seeds]
-            mean = (arm if len(seeds) == 1 else f"{arm}, mean of {len(seeds)} seeds", fold_means(runs))
-            for name, dice in (named if len(seeds) > 1 else []) + ([mean] if runs else []):
-                cells = [f"{dice[f]:.3f}" if f in dice else "-" for f in folds]
-                lines.append(f"| {fraction:.0%} | {name} | " + " | ".join(cells) + " |")
+            seeds = seeds_in(runs)
+            if len(seeds) > 1:
+                for seed in seeds:
+                    add(fraction, f"{arm}, init seed {seed}", {f: by_seed[seed] for f, by_seed in runs.items()
+                                                               if seed in by_seed})
+                add(fraction, f"{arm}, mean of {len(seeds)} seeds", fold_means(runs))
+            elif seeds:
+                add(fraction, arm, fold_means(runs))
     return lines
 
 
