@@ -434,8 +434,8 @@ class DownstreamBenchmark:
                         bar.set_description(f"{arm}, {fraction:.0%} labels, fold {fold}{seed_label}")
                         trainer = self.trainer(arm)
                         folder = self.train(env, trainer, fold, checkpoints.get(arm))
-                        run = {"arm": arm, "fraction": fraction, "fold": fold, "init_seed": init_seed,
-                               "trainer": trainer, "pretraining": self.pretraining_name(arm)}
+                        run = {"arm": arm, "fraction": fraction, "fold": fold, "label_seed": self.seed,
+                               "init_seed": init_seed, "trainer": trainer, "pretraining": self.pretraining_name(arm)}
                         rows += self.scores(folder, run)
                         curves += curve_rows(folder, arm, fraction, fold, init_seed)
                         bar.update()
@@ -476,10 +476,11 @@ def read_runs(results: str) -> Tuple[List[dict], str]:
         raise FileNotFoundError(f"no {runs_csv} in {results}: name a results folder of nnunet-mim benchmark")
     markdown = os.path.join(os.path.dirname(path), f"{RESULTS_NAME}.md")
     title = open(markdown).readline().strip() if os.path.isfile(markdown) else ""
-    seed = titled_init_seed(title)
+    label_seed, init_seed = titled_label_seed(title), titled_init_seed(title)
     with open(path, newline="") as f:
         rows = [dict(r, fraction=float(r["fraction"]), fold=int(r["fold"]), dice=float(r["dice"]),
-                     init_seed=int(r.get("init_seed") or seed)) for r in csv.DictReader(f)]
+                     label_seed=int(r["label_seed"]) if r.get("label_seed") else label_seed,
+                     init_seed=int(r.get("init_seed") or init_seed)) for r in csv.DictReader(f)]
     if not rows:
         raise ValueError(f"{path} holds no runs")
     return rows, title
@@ -492,16 +493,23 @@ def titled_init_seed(title: str) -> int:
     return int(named.group(1)) if named else 0
 
 
+def titled_label_seed(title: str) -> Optional[int]:
+    """The label draw (--seed) of a benchmark whose rows do not name theirs: its title says "seed N"
+    (None for a title that does not, or no title)."""
+    named = re.search(r"(?<!init )\bseed (\d+)", title)
+    return int(named.group(1)) if named else None
+
+
 def differing_arms(benchmarks: Dict[str, List[dict]]) -> set:
-    """The arms whose runs differ between benchmarks (label -> rows): another trainer or pre-training,
-    or other Dice at the same labels, fold and init seed. MiM pre-trained two ways differs; scratch
-    reused in one work folder (the same Dice for every class) does not, nor does scratch at two init
-    seeds (its runs are then averaged per fold)."""
+    """The arms whose runs differ between benchmarks (label -> rows): another trainer, pre-training or
+    label draw (--seed: other labelled cases in each fold), or other Dice at the same labels, fold and
+    init seed. MiM pre-trained two ways differs; scratch reused in one work folder (the same Dice for
+    every class) does not, nor does scratch at two init seeds (its runs are then averaged per fold)."""
     scores, settings = {}, {}  # (label, arm, fraction, fold, init seed) -> {class: dice}; arm -> field -> values
     for label, rows in benchmarks.items():
         for r in rows:
             scores.setdefault((label, r["arm"], r["fraction"], r["fold"], r["init_seed"]), {})[r["class"]] = r["dice"]
-            found = settings.setdefault(r["arm"], {"trainer": set(), "pretraining": set()})
+            found = settings.setdefault(r["arm"], {"trainer": set(), "pretraining": set(), "label_seed": set()})
             for field in found:
                 if r.get(field) is not None:  # runs written before rows named their pre-training do not say
                     found[field].add(r[field])
@@ -644,7 +652,8 @@ def write_outputs(rows: List[dict], folder: str, title: str, reference: str = "s
     import matplotlib.pyplot as plt
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, f"{name}_runs.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        # every field of every row: compare joins older benchmarks, whose rows name fewer
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(field for r in rows for field in r)))
         writer.writeheader()
         writer.writerows(rows)
     table = summarise(rows, reference)

@@ -249,9 +249,10 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
                      "chart, with every arm compared to --reference by a paired t-test over the folds both have. A "
                      "run two benchmarks share (same arm, labels, fold, init seed and Dice, such as scratch reused "
                      "in one work folder) is counted once; an arm that differs between them (MiM pre-trained two "
-                     "ways) becomes 'ARM LABEL' in each; an arm's runs at other --init-seeds are one arm, each fold "
-                     "averaged over its seeds. Writes OUTPUT/comparison.md, .csv, _runs.csv and .png, and joins the "
-                     "benchmarks' learning curves the same way (comparison_curves.csv and .png).")
+                     "ways, or run on another label draw, --seed) becomes 'ARM LABEL' in each; an arm's runs "
+                     "at other --init-seeds are one arm, each fold averaged over its seeds. Writes "
+                     "OUTPUT/comparison.md, .csv, _runs.csv and .png, and joins the benchmarks' learning curves the "
+                     "same way (comparison_curves.csv and .png).")
     p.add_argument("benchmarks", nargs="+", type=name_and_value, metavar="LABEL=RESULTS",
                    help="a short label and a benchmark's results folder (or its downstream_runs.csv)")
     p.add_argument("--reference", default="scratch", help="the arm every other is compared with (default: "

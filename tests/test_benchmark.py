@@ -383,8 +383,9 @@ def test_several_init_seeds_average_each_fold_before_the_paired_test(benchmark_e
     assert "| 50% | MiM, init seed 3 | 0.520 | 0.660 | 0.710 |" in printed
     assert "| 50% | MiM, mean of 2 seeds | 0.570 | 0.635 | 0.715 |" in printed
     with open(results / "downstream_runs.csv") as f:
-        assert {(r["arm"], r["init_seed"], r["pretraining"]) for r in csv.DictReader(f)} == {
-            (arm, seed, pretraining) for arm, pretraining in (("scratch", ""), ("MiM", "MiM")) for seed in ("0", "3")}
+        assert {(r["arm"], r["label_seed"], r["init_seed"], r["pretraining"]) for r in csv.DictReader(f)} == {
+            (arm, "0", seed, pretraining)  # label draw 0 (--seed), both init seeds
+            for arm, pretraining in (("scratch", ""), ("MiM", "MiM")) for seed in ("0", "3")}
 
 
 def test_report_only_trains_nothing(benchmark_env, tmp_path):
@@ -599,6 +600,34 @@ def test_compare_combines_the_learning_curves_as_it_combines_the_runs(tmp_path, 
     assert math.isclose(rise, 0.02 * 2)
     assert f"| 25% | MiM a | 2 | 20 | {0.02 * 19:.3f} | {rise:+.3f} (2) | {rise:+.3f}, {rise:+.3f} |" in printed
     assert "| 25% | MiM b | 2 | 20 | 0.000 | +0.000 (2) | +0.000, +0.000 |" in printed
+
+
+def test_compare_keeps_two_label_draws_apart(tmp_path):
+    """Benchmarks at other label draws (--seed: other labelled cases per fold) never make one arm,
+    even when their folds do not overlap; a results folder from before rows named their draw is read
+    by its title, and may be given first."""
+    from nnunet_mim.benchmark import write_outputs
+    from nnunet_mim.cli import main
+
+    def runs(arm, folds, mean_dice, label_seed=None):
+        named = {"label_seed": label_seed, "init_seed": 0, "pretraining": ""} if label_seed is not None else {}
+        return [{"arm": arm, "fraction": 0.1, "fold": fold, **named, "trainer": "t", "class": "mean", "label": "",
+                 "dice": dice} for fold, dice in zip(folds, mean_dice)]
+    write_outputs(runs("scratch", [0, 1], [0.5, 0.6]) + runs("MAE", [0, 1], [0.55, 0.62]), str(tmp_path / "old"),
+                  "D, budget 'cpu', folds [0, 1], seed 0")  # older: its rows name neither draw nor pre-training
+    write_outputs(runs("scratch", [2, 3], [0.7, 0.4], 2) + runs("MAE", [2, 3], [0.6, 0.45], 2),
+                  str(tmp_path / "new"), "D, budget 'cpu', folds [2, 3], seed 2")
+    out = tmp_path / "out"
+    args = ["compare", f"draw0={tmp_path / 'old'}", f"draw2={tmp_path / 'new'}", "-o", str(out)]
+    assert main(args) == 1  # no single scratch arm to compare with
+    assert main(args + ["--reference", "scratch draw2"]) == 0
+    with open(out / "comparison.csv") as f:
+        table = {e["arm"]: e for e in csv.DictReader(f)}
+    assert sorted(table) == ["MAE draw0", "MAE draw2", "scratch draw0", "scratch draw2"]
+    assert table["scratch draw0"]["folds"] == "2" and table["MAE draw2"]["folds"] == "2"
+    assert math.isclose(float(table["MAE draw2"]["diff_vs_reference"]), (-0.1 + 0.05) / 2)
+    with open(out / "comparison_runs.csv") as f:
+        assert {(r["benchmark"], r["label_seed"]) for r in csv.DictReader(f)} == {("draw0", "0"), ("draw2", "2")}
 
 
 def test_compare_averages_an_arms_runs_at_other_init_seeds(tmp_path, capsys):
