@@ -511,7 +511,7 @@ def differing_arms(benchmarks: Dict[str, List[dict]]) -> set:
             scores.setdefault((label, r["arm"], r["fraction"], r["fold"], r["init_seed"]), {})[r["class"]] = r["dice"]
             found = settings.setdefault(r["arm"], {"trainer": set(), "pretraining": set(), "label_seed": set()})
             for field in found:
-                if r.get(field) is not None:  # runs written before rows named their pre-training do not say
+                if r.get(field) is not None:  # runs written before rows named these fields do not say
                     found[field].add(r[field])
     differing = {arm for arm, found in settings.items() if any(len(values) > 1 for values in found.values())}
     first_scores = {}
