@@ -477,10 +477,13 @@ def read_runs(results: str) -> Tuple[List[dict], str]:
     markdown = os.path.join(os.path.dirname(path), f"{RESULTS_NAME}.md")
     title = open(markdown).readline().strip() if os.path.isfile(markdown) else ""
     label_seed, init_seed = titled_label_seed(title), titled_init_seed(title)
+
+    def seed(row: dict, field: str, titled: Optional[int]) -> Optional[int]:
+        return int(row[field]) if row.get(field) else titled  # older rows do not name it: the title does
     with open(path, newline="") as f:
         rows = [dict(r, fraction=float(r["fraction"]), fold=int(r["fold"]), dice=float(r["dice"]),
-                     label_seed=int(r["label_seed"]) if r.get("label_seed") else label_seed,
-                     init_seed=int(r.get("init_seed") or init_seed)) for r in csv.DictReader(f)]
+                     label_seed=seed(r, "label_seed", label_seed), init_seed=seed(r, "init_seed", init_seed))
+                for r in csv.DictReader(f)]
     if not rows:
         raise ValueError(f"{path} holds no runs")
     return rows, title
