@@ -65,6 +65,8 @@ class AtomicCheckpointMixin:
                                    f"{self.__class__.__name__!r}: --c only continues a run of the same trainer. "
                                    "Nothing was overwritten.")
             self.restore_checkpoint_extras(checkpoint.get("nnunet_mim", {}))
+        # the path, not the dict just read: nnU-Net 2.8's load_checkpoint fails on a dict (it only
+        # binds its checkpoint for a path), so the file is read twice on resume
         super().load_checkpoint(filename_or_checkpoint)
 
     def restore_checkpoint_extras(self, extras: dict) -> None:
