@@ -14,7 +14,8 @@ fold's validation cases.
         --work-folder WORK   # WORK of `nnunet-mim benchmark --schedule frozen-encoder`: its runs are reused
 
 Prints a table (Dice per class and mean over folds, difference to the random encoder, paired
-t-test) and writes probe_control.md/.csv/.png into WORK/results.
+t-test) and writes probe_control.md/.csv/.png into WORK/results. `--arms MAE` probes MAE alone beside
+scratch and the control, without MiM's pre-training.
 """
 import argparse
 import os
@@ -24,8 +25,8 @@ from nnunet_mim.benchmark import BUDGETS, DownstreamBenchmark, write_outputs
 from nnunet_mim.checkpointing import save_checkpoint_file
 from nnunet_mim.finetuning.checkpoint import load_checkpoint, transplant_encoder
 
-PROBED_ARMS = ["scratch", "MAE", "MiM"]  # scratch: the random encoder every other is compared with
-CONTROL = "supervised"
+PRETRAINED_ARMS = ["MAE", "MiM"]
+CONTROL = "supervised"  # its encoder goes into MAE's pre-training checkpoint: MAE is always pre-trained
 
 
 def supervised_checkpoint(bench: DownstreamBenchmark, fold: int, host: str) -> str:
@@ -48,18 +49,24 @@ def main() -> int:
                         default="cpu-xlong")
     parser.add_argument("--fraction", type=float, default=0.1, help="labelled share of each fold's training cases")
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--arms", nargs="+", choices=PRETRAINED_ARMS, default=PRETRAINED_ARMS,
+                        help="pre-trained arms to probe beside scratch and the control; MAE is always among them "
+                             "(--arms MAE leaves out MiM's pre-training, the longest step on a CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
     parser.add_argument("--work-folder", default="nnunet_mim_benchmark")
     parser.add_argument("--note", default="")
     args = parser.parse_args()
+    if "MAE" not in args.arms:
+        parser.error("--arms must include MAE: the control's encoder is put into MAE's pre-training checkpoint")
+    probed = ["scratch"] + [arm for arm in PRETRAINED_ARMS if arm in args.arms]  # scratch: the random encoder
 
     bench = DownstreamBenchmark(args.dataset, "3d_fullres", args.folds, [args.fraction], args.budget,
-                                args.work_folder, args.seed, PROBED_ARMS, args.device, schedule="frozen-encoder")
+                                args.work_folder, args.seed, probed, args.device, schedule="frozen-encoder")
     checkpoints = {method: bench.pretrain(method) for method in bench.pretrained_methods}
     rows = []
     for fold in args.folds:
-        for arm in PROBED_ARMS + [CONTROL]:
+        for arm in probed + [CONTROL]:
             pretrained = supervised_checkpoint(bench, fold, checkpoints["MAE"]) if arm == CONTROL \
                 else checkpoints.get(arm)
             trainer = bench.trainer("MAE" if arm == CONTROL else arm)

@@ -485,17 +485,22 @@ def test_all_arms_run_and_the_table_matches_the_runs(nnunet_env, tmp_path):
 def test_the_probe_control_freezes_the_encoder_of_the_same_fold_trained_with_all_labels(nnunet_env, tmp_path):
     """benchmarks/probe_control.py: the supervised arm's frozen encoder is, tensor for tensor, the
     one of the fold's scratch run on all its training cases, loaded as supervised pre-training;
-    every probed arm is in the table."""
+    every probed arm is in the table, and --arms MAE leaves MiM out (MAE, the control's host, stays)."""
     import json
 
     import torch
     from nnunet_mim.finetuning.param_groups import NEW_PREFIXES
     work = tmp_path / "bench"
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "probe_control.py")
-    result = run([sys.executable, script, "991", "--budget", "smoke", "--fraction", "0.5", "--folds", "1",
-                  "--device", "cpu", "--work-folder", str(work)], nnunet_env)
-    for arm in ("scratch", "MAE", "MiM", "supervised"):
+    args = [sys.executable, script, "991", "--budget", "smoke", "--fraction", "0.5", "--folds", "1",
+            "--device", "cpu", "--work-folder", str(work)]
+    refused = run(args + ["--arms", "MiM"], nnunet_env, check=False)
+    assert refused.returncode == 2 and "--arms must include MAE" in refused.stderr and not work.exists()
+    result = run(args + ["--arms", "MAE"], nnunet_env)
+    for arm in ("scratch", "MAE", "supervised"):
         assert f"| 50% | mean | {arm} |" in result.stdout, arm
+    assert "| MiM |" not in result.stdout and not (work / "pretraining" / "nnUNet_results" / "Dataset991_E2E" /
+                                                    "nnUNetTrainerMiMPretrain_T_CPUsmoke__nnUNetPlans__3d_fullres").exists()
 
     def run_folder(labels, arm, trainer):
         return work / labels / "nnUNet_results" / arm / "Dataset991_E2E" / f"{trainer}__nnUNetPlans__3d_fullres" / \
