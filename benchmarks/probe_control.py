@@ -26,7 +26,8 @@ from nnunet_mim.checkpointing import save_checkpoint_file
 from nnunet_mim.finetuning.checkpoint import load_checkpoint, transplant_encoder
 
 PRETRAINED_ARMS = ["MAE", "MiM"]
-CONTROL = "supervised"  # its encoder goes into MAE's pre-training checkpoint: MAE is always pre-trained
+CONTROL = "supervised"
+HOST = "MAE"  # the control's encoder goes into this arm's pre-training checkpoint: it is always probed
 
 
 def supervised_checkpoint(bench: DownstreamBenchmark, fold: int, host: str) -> str:
@@ -57,8 +58,8 @@ def main() -> int:
     parser.add_argument("--work-folder", default="nnunet_mim_benchmark")
     parser.add_argument("--note", default="")
     args = parser.parse_args()
-    if "MAE" not in args.arms:
-        parser.error("--arms must include MAE: the control's encoder is put into MAE's pre-training checkpoint")
+    if HOST not in args.arms:
+        parser.error(f"--arms must include {HOST}: the control's encoder is put into {HOST}'s pre-training checkpoint")
     probed = ["scratch"] + [arm for arm in PRETRAINED_ARMS if arm in args.arms]  # scratch: the random encoder
 
     bench = DownstreamBenchmark(args.dataset, "3d_fullres", args.folds, [args.fraction], args.budget,
@@ -67,9 +68,9 @@ def main() -> int:
     rows = []
     for fold in args.folds:
         for arm in probed + [CONTROL]:
-            pretrained = supervised_checkpoint(bench, fold, checkpoints["MAE"]) if arm == CONTROL \
+            pretrained = supervised_checkpoint(bench, fold, checkpoints[HOST]) if arm == CONTROL \
                 else checkpoints.get(arm)
-            trainer = bench.trainer("MAE" if arm == CONTROL else arm)
+            trainer = bench.trainer(HOST if arm == CONTROL else arm)
             folder = bench.train(bench.fraction_env(args.fraction, arm), trainer, fold, pretrained)
             rows += bench.scores(folder, {"arm": arm, "fraction": args.fraction, "fold": fold, "trainer": trainer})
     title = (f"Frozen-encoder probe with a supervised encoder as positive control: {bench.dataset_name}, budget "
