@@ -26,7 +26,7 @@ def worker(method: str, preset: str, patch: int, batch: int, steps: int, device:
     torch.manual_seed(0)
     cfg = LevelConfig() if method == "MiM" else LevelConfig(num_levels=1, l1_mask_ratio=0.75)
     weights, alignment = ((1.0, 1.0, 1.0), 0.1) if method == "MiM" else ((1.0,), 0.0)
-    net = MiMPretrainNetwork(1, 2, **preset_kwargs(preset)).to(device)
+    net = MiMPretrainNetwork(1, 2, alignment_pairs=2 if alignment else 0, **preset_kwargs(preset)).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), 1e-4)
     crop = patch * cfg.crop_factor
     crops = torch.randn(batch, 1, crop, crop, crop, device=device)
@@ -46,7 +46,7 @@ def worker(method: str, preset: str, patch: int, batch: int, steps: int, device:
         sync()
         built = time.perf_counter()
         with amp:
-            loss = mim_objective(net, net.project, levels, 16, weights, alignment)["loss"]
+            loss = mim_objective(net, net.alignment, levels, 16, weights, alignment)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

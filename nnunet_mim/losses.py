@@ -44,6 +44,7 @@ def reconstruction_loss(prediction: torch.Tensor, volumes: torch.Tensor, hidden:
     return (per_token * hidden).sum() / hidden.sum().clamp_min(1)
 
 
-def alignment_loss(child: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
-    """BYOL-style ``2 - 2 cos(child, stop-grad(parent))``, averaged over pairs."""
-    return (2 - 2 * F.cosine_similarity(child.float(), parent.detach().float(), dim=-1)).mean()
+def alignment_loss(child: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BYOL-style ``2 - 2 cos(child, target)``, averaged over pairs. Where the gradient stops is the
+    alignment heads' decision (``pretraining/model.py``), not this function's."""
+    return (2 - 2 * F.cosine_similarity(child.float(), target.float(), dim=-1)).mean()

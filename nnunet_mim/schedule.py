@@ -22,7 +22,8 @@ class WarmupCosineLR(_LRScheduler):
 
     Per parameter group, ``lr_scale`` (default 1) multiplies the rate and ``start_epoch``
     (default 0) delays the group's warm-up: lr 0 before it, then warm-up and a cosine that still
-    ends at ``max_epochs``. Stepped with the epoch number, as nnU-Net steps its own schedulers.
+    ends at ``max_epochs``. Stepped with the epoch number, as nnU-Net steps its own schedulers; the
+    pre-training trainer counts optimizer steps instead (any unit works: "epoch" is the step's index).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, peak_lr: float, warmup_epochs: int, max_epochs: int):

@@ -8,6 +8,7 @@ Input (B, C, Z, Y, X), every axis a multiple of ``TOKEN_SIZE``.
     blocks     Eva transformer blocks with 3D rotary position embedding (no learned position table,
                so no parameter shape depends on the patch size)
     fusion     stage 1-3 outputs projected onto the token grid (kernel == stride) and added
+    norm       LayerNorm of the sum (ConvMAE's order)
 
 A ``visible`` mask on the token grid (True = visible) makes the forward masked: the conv stages
 gate their depthwise convolutions with it and the transformer only receives the visible tokens
@@ -125,7 +126,8 @@ class HybridEncoder(nn.Module):
                 attn_mask = attn_mask.masked_fill(~valid, torch.finfo(tokens.dtype).min)[:, None, None, :]
         for block in self.blocks:
             tokens = block(tokens, rope=rope, attn_mask=attn_mask)
-        return EncodedTokens(self.norm(tokens) + fused, conv, grid, keep_indices, valid)
+        # ConvMAE adds the multi-scale fusion before the encoder's final norm
+        return EncodedTokens(self.norm(tokens + fused), conv, grid, keep_indices, valid)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Unmasked forward: the five U-Net skips, full resolution first."""

@@ -38,7 +38,8 @@ def unwrap_network(network: nn.Module) -> nn.Module:
     return getattr(network, "_orig_mod", network)  # torch.compile
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_linear_weights(module: nn.Module) -> None:
+    """Truncated normal (std 0.02) weights and zero biases for linear layers (MAE / ConvMAE practice)."""
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
@@ -78,7 +79,7 @@ class MiMHybridUNet(AbstractDynamicNetworkArchitectures):
         # sqrt(eps) -> gradients of 1e20 in the first steps.
         for part in (self.decoder.stages, self.decoder.transpconvs, self.decoder.seg_layers):
             part.apply(InitWeights_He(1e-2))  # not self.decoder: it holds a reference to the encoder
-        self.apply(_init_weights)
+        self.apply(init_linear_weights)
 
     def forward(self, x: torch.Tensor):
         check_patch_size(x.shape[2:])

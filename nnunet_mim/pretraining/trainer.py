@@ -2,16 +2,22 @@
 inside ``nnUNetv2_train``. Labels are never read for the loss.
 
 What changes against ``nnUNetTrainer`` (one hook each):
-  __init__               plan adapted to the pre-training network; paper's recipe
-  configure_optimizers   AdamW (0.9, 0.95), no decay on norms/biases, warm-up + cosine
+  __init__               plan adapted to the pre-training network; the recipe (recipe.py): gradient
+                         accumulation to ``effective_batch``, lr scaled on it
+  configure_optimizers   AdamW (0.9, 0.95), no decay on norms/biases, warm-up + cosine in optimizer
+                         steps
   initialize             images only: the label files are never opened (a collection has none);
                          seeded with NNUNET_MIM_SEED (``seeding.py``)
   get_dataloaders        nnU-Net's loader, crops of ``crop_factor`` x the patch, no augmentation,
                          cases drawn uniformly or per source (a collection's setting);
                          validation = a fixed set of crops drawn once (comparable between epochs)
-  train_step             levels built on the device, one batched forward, NaN/inf guard
+  on_train_epoch_start   the learning rate of the epoch's first optimizer step
+  train_step             one micro-step: levels built on the device, one batched forward, backward
+                         (DDP synchronises only the last micro-step of each optimizer step); a
+                         non-finite micro-step discards its whole accumulation, counted
   validation_step        the same losses under fixed masks
-  on_*_epoch_end         every loss term logged per epoch; best checkpoint by validation loss
+  on_*_epoch_end         every loss term logged per epoch; best checkpoint by validation loss; a
+                         collapsed alignment (``proj_std``) or discarded steps said in the log
   perform_actual_validation  a reconstruction picture instead of segmentation metrics
 """
 import itertools
@@ -48,13 +54,15 @@ from nnunet_mim.masking import LevelConfig, build_levels  # noqa: E402
 from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans  # noqa: E402
 from nnunet_mim.pretraining.data import (ImagesOnlyDataset, check_images_fit, load_collection_manifest,  # noqa: E402
                                          sampling_probabilities)
-from nnunet_mim.pretraining.objective import mim_objective  # noqa: E402
+from nnunet_mim.pretraining.objective import COLLAPSE_THRESHOLD, mim_objective  # noqa: E402
 from nnunet_mim.pretraining.preview import save_preview  # noqa: E402
+from nnunet_mim.pretraining.recipe import PretrainingRecipe  # noqa: E402
 from nnunet_mim.pretraining_record import PretrainingRecord  # noqa: E402
 from nnunet_mim.schedule import WarmupCosineLR, adamw_param_groups  # noqa: E402
 from nnunet_mim.seeding import run_seed, seed_generators  # noqa: E402
 
 VALIDATION_SEED = 12345
+COLLAPSE_EPOCHS = 3  # consecutive epochs of proj_std under COLLAPSE_THRESHOLD that make the log warn
 AUGMENTATIONS = ("none", "intensity", "spatial+intensity")
 SPATIAL_TRANSFORMS = (SpatialTransform, MirrorTransform, Convert3DTo2DTransform, Convert2DTo3DTransform)
 
@@ -65,12 +73,22 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     levels = LevelConfig()
     reconstruction_weights = (1.0, 1.0, 1.0)
     alignment_weight = 0.1
+    # BYOL's form of the alignment heads: a predictor, a moving-average target, batch-normalised hidden
+    # layers; the authors' form (both False) collapses (docs/method.md, measured)
+    alignment_predictor = True
+    alignment_batch_norm = True
     epochs = 800
     warmup_epochs = 40
     iterations_per_epoch = 250
     val_iterations_per_epoch = 10
     checkpoint_every = 10
-    base_lr = 1e-4  # per 256 samples: lr = base_lr * global batch / 256 (the paper's scaling rule)
+    # the recipe (recipe.py): crops per optimizer step, reached by gradient accumulation over micro-steps
+    # of the plan's batch, and the lr per 256 crops of it. Chosen by measurement (docs/benchmarks.md,
+    # "The pre-training recipe"): at every budget a CPU can run, accumulating to 8-512 crops learnt
+    # less per crop seen than stepping on every plan batch at lr 1e-3, the rate the paper's 1e-4 per
+    # 256 gives only at 2,560 crops. Untested on a GPU at preset B: the GPU check must confirm it.
+    effective_batch = 2
+    base_lr = 1e-3 * 256 / 2
     augmentation = "none"          # or "intensity", "spatial+intensity" (nnU-Net's training transforms)
     foreground_crop_fraction = 0.0  # share of crops centred on the body / labelled foreground
 
@@ -78,9 +96,16 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         plans = adapt_plans(plans, configuration, self.encoder_preset, self.levels.patch_multiple,
                             PRETRAIN_NETWORK_CLASS)
+        plans["configurations"][configuration]["architecture"]["arch_kwargs"].update(
+            alignment_pairs=self.levels.num_levels - 1 if self.alignment_weight > 0 else 0,
+            alignment_predictor=self.alignment_predictor, alignment_batch_norm=self.alignment_batch_norm)
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.recipe = PretrainingRecipe(self.configuration_manager.batch_size, self.effective_batch, self.base_lr)
         self.num_epochs = self.epochs
-        self.num_iterations_per_epoch = self.iterations_per_epoch
+        # an epoch is whole optimizer steps, so that checkpoints fall on accumulation boundaries
+        self.optimizer_steps_per_epoch = max(1, round(self.iterations_per_epoch / self.recipe.accumulation_steps))
+        self.num_iterations_per_epoch = self.recipe.micro_steps(self.optimizer_steps_per_epoch)
+        self.micro_step = 0  # within the epoch
         self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
         self.weight_decay = 0.05
         # crops centred on the body (collections) or labelled foreground (nnU-Net datasets) for
@@ -92,7 +117,8 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         # workers draw their own crops); --c restores every generator from the checkpoint
         self.seed = run_seed()
         seed_generators(self.seed, self.local_rank)
-        self.skipped_steps = 0
+        self.skipped_steps = 0  # optimizer steps discarded
+        self.accumulated_loss = None  # finite iff every micro-step of the accumulation was
         self._val_counter = 0
         self.loss_terms = [f"rec_l{i + 1}" for i in range(self.levels.num_levels)]
         if self.alignment_weight > 0:
@@ -106,12 +132,22 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
 
     # ---- optimisation -------------------------------------------------------------------
     def configure_optimizers(self):
-        # the plan's batch size is the global one; nnU-Net splits it over the GPUs of a DDP run
-        self.initial_lr = self.base_lr * self.configuration_manager.batch_size / 256
+        self.initial_lr = self.recipe.lr
         optimizer = torch.optim.AdamW(adamw_param_groups(self.network, self.weight_decay), lr=self.initial_lr,
                                       betas=(0.9, 0.95))
-        warmup = min(self.warmup_epochs, max(1, self.num_epochs // 10))
-        return optimizer, WarmupCosineLR(optimizer, self.initial_lr, warmup, self.num_epochs)
+        per_epoch = self.optimizer_steps_per_epoch  # the schedule counts optimizer steps
+        return optimizer, WarmupCosineLR(optimizer, self.initial_lr, self.run_warmup_epochs * per_epoch,
+                                         self.num_epochs * per_epoch)
+
+    @property
+    def run_warmup_epochs(self) -> int:
+        """``warmup_epochs``, at most a tenth of the run (at least one epoch)."""
+        return min(self.warmup_epochs, max(1, self.num_epochs // 10))
+
+    @property
+    def optimizer_step(self) -> int:
+        """Index of the optimizer step the current micro-step accumulates into, over the whole run."""
+        return self.current_epoch * self.optimizer_steps_per_epoch + self.micro_step // self.recipe.accumulation_steps
 
     def initialize(self):
         folder = self.preprocessed_dataset_folder
@@ -128,6 +164,11 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     @property
     def pretrain_network(self):
         return unwrap_network(self.network)
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.print_to_log_file(f"{self.method} pre-training recipe: {self.recipe.describe()}; "
+                               f"{self.optimizer_steps_per_epoch} optimizer steps per epoch")
 
     # ---- data --------------------------------------------------------------------------
     def get_dataloaders(self):
@@ -184,44 +225,74 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         levels = build_levels(crops, self.levels, generator)
         with autocast(self.device.type, dtype=self._amp_dtype()) if self.device.type == "cuda" else dummy_context():
             # the masked forward goes through self.network so that a DDP wrapper sees it
-            terms = mim_objective(self.network, self.pretrain_network.project, levels, self.levels.token_size,
+            terms = mim_objective(self.network, self.pretrain_network.alignment, levels, self.levels.token_size,
                                   self.reconstruction_weights, self.alignment_weight)
         return levels, terms
 
     def _amp_dtype(self):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
+    def on_train_epoch_start(self):
+        # nnU-Net's hook, with the schedule counted in optimizer steps instead of epochs
+        self.micro_step = 0
+        self.network.train()
+        self.lr_scheduler.step(self.optimizer_step)
+        self.print_to_log_file("")
+        self.print_to_log_file(f"Epoch {self.current_epoch}")
+        self.print_to_log_file(f"Current learning rate: {self.optimizer.param_groups[0]['lr']:.4g}")
+        self.logger.log("lrs", self.optimizer.param_groups[0]["lr"], self.current_epoch)
+
     def train_step(self, batch: dict) -> dict:
-        self.optimizer.zero_grad(set_to_none=True)
-        _, terms = self._objective(batch["data"], self.mask_generator)
-        loss = terms["loss"]
-        if not self._finite_on_all_ranks(loss.detach()):
-            return self._skip_step()
-        uses_scaler = self.grad_scaler is not None and self._amp_dtype() == torch.float16
-        (self.grad_scaler.scale(loss) if uses_scaler else loss).backward()
-        if uses_scaler:
+        """One micro-step; every ``accumulation_steps``-th ends in an optimizer step."""
+        accumulation = self.recipe.accumulation_steps
+        last = (self.micro_step + 1) % accumulation == 0
+        if self.micro_step % accumulation == 0:
+            self.lr_scheduler.step(self.optimizer_step)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.accumulated_loss = torch.zeros((), device=self.device)
+        # DDP all-reduces the gradients once per optimizer step, in the backward of its last micro-step
+        with self.network.no_sync() if self.is_ddp and not last else dummy_context():
+            _, terms = self._objective(batch["data"], self.mask_generator)
+            loss = terms["loss"]
+            self.accumulated_loss += loss.detach().float()
+            # a non-finite micro-step still runs its backward (DDP waits for it on every rank); its
+            # accumulation is discarded below
+            scaled = loss / accumulation
+            (self.grad_scaler.scale(scaled) if self._uses_scaler() else scaled).backward()
+        self.micro_step += 1
+        stepped = self._optimizer_step() if last else True
+        return {"skipped": int(not stepped), **{k: v.detach().float().cpu().numpy() for k, v in terms.items()}}
+
+    def _uses_scaler(self) -> bool:
+        return self.grad_scaler is not None and self._amp_dtype() == torch.float16
+
+    def _optimizer_step(self) -> bool:
+        """Apply the accumulated gradients; False, and the weights unchanged, where a micro-step of
+        the accumulation or the gradient norm was not finite (all ranks decide alike)."""
+        finite = self._finite_on_all_ranks(self.accumulated_loss)
+        if self._uses_scaler():
             self.grad_scaler.unscale_(self.optimizer)
+        # the gradients are all-reduced: every rank sees the same norm
         grad_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), 3.0)
-        if uses_scaler:  # the scaler skips inf/nan steps itself and lowers its scale
+        finite = finite and bool(torch.isfinite(grad_norm))
+        if finite and self._uses_scaler():
             self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        elif not torch.isfinite(grad_norm):  # gradients are all-reduced: every rank sees the same norm
-            return self._skip_step()
-        else:
+        elif finite:
             self.optimizer.step()
-        return {"skipped": 0, **{k: v.detach().float().cpu().numpy() for k, v in terms.items()}}
+        if self._uses_scaler():
+            self.grad_scaler.update()  # lowers the scale after an overflow
+        self.optimizer.zero_grad(set_to_none=True)
+        if not finite:
+            self.skipped_steps += 1
+        elif self.pretrain_network.alignment is not None:
+            self.pretrain_network.alignment.update_target()
+        return finite
 
     def _finite_on_all_ranks(self, value: torch.Tensor) -> bool:
         finite = torch.isfinite(value).float()
         if self.is_ddp:  # all ranks must agree, or the ones that step wait forever for the others
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         return bool(finite)
-
-    def _skip_step(self) -> dict:
-        """A non-finite loss or gradient: skip the update rather than poison the weights; counted."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self.skipped_steps += 1
-        return {"skipped": 1, **{k: np.nan for k in ["loss", *self.loss_terms]}}
 
     def on_validation_epoch_start(self):
         super().on_validation_epoch_start()
@@ -260,7 +331,9 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         self.print_to_log_file("val_loss", np.round(get("val_losses", -1), 4),
                                " ".join(f"{n}={get(f'val_{n}', -1):.4f}" for n in self.loss_terms))
         if get("skipped_steps", -1):
-            self.print_to_log_file(f"WARNING: {get('skipped_steps', -1)} steps skipped (non-finite loss)")
+            self.print_to_log_file(f"WARNING: {get('skipped_steps', -1)} optimizer steps discarded this epoch (a "
+                                   "non-finite loss or gradient in their accumulation)")
+        self.warn_if_collapsed()
         epoch_time = get("epoch_end_timestamps", -1) - get("epoch_start_timestamps", -1)
         self.print_to_log_file(f"Epoch time: {epoch_time:.2f} s")
 
@@ -275,6 +348,20 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         if self.local_rank == 0:
             self.plot_losses()
         self.current_epoch += 1
+
+    def warn_if_collapsed(self) -> None:
+        """Say so in the log while the alignment's collapse monitor has stayed low for several epochs."""
+        if "proj_std" not in self.loss_terms:
+            return
+        # after the warm-up: at initialisation the pooled token features of all volumes are nearly
+        # equal (proj_std ~1e-3), and a healthy run's spread grows from there
+        after_warmup = self.logger.get_value("train_proj_std", None)[self.run_warmup_epochs:]
+        recent = after_warmup[-COLLAPSE_EPOCHS:]
+        if len(recent) == COLLAPSE_EPOCHS and all(v < COLLAPSE_THRESHOLD for v in recent):
+            self.print_to_log_file(
+                f"WARNING: the alignment has collapsed: proj_std has been below {COLLAPSE_THRESHOLD} for "
+                f"{COLLAPSE_EPOCHS} epochs ({recent[-1]:.2g} now; about 1/16 is healthy), every volume is projected "
+                "to nearly one vector and the alignment terms teach the encoder nothing. See docs/method.md.")
 
     # ---- outputs -------------------------------------------------------------------------
     def pretraining_record(self) -> PretrainingRecord:
@@ -292,6 +379,9 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         return {"mask_generator_state": self.mask_generator.get_state(), "numpy_rng_state": np.random.get_state(),
                 "torch_rng_state": torch.get_rng_state(), "skipped_steps": self.skipped_steps,
                 "method": self.method, "alignment_weight": self.alignment_weight,
+                "alignment_predictor": self.alignment_predictor, "alignment_batch_norm": self.alignment_batch_norm,
+                "effective_batch": self.recipe.effective_batch,
+                "accumulation_steps": self.recipe.accumulation_steps, "lr": self.recipe.lr,
                 "encoder_preset": self.encoder_preset, "token_size": self.levels.token_size,
                 "levels": asdict(self.levels), "patch_size": list(cm.patch_size), "spacing": list(cm.spacing),
                 "normalization_schemes": list(cm.normalization_schemes),
@@ -321,16 +411,31 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         self.network.train()
 
     def plot_losses(self) -> None:
+        """progress.png: train and validation losses, the learning rate and, with alignment, the
+        collapse monitor against its threshold; the recipe in the title."""
         get = lambda key: self.logger.get_value(key, None)  # noqa: E731
         epochs = range(len(get("val_losses")))
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+        losses = [name for name in self.loss_terms if name != "proj_std"]
+        fig, axes = plt.subplots(1, 3, figsize=(17, 4))
         for split, ax in zip(["train", "val"], axes):
             ax.plot(epochs, get(f"{split}_losses")[:len(epochs)], "k-", lw=2, label="total")
-            for name in self.loss_terms:
+            for name in losses:
                 ax.plot(epochs, get(f"{split}_{name}")[:len(epochs)], label=name)
             ax.set_title(f"{self.method} pre-training: {split} losses")
             ax.set_xlabel("epoch")
             ax.legend()
+        axes[2].plot(epochs, get("lrs")[:len(epochs)], "b-", label="learning rate")
+        axes[2].set_xlabel("epoch")
+        axes[2].set_ylabel("learning rate", color="b")
+        if "proj_std" in self.loss_terms:
+            spread = axes[2].twinx()
+            spread.plot(epochs, get("train_proj_std")[:len(epochs)], "r-", label="proj_std (train)")
+            spread.axhline(COLLAPSE_THRESHOLD, color="r", ls=":", label="collapse threshold")
+            spread.set_ylabel("proj_std", color="r")
+            spread.set_ylim(bottom=0)
+            spread.legend(loc="upper right")
+        axes[2].set_title("learning rate and alignment spread")
+        fig.suptitle(f"{self.method} pre-training recipe: {self.recipe.describe()}", fontsize=10)
         fig.tight_layout()
         fig.savefig(join(self.output_folder, "progress.png"), dpi=80)
         plt.close(fig)
