@@ -1,0 +1,110 @@
+"""The pre-training recipe: accumulation to an effective batch, the lr scaled on it, the schedule in
+optimizer steps, a non-finite micro-step discarding its whole accumulation, and --c resuming on an
+accumulation boundary exactly (the real trainer on the end-to-end dataset)."""
+import json
+import sys
+
+import pytest
+
+from conftest import run
+from nnunet_mim.pretraining.recipe import PretrainingRecipe
+
+# a trainer with two micro-steps per optimizer step on the end-to-end dataset (plan batch 2), built
+# the way nnUNetv2_train builds it
+ACCUMULATING_TRAINER = """
+import json, os, shutil, torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.paths import nnUNet_preprocessed
+from nnunet_mim.variants import nnUNetTrainerMAEPretrain_T_CPUsmoke
+
+class nnUNetTrainerMAEPretrain_Accumulating(nnUNetTrainerMAEPretrain_T_CPUsmoke):
+    effective_batch, iterations_per_epoch = 4, 4  # two optimizer steps of two micro-steps per epoch
+
+FOLDER = os.path.join(nnUNet_preprocessed, "Dataset991_E2E")
+
+def trainer(epochs):
+    plans = dict(load_json(os.path.join(FOLDER, "nnUNetPlans.json")), continue_training=False)
+    t = nnUNetTrainerMAEPretrain_Accumulating(plans, "3d_fullres", "all",
+                                              load_json(os.path.join(FOLDER, "dataset.json")), torch.device("cpu"))
+    t.num_epochs = epochs
+    return t
+"""
+
+NON_FINITE_SCRIPT = ACCUMULATING_TRAINER + """
+t = trainer(2)
+t.initialize()
+t.dataloader_train, t.dataloader_val = t.get_dataloaders()
+t.on_train_epoch_start()
+batch = next(t.dataloader_train)
+bad = dict(batch, data=torch.full_like(batch["data"], float("nan")))
+weights = lambda: [p.detach().clone() for p in t.network.parameters()]
+equal = lambda a, b: all(torch.equal(x, y) for x, y in zip(a, b))
+start = weights()
+steps = [t.train_step(bad), t.train_step(batch)]  # the first micro-step is non-finite
+after_discard = weights()
+lr_first = (t.optimizer.param_groups[0]["lr"], t.lr_scheduler.lr_at(0))
+steps += [t.train_step(batch), t.train_step(batch)]
+lr_second = (t.optimizer.param_groups[0]["lr"], t.lr_scheduler.lr_at(1))
+print(json.dumps({"skipped": [s["skipped"] for s in steps], "counter": t.skipped_steps,
+                  "unchanged_after_discard": equal(start, after_discard), "moved_after": not equal(start, weights()),
+                  "lr_first": lr_first, "lr_second": lr_second, "recipe": t.recipe.describe()}))
+"""
+
+RESUME_SCRIPT = ACCUMULATING_TRAINER + """
+def losses(t):
+    return [float(v) for v in t.logger.get_value("train_losses", None)]
+uninterrupted = trainer(2)
+uninterrupted.run_training()
+shutil.rmtree(uninterrupted.output_folder)  # a new run refuses to start over an earlier one
+first = trainer(1)
+first.run_training()  # stops after epoch 0 (two optimizer steps) and writes checkpoint_final.pth
+resumed = trainer(2)
+resumed.load_checkpoint(first.output_folder + "/checkpoint_final.pth")
+resumed.run_training()
+print(json.dumps({"uninterrupted": losses(uninterrupted), "resumed": losses(resumed)}))
+"""
+
+
+def test_recipe_accumulates_to_the_effective_batch():
+    recipe = PretrainingRecipe(plan_batch=2, target_batch=512, base_lr=1e-4)
+    assert (recipe.accumulation_steps, recipe.effective_batch, recipe.lr) == (256, 512, 2e-4)
+    uneven = PretrainingRecipe(plan_batch=3, target_batch=8, base_lr=1e-4)  # rounded up to whole micro-steps
+    assert (uneven.accumulation_steps, uneven.effective_batch) == (3, 9)
+    assert uneven.lr == pytest.approx(1e-4 * 9 / 256)
+    small = PretrainingRecipe(plan_batch=4, target_batch=2, base_lr=1e-4)  # the plan batch already exceeds it
+    assert (small.accumulation_steps, small.effective_batch) == (1, 4)
+    assert "micro-batch 2 (all ranks) x 256 accumulation steps = effective batch 512" in recipe.describe()
+    with pytest.raises(ValueError, match="positive"):
+        PretrainingRecipe(plan_batch=2, target_batch=0, base_lr=1e-4)
+
+
+def test_default_trainer_lr_is_the_measured_one_not_the_papers_at_batch_2():
+    """The review's defect: the default trainer ran at 1e-4 x 2 / 256 = 7.8e-7."""
+    from nnunet_mim.pretraining.trainer import nnUNetTrainerMAEPretrain, nnUNetTrainerMiMPretrain
+    from nnunet_mim.variants import nnUNetTrainerMiMPretrain_PaperRecipe
+    for trainer in (nnUNetTrainerMiMPretrain, nnUNetTrainerMAEPretrain):
+        assert PretrainingRecipe(2, trainer.effective_batch, trainer.base_lr).lr == pytest.approx(1e-3)
+    paper = PretrainingRecipe(2, nnUNetTrainerMiMPretrain_PaperRecipe.effective_batch,
+                              nnUNetTrainerMiMPretrain_PaperRecipe.base_lr)
+    assert (paper.accumulation_steps, paper.lr) == (256, pytest.approx(2e-4))
+
+
+def test_a_non_finite_micro_step_discards_its_whole_accumulation(nnunet_env):
+    out = json.loads(run([sys.executable, "-c", NON_FINITE_SCRIPT], nnunet_env).stdout.strip().splitlines()[-1])
+    assert out["skipped"] == [0, 1, 0, 0], out  # reported on the micro-step that ends the accumulation
+    assert out["counter"] == 1
+    assert out["unchanged_after_discard"] and out["moved_after"]
+    # the schedule counts optimizer steps: the second accumulation runs at step 1's rate
+    for lr, expected in (out["lr_first"], out["lr_second"]):
+        assert lr == pytest.approx(expected)
+    assert out["lr_first"][0] < out["lr_second"][0]  # warming up
+    assert "x 2 accumulation steps = effective batch 4" in out["recipe"]
+
+
+def test_resume_continues_exactly_on_an_accumulation_boundary(nnunet_env):
+    """A run stopped after epoch 0 and continued from its checkpoint has the same epoch-1 loss
+    as the run that never stopped: weights, optimizer, mask and crop generators all restored, and
+    the epoch ended on an optimizer step."""
+    losses = json.loads(run([sys.executable, "-c", RESUME_SCRIPT], nnunet_env).stdout.strip().splitlines()[-1])
+    assert losses["resumed"][0] == losses["uninterrupted"][0]  # same seeded start
+    assert abs(losses["resumed"][1] - losses["uninterrupted"][1]) < 1e-6, losses
