@@ -1,12 +1,13 @@
 """Does the pre-training recipe learn? Reconstruction loss per crop seen, through the real trainer.
 
     python benchmarks/pretraining_recipe.py --work-folder W                 # MAE, preset T, CPU
-    python benchmarks/pretraining_recipe.py --work-folder W --method MiM --epochs 10
+    python benchmarks/pretraining_recipe.py --work-folder W --arm EB8=8:1e-3 --arm lr2e-3=1:2e-3
 
 Builds the demo's example dataset (MNI152 deformations: one head, not independent subjects), plans
 and preprocesses it with nnU-Net, then runs the pre-training trainer once per arm, in a process of
-its own, on the same micro-steps (crops of the plan's batch): only the effective batch and the lr
-differ. Arms:
+its own, on the same micro-steps (crops of the plan's batch; --iterations per epoch must be a
+multiple of every arm's accumulation steps, so that every arm sees the same crops): only the
+effective batch and the lr differ. Arms:
 
     default      the trainer's own recipe (effective_batch, base_lr), only its length scaled down
     paper        the MiM paper's recipe: effective batch 512, lr 1e-4 x 512 / 256 = 2e-4
@@ -69,7 +70,10 @@ def worker(method: str, arm: str, effective_batch: int, lr: float, epochs: int, 
     trainer_class = type(name, (base,), settings)
     # the same micro-steps for every arm: whole optimizer steps of this arm's accumulation
     recipe = PretrainingRecipe(plan_batch, trainer_class.effective_batch, trainer_class.base_lr)
-    trainer_class.iterations_per_epoch = max(iterations, recipe.accumulation_steps)
+    if iterations % recipe.accumulation_steps:
+        raise SystemExit(f"--iterations {iterations} is not a multiple of arm {arm}'s {recipe.accumulation_steps} "
+                         "accumulation steps: the arms would see different crops")
+    trainer_class.iterations_per_epoch = iterations
     trainer = trainer_class(plans, "3d_fullres", "all", load_json(os.path.join(folder, "dataset.json")),
                             torch.device("cpu"))
     trainer.run_training()
@@ -96,9 +100,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-folder", required=True)
     parser.add_argument("--method", choices=["MAE", "MiM"], default="MAE")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--iterations", type=int, default=64, help="micro-steps per epoch (at least one optimizer "
-                        "step of the arm's accumulation)")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--iterations", type=int, default=256, help="micro-steps per epoch, a multiple of every "
+                        "arm's accumulation steps (the paper's: 256 at a plan batch of 2)")
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=E:LR")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -117,7 +121,8 @@ def main() -> None:
             raise SystemExit(f"arm {arm} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"{arm}: {results[-1]['recipe']}", flush=True)
-    lines = [f"{args.method}, preset T, {args.epochs} epochs, CPU; L1 reconstruction loss (normalised targets)",
+    lines = [f"{args.method}, preset T, {args.epochs} epochs of {args.iterations} micro-steps, CPU; L1 reconstruction "
+             "loss (normalised targets)",
              "", "| arm | recipe | optimizer steps | crops seen | train loss at 25% / 50% / 100% | val loss at end |",
              "|---|---|---|---|---|---|"]
     for r in results:

@@ -55,7 +55,12 @@ def test_pretraining_outputs(nnunet_env, pretrained):
     # the smoke plan's 32^3 patch gives single-token octants: the log says what that costs MiM
     (log_file,) = [f for f in os.listdir(folder) if f.startswith("training_log")]
     with open(os.path.join(folder, log_file)) as f:
-        assert "an L1 octant is [1, 1, 1] tokens" in f.read()
+        text = f.read()
+    assert "an L1 octant is [1, 1, 1] tokens" in text
+    # the recipe, stated once: lr, micro-batch, accumulation, effective batch
+    assert "MiM pre-training recipe: lr 0.001 (= 0.128 x 2 / 256); micro-batch 2 (all ranks) x 1 accumulation " \
+           "steps = effective batch 2" in text
+    assert checkpoint["nnunet_mim"]["effective_batch"] == 2 and checkpoint["nnunet_mim"]["alignment_predictor"]
 
 
 CHECKPOINT_INTERVAL_SCRIPT = """

@@ -171,3 +171,24 @@ def test_hidden_voxels_never_reach_hidden_predictions():
     with torch.no_grad():
         (pa, fa), (pb, fb) = net(x, hidden), net(y, hidden)
     assert torch.allclose(pa, pb, atol=1e-5) and torch.allclose(fa, fb, atol=1e-5)
+
+
+def test_a_collapsed_alignment_is_said_in_the_log():
+    """proj_std under the threshold for 3 epochs after the warm-up: the epoch's log says so."""
+    from types import SimpleNamespace
+
+    from nnunet_mim.pretraining.trainer import nnUNetTrainerMiMPretrain
+
+    def warnings_for(proj_std, warmup_epochs=1):
+        lines = []
+        trainer = SimpleNamespace(loss_terms=["rec_l1", "proj_std"], run_warmup_epochs=warmup_epochs,
+                                  logger=SimpleNamespace(get_value=lambda key, step: proj_std),
+                                  print_to_log_file=lines.append)
+        nnUNetTrainerMiMPretrain.warn_if_collapsed(trainer)
+        return lines
+
+    (line,) = warnings_for([0.05, 0.004, 0.003, 0.002])
+    assert "WARNING: the alignment has collapsed" in line and "below 0.01 for 3 epochs" in line
+    assert warnings_for([0.05, 0.004, 0.003, 0.02]) == []  # it recovered
+    assert warnings_for([0.001, 0.001, 0.001]) == []  # at initialisation: only two epochs after the warm-up
+    assert warnings_for([0.001, 0.001, 0.001, 0.001]) != []
