@@ -14,10 +14,12 @@ effective batch and the lr differ. Arms:
     NAME=E:LR    any other effective batch E and lr LR (--arm, repeatable), e.g. hand-set=1:1e-3 for
                  what the CPU variants ran before the recipe existed (no accumulation, lr 1e-3)
 
-Every arm warms up over 10% of its optimizer steps and ends its cosine at the last one. Prints the
-training reconstruction loss (mean of an epoch's micro-steps) at a quarter, half and all of the crops
-seen, and the validation loss at the end (fixed crops and masks, the same for every arm); writes the
-curves to W/pretraining_recipe.png and the table to W/pretraining_recipe.md.
+Every arm warms up as the trainer does (a tenth of the epochs, at least one: half of a 2-epoch run)
+and ends its cosine at its last optimizer step. Prints the
+training reconstruction loss of every epoch (mean of its micro-steps; every arm sees the same crops
+per epoch), and the validation loss at the end (fixed crops and masks, the same for every arm); writes the
+curves to W/pretraining_recipe.png, the table to W/pretraining_recipe.md and the curves' figures to
+W/pretraining_recipe.json.
 """
 import argparse
 import json
@@ -92,10 +94,6 @@ def parse_arms(given: List[str]) -> Dict[str, tuple]:
     return arms
 
 
-def at_share(values: List[float], share: float) -> float:
-    return values[max(0, round(share * len(values)) - 1)]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-folder", required=True)
@@ -104,6 +102,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=256, help="micro-steps per epoch, a multiple of every "
                         "arm's accumulation steps (the paper's: 256 at a plan batch of 2)")
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=E:LR")
+    parser.add_argument("--skip", nargs="+", default=[], metavar="NAME", help="arms to leave out, e.g. paper")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = os.path.abspath(args.work_folder)
@@ -113,7 +112,8 @@ def main() -> None:
         return
     env = prepare(work)
     results = []
-    for arm, (batch, lr) in parse_arms(args.arm).items():
+    arms = {name: value for name, value in parse_arms(args.arm).items() if name not in args.skip}
+    for arm, (batch, lr) in arms.items():
         out = subprocess.run([sys.executable, __file__, "--work-folder", work, "--method", args.method, "--epochs",
                               str(args.epochs), "--iterations", str(args.iterations), "--worker", arm, str(batch),
                               str(lr)], env=env, capture_output=True, text=True)
@@ -121,19 +121,20 @@ def main() -> None:
             raise SystemExit(f"arm {arm} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"{arm}: {results[-1]['recipe']}", flush=True)
-    lines = [f"{args.method}, preset T, {args.epochs} epochs of {args.iterations} micro-steps, CPU; L1 reconstruction "
-             "loss (normalised targets)",
-             "", "| arm | recipe | optimizer steps | crops seen | train loss at 25% / 50% / 100% | val loss at end |",
-             "|---|---|---|---|---|---|"]
+    per_epoch = results[0]["crops_per_epoch"]
+    lines = [f"{args.method}, preset T, {args.epochs} epochs of {args.iterations} micro-steps ({per_epoch} crops), "
+             "CPU; L1 reconstruction loss (normalised targets)", "",
+             "| arm | recipe | optimizer steps | train loss, epoch 1 .. last | val loss at end |",
+             "|---|---|---|---|---|"]
     for r in results:
-        crops = r["crops_per_epoch"] * len(r["train"])
-        curve = " / ".join(f"{at_share(r['train'], share):.3f}" for share in (0.25, 0.5, 1.0))
-        lines.append(f"| {r['arm']} | {r['recipe']} | {r['optimizer_steps']} | {crops} | {curve} "
-                     f"| {r['val'][-1]:.3f} |")
+        curve = " ".join(f"{v:.3f}" for v in r["train"])
+        lines.append(f"| {r['arm']} | {r['recipe']} | {r['optimizer_steps']} | {curve} | {r['val'][-1]:.3f} |")
     table = "\n".join(lines)
     print(table)
     with open(os.path.join(work, "pretraining_recipe.md"), "w") as f:
         f.write(table + "\n")
+    with open(os.path.join(work, "pretraining_recipe.json"), "w") as f:
+        json.dump(results, f, indent=1)
     plot(results, os.path.join(work, "pretraining_recipe.png"), args.method)
 
 

@@ -84,9 +84,9 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     checkpoint_every = 10
     # the recipe (recipe.py): crops per optimizer step, reached by gradient accumulation over micro-steps
     # of the plan's batch, and the lr per 256 crops of it. Chosen by measurement (docs/benchmarks.md,
-    # "The pre-training recipe"): at every budget a CPU can run, accumulating to 8-512 crops learnt
-    # less per crop seen than stepping on every plan batch at lr 1e-3, the rate the paper's 1e-4 per
-    # 256 gives only at 2,560 crops. Untested on a GPU at preset B: the GPU check must confirm it.
+    # "The pre-training recipe"): on the CPU, accumulating to 8-512 crops learnt less per crop seen
+    # than stepping on every plan batch; lr 1e-3 at batch 2, the rate the paper's 1e-4 per 256 gives
+    # only at 2,560 crops (2e-3 learnt faster at preset T; kept lower for B). Untested on a GPU.
     effective_batch = 2
     base_lr = 1e-3 * 256 / 2
     augmentation = "none"          # or "intensity", "spatial+intensity" (nnU-Net's training transforms)
