@@ -15,10 +15,10 @@ effective batch and the lr differ. Arms:
                  what the CPU variants ran before the recipe existed (no accumulation, lr 1e-3)
 
 Every arm warms up as the trainer does (a tenth of the epochs, at least one: half of a 2-epoch run)
-and ends its cosine at its last optimizer step. Prints the
-training reconstruction loss of every epoch (mean of its micro-steps; every arm sees the same crops
-per epoch), and the validation loss at the end (fixed crops and masks, the same for every arm); writes the
-curves to W/pretraining_recipe.png, the table to W/pretraining_recipe.md and the curves' figures to
+and ends its cosine at its last optimizer step. Prints the training reconstruction loss of every
+epoch (mean of its micro-steps; every arm sees the same crops per epoch) and the validation loss at
+the end (fixed crops and masks, the same for every arm); writes the curves to
+W/pretraining_recipe.png, the table to W/pretraining_recipe.md and the curves' figures to
 W/pretraining_recipe.json.
 """
 import argparse
@@ -34,9 +34,8 @@ DATASET_ID = 994
 
 def dataset_env(work: str) -> Dict[str, str]:
     from nnunet_mim.environment import trainers_path
-    env = dict(os.environ, nnUNet_raw=os.path.join(work, "raw"), nnUNet_preprocessed=os.path.join(work, "pre"),
-               nnUNet_results=os.path.join(work, "results"), nnUNet_extTrainer=trainers_path())
-    return env
+    return dict(os.environ, nnUNet_raw=os.path.join(work, "raw"), nnUNet_preprocessed=os.path.join(work, "pre"),
+                nnUNet_results=os.path.join(work, "results"), nnUNet_extTrainer=trainers_path())
 
 
 def prepare(work: str) -> Dict[str, str]:
@@ -86,7 +85,7 @@ def worker(method: str, arm: str, effective_batch: int, lr: float, epochs: int, 
 
 
 def parse_arms(given: List[str]) -> Dict[str, tuple]:
-    arms = {"default": (0, 0.0), "paper": PAPER}
+    arms = {"default": (0, 0.0), "paper": PAPER}  # (effective batch, lr); the default arm keeps the trainer's
     for text in given:
         name, _, value = text.partition("=")
         batch, _, lr = value.partition(":")
