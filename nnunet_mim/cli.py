@@ -204,6 +204,18 @@ def name_and_weight(text: str) -> Tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {text!r}") from None
 
 
+class DistinctValues(argparse.Action):
+    """``nargs="+"`` that refuses a value given twice, as argparse refuses a bad choice: a benchmark
+    run listed twice would count twice in the paired test."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        repeated = list(dict.fromkeys(v for v in values if values.count(v) > 1))
+        if repeated:
+            raise argparse.ArgumentError(self, f"{' '.join(map(str, repeated))} given more than once (its runs would "
+                                               "count twice in the paired test); give each value once")
+        setattr(namespace, self.dest, values)
+
+
 def benchmark_arguments(p: argparse.ArgumentParser) -> None:
     from nnunet_mim import benchmark
     p.description, p.formatter_class = benchmark.__doc__, argparse.RawDescriptionHelpFormatter
@@ -213,10 +225,10 @@ def benchmark_arguments(p: argparse.ArgumentParser) -> None:
                    "nnUNetResEncUNetMPlans): the stock arm trains its network, the hybrid arms its patch and spacing")
     p.add_argument("--pretrain-plans", default=None, help="plans of --pretrain-dataset (default: -p for self "
                    "pre-training, nnUNetPlans for another dataset, the only plans a collection has)")
-    p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.25, 1.0])
+    p.add_argument("--folds", type=int, nargs="+", action=DistinctValues, default=[0, 1, 2, 3, 4])
+    p.add_argument("--fractions", type=float, nargs="+", action=DistinctValues, default=[0.1, 0.25, 1.0])
     p.add_argument("--budget", choices=list(benchmark.BUDGETS), default="cpu")
-    p.add_argument("--arms", nargs="+", choices=benchmark.ARM_CHOICES, default=benchmark.ARMS,
+    p.add_argument("--arms", nargs="+", choices=benchmark.ARM_CHOICES, action=DistinctValues, default=benchmark.ARMS,
                    help=f"default: {' '.join(benchmark.ARMS)}; with --schedule, {benchmark.SCRATCH_DEFAULT} adds "
                    "scratch at the default schedule")
     p.add_argument("--schedule", choices=list(benchmark.SCHEDULES), default="default",
@@ -229,7 +241,7 @@ def benchmark_arguments(p: argparse.ArgumentParser) -> None:
                    help="fine-tune a pre-trained arm from this checkpoint instead of pre-training it (e.g. "
                    "MAE=.../checkpoint_final.pth from a run of your own); the table names the file")
     p.add_argument("--seed", type=int, default=0, help="seed of the label-fraction subsets")
-    p.add_argument("--init-seed", type=int, nargs="+", default=[0], metavar="SEED",
+    p.add_argument("--init-seed", type=int, nargs="+", action=DistinctValues, default=[0], metavar="SEED",
                    help="seed(s) of the fine-tuning runs (NNUNET_MIM_SEED): the random initialisation (scratch's "
                    "network, the new decoder of the pre-trained arms), crops and augmentation; each seed has its own "
                    "results folders, pre-training keeps seed 0. With several, every arm runs at each seed and the "

@@ -55,3 +55,18 @@ def test_name_value_arguments_are_parsed_or_refused_by_the_parser(capsys):
         with pytest.raises(SystemExit) as stop:
             build_parser().parse_args(arguments)
         assert stop.value.code == 2 and told in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, values, told", [("--folds", ["0", "1", "0"], "0"),
+                                                  ("--fractions", ["0.1", "0.1"], "0.1"),
+                                                  ("--arms", ["MAE", "scratch", "MAE"], "MAE"),
+                                                  ("--init-seed", ["1", "8", "1", "8"], "1 8")])
+def test_a_benchmark_value_given_twice_is_refused_by_the_parser(option, values, told, capsys):
+    """Duplicates would count one run twice in the paired test (found by feeding the CLI bad input)."""
+    from nnunet_mim.cli import build_parser
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["benchmark", "991", option, *values])
+    assert stop.value.code == 2
+    assert f"argument {option}: {told} given more than once" in capsys.readouterr().err
+    distinct = build_parser().parse_args(["benchmark", "991", option, *dict.fromkeys(values)])
+    assert len(getattr(distinct, option[2:].replace("-", "_"))) == len(dict.fromkeys(values))
