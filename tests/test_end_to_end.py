@@ -63,6 +63,22 @@ def test_pretraining_outputs(nnunet_env, pretrained):
     assert checkpoint["nnunet_mim"]["effective_batch"] == 2 and checkpoint["nnunet_mim"]["alignment_predictor"]
 
 
+def test_pretraining_keeps_snapshots_a_probe_reads(nnunet_env, pretrained):
+    """checkpoint_epoch_NNNN.pth at 0, 25% and 50% of the run (2 epochs: epochs 0 and 1), each recording the
+    epochs it had done; the first holds the initialised network, the others trained ones."""
+    import torch
+    from nnunet_mim.finetuning.checkpoint import pretraining_record_of
+    folder = output_folder(nnunet_env, PRETRAIN)
+    snapshots = sorted(f for f in os.listdir(folder) if f.startswith("checkpoint_epoch_"))
+    assert snapshots == ["checkpoint_epoch_0000.pth", "checkpoint_epoch_0001.pth"]
+    weights = {}
+    for name, done in zip([*snapshots, "checkpoint_final.pth"], (0, 1, 2)):
+        checkpoint = torch.load(os.path.join(folder, name), map_location="cpu", weights_only=False)
+        assert pretraining_record_of(name, checkpoint).epochs == done, name
+        weights[done] = checkpoint["network_weights"]["encoder.blocks.0.attn.qkv.weight"]
+    assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
+
+
 CHECKPOINT_INTERVAL_SCRIPT = """
 import json, sys, torch
 from nnunetv2.run.run_training import get_trainer_from_args

@@ -16,7 +16,8 @@ What changes against ``nnUNetTrainer`` (one hook each):
                          (DDP synchronises only the last micro-step of each optimizer step); a
                          non-finite micro-step discards its whole accumulation, counted
   validation_step        the same losses under fixed masks
-  on_*_epoch_end         every loss term logged per epoch; best checkpoint by validation loss; a
+  on_*_epoch_end         every loss term logged per epoch; best checkpoint by validation loss;
+                         snapshots at 0, 25 and 50% of the run; a
                          collapsed alignment (``proj_std``) or discarded steps said in the log
   perform_actual_validation  a reconstruction picture instead of segmentation metrics
 """
@@ -25,7 +26,7 @@ import math
 import os
 from dataclasses import asdict
 from time import time
-from typing import List
+from typing import List, Optional
 
 import matplotlib
 
@@ -82,6 +83,9 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     iterations_per_epoch = 250
     val_iterations_per_epoch = 10
     checkpoint_every = 10
+    # checkpoint_epoch_NNNN.pth kept at these shares of the run (0: the initialised network), besides
+    # checkpoint_final.pth: what a linear probe reads to see whether features improve with training
+    snapshot_fractions = (0.0, 0.25, 0.5)
     # the recipe (recipe.py): crops per optimizer step, reached by gradient accumulation over micro-steps
     # of the plan's batch, and the lr per 256 crops of it. Chosen by measurement (docs/benchmarks.md,
     # "The pre-training recipe"): on the CPU, accumulating to 8-512 crops learnt less per crop seen
@@ -169,6 +173,13 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         super().on_train_start()
         self.print_to_log_file(f"{self.method} pre-training recipe: {self.recipe.describe()}; "
                                f"{self.optimizer_steps_per_epoch} optimizer steps per epoch")
+        if self.current_epoch == 0 and 0 in self.snapshot_epochs:
+            self.save_checkpoint(join(self.output_folder, "checkpoint_epoch_0000.pth"), epochs_done=0)
+
+    @property
+    def snapshot_epochs(self) -> List[int]:
+        """Epochs done at which checkpoint_epoch_NNNN.pth is written (the final one excepted)."""
+        return sorted({round(f * self.num_epochs) for f in self.snapshot_fractions} - {self.num_epochs})
 
     # ---- data --------------------------------------------------------------------------
     def get_dataloaders(self):
@@ -341,6 +352,8 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         if (epoch + 1) % self.save_every == 0 and epoch != self.num_epochs - 1:
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
             self.save_reconstruction_preview(f"reconstruction_epoch_{epoch + 1:04d}.png", epoch + 1)
+        if epoch + 1 in self.snapshot_epochs:
+            self.save_checkpoint(join(self.output_folder, f"checkpoint_epoch_{epoch + 1:04d}.pth"))
         val_loss = get("val_losses", -1)
         if self._best_ema is None or (math.isfinite(val_loss) and val_loss < self._best_ema):
             self._best_ema = val_loss  # nnU-Net's "best" slot, here the lowest validation loss
@@ -364,14 +377,16 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
                 "to nearly one vector and the alignment terms teach the encoder nothing. See docs/method.md.")
 
     # ---- outputs -------------------------------------------------------------------------
-    def pretraining_record(self) -> PretrainingRecord:
+    def pretraining_record(self, epochs_done: int) -> PretrainingRecord:
         return PretrainingRecord(method=self.method, preset=self.encoder_preset, decoder_pretrained=False,
                                  input_channels=self.num_input_channels,
                                  patch_size=tuple(self.configuration_manager.patch_size),
-                                 spacing=tuple(self.configuration_manager.spacing), epochs=self.current_epoch + 1)
+                                 spacing=tuple(self.configuration_manager.spacing), epochs=epochs_done)
 
-    def save_checkpoint(self, filename: str) -> None:
-        self.pretrain_network.pretraining_record.copy_(self.pretraining_record().to_tensor())
+    def save_checkpoint(self, filename: str, epochs_done: Optional[int] = None) -> None:
+        """nnU-Net's checkpoint, written atomically; ``epochs_done`` defaults to the epoch being ended."""
+        done = self.current_epoch + 1 if epochs_done is None else epochs_done
+        self.pretrain_network.pretraining_record.copy_(self.pretraining_record(done).to_tensor())
         super().save_checkpoint(filename)
 
     def checkpoint_extras(self) -> dict:
