@@ -90,7 +90,7 @@ BUDGETS = {
 ARMS = ["nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"]  # the arms run unless --arms says otherwise
 # Scratch at the default fine-tuning schedule whatever --schedule says. A schedule made for
 # pre-trained weights (decoder-first freezes the encoder at first) can cost a random network
-# (docs/benchmarks.md, "The default schedule at 1200 steps"). This arm puts scratch at its own
+# (docs/experiments/20-the-default-schedule-at-1200-steps.md). This arm puts scratch at its own
 # schedule in the same table, beside the exactly matched scratch arm.
 SCRATCH_DEFAULT = "scratch-default"
 ARM_CHOICES = ARMS + [SCRATCH_DEFAULT]
@@ -396,9 +396,10 @@ class DownstreamBenchmark:
                 or SCRATCH_DEFAULT in self.arms):
             return None
         return (f"NOTE: --schedule {self.schedule} fine-tunes scratch with that schedule too, and a schedule "
-                "that suits pre-trained weights can cost random ones (docs/benchmarks.md, 'The default schedule "
-                f"at 1200 steps'). To compare with scratch at its own schedule too, add the arm {SCRATCH_DEFAULT} "
-                "(--arms ... scratch-default): it reuses the default-schedule scratch runs of the work folder.")
+                "that suits pre-trained weights can cost random ones (docs/experiments/"
+                "20-the-default-schedule-at-1200-steps.md). To compare with scratch at its own schedule too, add "
+                f"the arm {SCRATCH_DEFAULT} (--arms ... scratch-default): it reuses the default-schedule scratch "
+                "runs of the work folder.")
 
     def table_notes(self) -> List[str]:
         """What the results table must be read with: where given weights come from, the pre-training

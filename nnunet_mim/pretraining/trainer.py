@@ -87,10 +87,10 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     # checkpoint_final.pth: what a linear probe reads to see whether features improve with training
     snapshot_fractions = (0.0, 0.25, 0.5)
     # the recipe (recipe.py): crops per optimizer step, reached by gradient accumulation over micro-steps
-    # of the plan's batch, and the lr per 256 crops of it. Chosen by measurement (docs/benchmarks.md,
-    # "The pre-training recipe"): on the CPU, accumulating to 8-512 crops learnt less per crop seen
-    # than stepping on every plan batch; lr 1e-3 at batch 2, the rate the paper's 1e-4 per 256 gives
-    # only at 2,560 crops (2e-3 learnt faster at preset T; kept lower for B). Untested on a GPU.
+    # of the plan's batch, and the lr per 256 crops of it. Chosen by measurement
+    # (docs/experiments/44-the-pre-training-recipe.md): on the CPU, accumulating to 8-512 crops learnt
+    # less per crop seen than stepping on every plan batch; lr 1e-3 at batch 2, the rate the paper's
+    # 1e-4 per 256 gives only at 2,560 crops (2e-3 learnt faster at preset T; kept lower for B). Untested on a GPU.
     effective_batch = 2
     base_lr = 1e-3 * 256 / 2
     augmentation = "none"          # or "intensity", "spatial+intensity" (nnU-Net's training transforms)
