@@ -33,9 +33,9 @@ DATASET_ID = 994
 
 
 def dataset_env(work: str) -> Dict[str, str]:
-    from nnunet_mim.environment import trainers_path
+    from nnunet_mim.environment import ext_trainer_value
     return dict(os.environ, nnUNet_raw=os.path.join(work, "raw"), nnUNet_preprocessed=os.path.join(work, "pre"),
-                nnUNet_results=os.path.join(work, "results"), nnUNet_extTrainer=trainers_path())
+                nnUNet_results=os.path.join(work, "results"), nnUNet_extTrainer=ext_trainer_value("", cpu_budgets=True))
 
 
 def prepare(work: str) -> Dict[str, str]:

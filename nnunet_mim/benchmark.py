@@ -317,7 +317,7 @@ class DownstreamBenchmark:
     def env(self, preprocessed: str, results: str, seed: int) -> Dict[str, str]:
         os.makedirs(results, exist_ok=True)
         return dict(os.environ, nnUNet_preprocessed=preprocessed, nnUNet_results=results,
-                    nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer", "")),
+                    nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer", ""), cpu_budgets=True),
                     **{SEED_VARIABLE: str(seed)})
 
     # ---- runs ----------------------------------------------------------------------------------

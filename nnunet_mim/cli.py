@@ -7,7 +7,13 @@ from typing import Iterable, Tuple
 
 def cmd_env(args) -> int:
     from nnunet_mim.environment import env_lines
-    print("\n".join(env_lines()))
+    print("\n".join(env_lines(args.cpu_budgets)))
+    return 0
+
+
+def cmd_trainers(args) -> int:
+    from nnunet_mim.variants import trainer_list
+    print(trainer_list())
     return 0
 
 
@@ -165,7 +171,14 @@ def cmd_pretrain_dataset_create(args) -> int:
 
 def env_arguments(p: argparse.ArgumentParser) -> None:
     p.description = "Print `export nnUNet_extTrainer=...` (existing entries kept). Use: eval \"$(nnunet-mim env)\""
+    p.add_argument("--cpu-budgets", action="store_true",
+                   help="add the folder of the CPU budget trainers (the demo's, the tests', the CPU benchmarks')")
     p.set_defaults(func=cmd_env)
+
+
+def trainers_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = "List the trainers to run with nnUNetv2_train -tr, one line each."
+    p.set_defaults(func=cmd_trainers)
 
 
 def check_arguments(p: argparse.ArgumentParser) -> None:
@@ -337,6 +350,7 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
 COMMANDS = {
     "env": ("print the shell line that lets nnU-Net find the nnunet-mim trainers", env_arguments),
     "check": ("check that nnU-Net finds the trainers; say what is missing", check_arguments),
+    "trainers": ("list the trainers to run with nnUNetv2_train -tr, one line each", trainers_arguments),
     "adapt-checkpoint": ("adapt a pre-training checkpoint: other input channels, or a supervised encoder",
                          adapt_checkpoint_arguments),
     "benchmark": ("matched comparison: stock nnU-Net, scratch, MAE, MiM, MiM without alignment, at several label "

@@ -41,7 +41,7 @@ class Demo:
         self.env = dict(os.environ, nnUNet_raw=self.path("nnUNet_raw"),
                         nnUNet_preprocessed=self.path("nnUNet_preprocessed"),
                         nnUNet_results=self.path("nnUNet_results"),
-                        nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer", "")),
+                        nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer", ""), cpu_budgets=True),
                         # nnU-Net's default of 8 export workers costs a minute of process start-up
                         # per run on a small machine, for a handful of tiny cases
                         nnUNet_def_n_proc=os.environ.get("nnUNet_def_n_proc", "2"))

@@ -2,6 +2,7 @@
 import os
 from typing import List
 
+import nnunet_mim.cpu_budget_trainers
 import nnunet_mim.trainers
 
 TRAINERS = ["nnUNetTrainerMiMPretrain", "nnUNetTrainerMAEPretrain", "nnUNetTrainerMiMFinetune",
@@ -12,17 +13,23 @@ def trainers_path() -> str:
     return os.path.dirname(os.path.abspath(nnunet_mim.trainers.__file__))
 
 
-def ext_trainer_value(current: str = None) -> str:
-    """``nnUNet_extTrainer`` with our folder added (kept once, other entries preserved)."""
+def cpu_budget_trainers_path() -> str:
+    return os.path.dirname(os.path.abspath(nnunet_mim.cpu_budget_trainers.__file__))
+
+
+def ext_trainer_value(current: str = None, cpu_budgets: bool = False) -> str:
+    """``nnUNet_extTrainer`` with our trainer folder added, and with ``cpu_budgets`` the CPU budgets' folder
+    (each kept once, other entries preserved)."""
     current = os.environ.get("nnUNet_extTrainer", "") if current is None else current
     entries = [p for p in current.split(os.pathsep) if p]
-    if trainers_path() not in entries:
-        entries.append(trainers_path())
+    for folder in [trainers_path()] + ([cpu_budget_trainers_path()] if cpu_budgets else []):
+        if folder not in entries:
+            entries.append(folder)
     return os.pathsep.join(entries)
 
 
-def env_lines() -> List[str]:
-    return [f'export nnUNet_extTrainer="{ext_trainer_value()}"']
+def env_lines(cpu_budgets: bool = False) -> List[str]:
+    return [f'export nnUNet_extTrainer="{ext_trainer_value(cpu_budgets=cpu_budgets)}"']
 
 
 def check() -> List[str]:

@@ -3,11 +3,14 @@ or ``nnUNetTrainerMiMScratch_T_CPUxlong_DecoderFirst``.
 
 A variant is a trainer with a few class attributes changed; the settings are the small classes below
 (a preset, a length, a CPU budget, a fine-tuning schedule), each written once. nnU-Net finds a trainer
-by its class name, so ``add_variants`` makes every pairing a module-level class here, and the modules
-in ``trainers/`` re-export them. Every fine-tuning variant has its scratch twin.
+by its class name, so ``add_variants`` makes every pairing a module-level class here. Two folders
+re-export them: ``trainers/`` the ones users run (``USER_TRAINERS``, listed by ``nnunet-mim trainers``),
+``cpu_budget_trainers/`` the CPU budgets that exist for the demo, the tests and the CPU benchmarks
+(``CPU_BUDGET_TRAINERS``), which ``nnunet-mim demo`` and ``nnunet-mim benchmark`` add to nnU-Net's
+search path themselves. Every fine-tuning variant has its scratch twin.
 
-``_T_CPUdemo`` and ``_T_CPUsmoke`` use the tiny preset and run on a laptop CPU (the built-in demo
-and the end-to-end tests); they show that the pipeline works, not what the method can do.
+The CPU budgets (``_T_CPU*``, ``_CPU*``) use the tiny preset and run on a laptop CPU; they show that
+the pipeline works, not what the method can do.
 """
 from typing import Dict, List, Sequence
 
@@ -29,10 +32,8 @@ def add_variants(bases: Sequence[type], settings: Dict[str, type]) -> List[type]
     return made
 
 
-def trainers_named(*prefixes: str) -> Dict[str, type]:
-    """The trainers of this module whose names start with one of ``prefixes``, for the re-exporting
-    modules in ``trainers/``."""
-    return {name: value for name, value in globals().items() if name.startswith(prefixes) and isinstance(value, type)}
+def by_name(trainers: Sequence[type]) -> Dict[str, type]:
+    return {trainer.__name__: trainer for trainer in trainers}
 
 
 class nnUNetTrainerMiMPretrainNoAlign(nnUNetTrainerMiMPretrain):
@@ -88,12 +89,12 @@ class PretrainCPUBench25Budget(PretrainCPUBenchBudget):
     epochs, warmup_epochs = 25, 3
 
 
-PRETRAINING_VARIANTS = {"100ep": Pretrain100Epochs, "S": PresetS, "PaperRecipe": PaperRecipe,
-                        "T_CPUdemo": PretrainCPUDemoBudget, "T_CPUsmoke": PretrainCPUSmokeBudget,
-                        "T_CPUbench": PretrainCPUBenchBudget,
-                        "T_CPUbench300": PretrainCPUBench300Budget, "T_CPUbench25": PretrainCPUBench25Budget}
 PRETRAINING_TRAINERS = (nnUNetTrainerMiMPretrain, nnUNetTrainerMAEPretrain, nnUNetTrainerMiMPretrainNoAlign)
-add_variants(PRETRAINING_TRAINERS, PRETRAINING_VARIANTS)
+PRETRAINING_USER = [*PRETRAINING_TRAINERS, *add_variants(PRETRAINING_TRAINERS, {
+    "100ep": Pretrain100Epochs, "S": PresetS, "PaperRecipe": PaperRecipe})]
+PRETRAINING_CPU_BUDGETS = add_variants(PRETRAINING_TRAINERS, {
+    "T_CPUdemo": PretrainCPUDemoBudget, "T_CPUsmoke": PretrainCPUSmokeBudget, "T_CPUbench": PretrainCPUBenchBudget,
+    "T_CPUbench300": PretrainCPUBench300Budget, "T_CPUbench25": PretrainCPUBench25Budget})
 
 
 # ---- fine-tuning and its matched scratch baseline ----------------------------------------------
@@ -148,12 +149,12 @@ class FinetuneCPUXXLongBudget(FinetuneCPUDemoBudget):
     epochs = 120
 
 
-FINETUNING_VARIANTS = {"100ep": Finetune100Epochs, "250ep": Finetune250Epochs, "S": PresetS,
-                       "T_CPUdemo": FinetuneCPUDemoBudget, "T_CPUsmoke": FinetuneCPUSmokeBudget,
-                       "T_CPUlong": FinetuneCPULongBudget, "T_CPUxlong": FinetuneCPUXLongBudget,
-                       "T_CPUxxlong": FinetuneCPUXXLongBudget}
 FINETUNING_TRAINERS = (nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch)
-FINETUNING_TRAINER_VARIANTS = add_variants(FINETUNING_TRAINERS, FINETUNING_VARIANTS)
+FINETUNING_USER = [*FINETUNING_TRAINERS, *add_variants(FINETUNING_TRAINERS, {
+    "100ep": Finetune100Epochs, "250ep": Finetune250Epochs, "S": PresetS})]
+FINETUNING_CPU_BUDGETS = add_variants(FINETUNING_TRAINERS, {
+    "T_CPUdemo": FinetuneCPUDemoBudget, "T_CPUsmoke": FinetuneCPUSmokeBudget, "T_CPUlong": FinetuneCPULongBudget,
+    "T_CPUxlong": FinetuneCPUXLongBudget, "T_CPUxxlong": FinetuneCPUXXLongBudget})
 
 
 # ---- fine-tuning schedules (compared in docs/benchmarks.md), on every fine-tuning variant ---------
@@ -175,7 +176,8 @@ class FrozenEncoder:
 
 
 FINETUNING_SCHEDULES = {"LayerDecay": LayerDecay, "DecoderFirst": DecoderFirst, "FrozenEncoder": FrozenEncoder}
-add_variants([*FINETUNING_TRAINERS, *FINETUNING_TRAINER_VARIANTS], FINETUNING_SCHEDULES)
+FINETUNING_USER += add_variants(list(FINETUNING_USER), FINETUNING_SCHEDULES)
+FINETUNING_CPU_BUDGETS += add_variants(list(FINETUNING_CPU_BUDGETS), FINETUNING_SCHEDULES)
 
 
 # ---- stock nnU-Net CNN at the same CPU budgets (the reference arm of the benchmark) ---------------
@@ -201,6 +203,39 @@ class nnUNetTrainerStockCNN(nnUNetTrainer):
 
 
 # the budgets' encoder preset and lr are the hybrid network's; nnU-Net's CNN keeps its own
-add_variants([nnUNetTrainerStockCNN], {"CPUdemo": FinetuneCPUDemoBudget, "CPUsmoke": FinetuneCPUSmokeBudget,
-                                       "CPUlong": FinetuneCPULongBudget, "CPUxlong": FinetuneCPUXLongBudget,
-                                       "CPUxxlong": FinetuneCPUXXLongBudget})
+STOCK_CPU_BUDGETS = [nnUNetTrainerStockCNN, *add_variants([nnUNetTrainerStockCNN], {
+    "CPUdemo": FinetuneCPUDemoBudget, "CPUsmoke": FinetuneCPUSmokeBudget, "CPUlong": FinetuneCPULongBudget,
+    "CPUxlong": FinetuneCPUXLongBudget, "CPUxxlong": FinetuneCPUXXLongBudget})]
+
+USER_TRAINERS = by_name([*PRETRAINING_USER, *FINETUNING_USER])
+CPU_BUDGET_TRAINERS = by_name([*PRETRAINING_CPU_BUDGETS, *FINETUNING_CPU_BUDGETS, *STOCK_CPU_BUDGETS])
+
+
+def describe_trainer(trainer: type) -> str:
+    """One line: what the trainer does, at which preset, for how long, with which schedule."""
+    if issubclass(trainer, nnUNetTrainerMiMPretrain):
+        method = f"{trainer.method} pre-training" + (" without alignment" if trainer.method == "MiM"
+                                                     and trainer.alignment_weight == 0 else "")
+        return (f"{method}, preset {trainer.encoder_preset}, {trainer.epochs} epochs x "
+                f"{trainer.iterations_per_epoch} steps, effective batch {trainer.effective_batch}")
+    role = "from scratch" if issubclass(trainer, nnUNetTrainerMiMScratch) else "fine-tuning"
+    schedule = ("frozen encoder (a probe)" if trainer.encoder_frozen_fraction == 1 else
+                f"decoder first for {trainer.encoder_frozen_fraction:.0%}" if trainer.encoder_frozen_fraction else
+                f"layer decay {trainer.layer_decay}" if trainer.layer_decay != 1 else "default schedule")
+    return f"{role}, preset {trainer.encoder_preset}, {trainer.epochs} epochs, {schedule}"
+
+
+def trainer_list() -> str:
+    """The trainers a user runs, one line each (`nnunet-mim trainers`)."""
+    width = max(map(len, USER_TRAINERS)) + 2
+    lines = ["Pre-training, labels unused:  nnUNetv2_train DATASET 3d_fullres all -tr TRAINER"]
+    lines += [f"  {name:<{width}}{describe_trainer(t)}" for name, t in by_name(PRETRAINING_USER).items()]
+    lines += ["", "Fine-tuning:  nnUNetv2_train DATASET 3d_fullres FOLD -tr TRAINER -pretrained_weights FILE",
+              "(each has a matched from-scratch twin, the same name with Scratch for Finetune, run without "
+              "-pretrained_weights)"]
+    lines += [f"  {name:<{width}}{describe_trainer(t)}" for name, t in by_name(FINETUNING_USER).items()
+              if not issubclass(t, nnUNetTrainerMiMScratch)]
+    lines += ["", f"Not listed: {len(CPU_BUDGET_TRAINERS)} CPU budgets of the demo, the tests and the CPU benchmarks "
+              "(_T_CPU*, _CPU*); nnunet-mim demo and benchmark find them, eval \"$(nnunet-mim env --cpu-budgets)\" "
+              "makes nnUNetv2_train find them too."]
+    return "\n".join(lines)

@@ -4,7 +4,7 @@ import subprocess
 import pytest
 
 from nnunet_mim.demo import nnunet_command
-from nnunet_mim.environment import trainers_path
+from nnunet_mim.environment import ext_trainer_value
 
 
 def run(args, env, check=True):
@@ -19,7 +19,7 @@ def nnunet_env(tmp_path_factory):
     from nnunet_mim.data.example import write_example_dataset
     root = tmp_path_factory.mktemp("nnunet")
     env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
-               nnUNet_results=str(root / "res"), nnUNet_extTrainer=trainers_path(),
+               nnUNet_results=str(root / "res"), nnUNet_extTrainer=ext_trainer_value("", cpu_budgets=True),
                nnUNet_def_n_proc="1")  # export workers: spawning 8 on a 2-core machine costs a minute
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.makedirs(env[key])

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import nnunet_mim.variants as variants
-from nnunet_mim.environment import trainers_path
+from nnunet_mim.environment import cpu_budget_trainers_path, trainers_path
 
 LOOKUP = """
 import contextlib, io, sys
@@ -22,13 +22,36 @@ print("\\n".join(missing))
 """
 
 
-def test_every_trainer_is_found_by_nnunet():
-    names = [n for n in dir(variants)
-             if n.startswith("nnUNetTrainer") and getattr(variants, n).__module__.startswith("nnunet_mim.")]
-    assert len(names) > 20
-    env = dict(os.environ, nnUNet_extTrainer=trainers_path())
+def unfound(names, *folders) -> list:
+    """The ``names`` nnU-Net's lookup does not find with ``folders`` as nnUNet_extTrainer."""
+    env = dict(os.environ, nnUNet_extTrainer=os.pathsep.join(folders))
     out = subprocess.run([sys.executable, "-c", LOOKUP, *names], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    return [line.split(":")[0] for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_every_trainer_is_found_by_nnunet_the_cpu_budgets_only_in_their_folder():
+    defined = {n for n in dir(variants)
+               if n.startswith("nnUNetTrainer") and getattr(variants, n).__module__.startswith("nnunet_mim.")}
+    assert set(variants.USER_TRAINERS) | set(variants.CPU_BUDGET_TRAINERS) == defined  # none forgotten
+    assert not set(variants.USER_TRAINERS) & set(variants.CPU_BUDGET_TRAINERS)
+    assert unfound(variants.USER_TRAINERS, trainers_path()) == []
+    assert unfound(variants.CPU_BUDGET_TRAINERS, trainers_path(), cpu_budget_trainers_path()) == []
+    budgets = ["nnUNetTrainerMiMPretrain_T_CPUbench", "nnUNetTrainerMiMFinetune_T_CPUxlong_DecoderFirst",
+               "nnUNetTrainerStockCNN_CPUlong"]
+    assert unfound(budgets, trainers_path()) == budgets  # a user's nnUNet_extTrainer does not list them
+
+
+def test_trainer_list_names_what_users_run_and_no_cpu_budget():
+    out = subprocess.run([sys.executable, "-m", "nnunet_mim.cli", "trainers"], capture_output=True, text=True,
+                         check=True).stdout
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  nnUNetTrainer")]
+    assert len(listed) == len(set(listed)) and not [n for n in listed if "CPU" in n]
+    assert {"nnUNetTrainerMiMPretrain", "nnUNetTrainerMAEPretrain", "nnUNetTrainerMiMPretrainNoAlign",
+            "nnUNetTrainerMiMFinetune", "nnUNetTrainerMiMFinetune_250ep_DecoderFirst"} <= set(listed)
+    assert set(listed) <= set(variants.USER_TRAINERS)
+    # every user trainer is listed, the scratch twins by the line that names them
+    assert {n.replace("Scratch", "Finetune") for n in variants.USER_TRAINERS} == set(listed)
+    assert "nnUNetTrainerMiMPretrain_100ep                MiM pre-training, preset B, 100 epochs" in out
 
 
 def test_env_line_names_the_trainers_and_says_nothing_else():

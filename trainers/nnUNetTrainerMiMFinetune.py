@@ -1,6 +1,5 @@
-"""Fine-tuning and matched from-scratch trainers and their variants, for ``nnUNetv2_train -tr``
+"""Fine-tuning and matched from-scratch trainers, their variants and schedules, for ``nnUNetv2_train -tr``
 and for ``nnUNetv2_predict``, which looks the trainer up by name."""
-from nnunet_mim.variants import trainers_named
+from nnunet_mim.variants import FINETUNING_USER, by_name
 
-# every fine-tuning and scratch variant, the schedule variants that variants.py generates included
-globals().update(trainers_named("nnUNetTrainerMiMFinetune", "nnUNetTrainerMiMScratch"))
+globals().update(by_name(FINETUNING_USER))

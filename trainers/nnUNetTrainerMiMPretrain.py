@@ -1,5 +1,4 @@
 """MiM and MAE pre-training trainers and their variants, for ``nnUNetv2_train -tr``."""
-from nnunet_mim.variants import trainers_named
+from nnunet_mim.variants import PRETRAINING_USER, by_name
 
-# every pre-training trainer and the variants that variants.py generates
-globals().update(trainers_named("nnUNetTrainerMiMPretrain", "nnUNetTrainerMAEPretrain"))
+globals().update(by_name(PRETRAINING_USER))
