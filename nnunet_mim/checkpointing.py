@@ -1,12 +1,55 @@
 """Checkpoint handling shared by all nnunet-mim trainers: nnU-Net's format, written atomically,
-never silently replaced; and the atomic write (a temporary file, then a rename) that checkpoints and
-pre-training collections are written with."""
-import os
+never silently replaced; the atomic write (a temporary file, then a rename) that checkpoints and
+pre-training collections are written with; and the safe reading of checkpoints users give.
 
+A ``.pth`` file is a pickle: read with ``weights_only=False`` (as nnU-Net reads its own), a crafted one
+runs any code it names. ``read_checkpoint`` reads a file the user gives (``-pretrained_weights``,
+``adapt-checkpoint``, the benchmark's ``--pretrained-weights``, finished runs' learning curves) with
+``weights_only=True`` and only the globals an nnU-Net 2.8 checkpoint holds allowed: numpy arrays (the
+random states our trainers keep), numpy scalars and their dtypes (nnU-Net's logged metrics). A file
+that needs any other is refused with the names, unless the user sets TRUST_CHECKPOINTS_VARIABLE=1.
+"""
+import os
+import pickle
+
+import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
+TRUST_CHECKPOINTS_VARIABLE = "NNUNET_MIM_TRUST_CHECKPOINTS"
+_multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+# each under the name numpy 2 pickles it by and, where it differs, the one numpy 1 did
+CHECKPOINT_GLOBALS = [
+    _multiarray._reconstruct, (_multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+    _multiarray.scalar, (_multiarray.scalar, "numpy.core.multiarray.scalar"), np.ndarray, np.dtype,
+    *[type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.uint32, np.uint8,
+                                  np.bool_)],
+]
+
+
+class UntrustedCheckpointError(RuntimeError):
+    """A checkpoint that would run code, or build objects, beyond what nnU-Net checkpoints hold."""
+
+
+def read_checkpoint(path: str, mmap: bool = False):
+    """``torch.load`` of a file the user gives, without running code from it (module docstring)."""
+    if os.environ.get(TRUST_CHECKPOINTS_VARIABLE) == "1":
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    try:
+        with torch.serialization.safe_globals(CHECKPOINT_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        try:
+            named = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # not a zip checkpoint: the unpickler's own message names what it met
+            named = []
+        allowed = {f"{g.__module__}.{g.__name__}" if not isinstance(g, tuple) else g[1] for g in CHECKPOINT_GLOBALS}
+        offending = [g for g in named if g not in allowed] or [str(error).splitlines()[0]]
+        raise UntrustedCheckpointError(
+            f"{path} was not loaded: unpickling it would call {', '.join(offending)}, which no nnU-Net checkpoint "
+            f"holds, and a checkpoint can run code that way. If you trust the file (you wrote it), set "
+            f"{TRUST_CHECKPOINTS_VARIABLE}=1 to load it as nnU-Net does.") from error
 
 
 def write_atomically(path: str, write) -> None:

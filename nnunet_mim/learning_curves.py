@@ -30,12 +30,12 @@ def curve_rows(run_folder: str, arm: str, fraction: float, fold: int, init_seed:
     """One row per epoch of a finished nnU-Net run (the rows of NAME_curves.csv): the pseudo-Dice
     and its EMA as nnU-Net logged them in the run's checkpoint_final.pth; none for a run without
     one (its Dice is still scored: a missing curve only leaves that run out of the curves)."""
-    import torch
+    from nnunet_mim.checkpointing import read_checkpoint
     checkpoint = os.path.join(run_folder, "checkpoint_final.pth")
     if not os.path.isfile(checkpoint):
         return []
     # mmap: only the logger's lists are read, not the weights and optimizer state (GBs at the GPU budget)
-    logged = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["logging"]
+    logged = read_checkpoint(checkpoint, mmap=True)["logging"]
     return [{"arm": arm, "fraction": fraction, "fold": fold, "init_seed": init_seed, "epoch": epoch,
              "pseudo_dice": float(raw), "ema_pseudo_dice": float(ema)}
             for epoch, (raw, ema) in enumerate(zip(logged["mean_fg_dice"], logged["ema_fg_dice"]))]

@@ -90,3 +90,50 @@ def test_adapt_checkpoint_killed_while_writing_leaves_no_file_under_the_output_n
     monkeypatch.setattr(torch, "save", real_save)
     assert main(["adapt-checkpoint", pretraining, "--encoder-from", source, "-o", str(output)]) == 0
     assert torch.load(output, weights_only=False)["nnunet_mim"]["method"] == "supervised"
+
+
+class WritesAMarker:
+    """Unpickled without weights_only, it calls open(marker, "w"): the stand-in for any code a crafted
+    checkpoint runs."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def crafted_checkpoint(tmp_path):
+    checkpoint = pretraining_checkpoint()
+    checkpoint["nnunet_mim"]["payload"] = WritesAMarker(tmp_path / "marker")
+    path = tmp_path / "crafted.pth"
+    torch.save(checkpoint, path)
+    return str(path), tmp_path / "marker"
+
+
+def test_a_crafted_checkpoint_runs_nothing_and_the_message_names_the_call_and_the_opt_in(tmp_path, monkeypatch):
+    from nnunet_mim.checkpointing import TRUST_CHECKPOINTS_VARIABLE, UntrustedCheckpointError
+    from nnunet_mim.finetuning.checkpoint import load_checkpoint
+    monkeypatch.delenv(TRUST_CHECKPOINTS_VARIABLE, raising=False)
+    path, marker = crafted_checkpoint(tmp_path)
+    with pytest.raises(UntrustedCheckpointError) as refused:
+        load_checkpoint(path)
+    assert not marker.exists()
+    assert "io.open" in str(refused.value) and f"{TRUST_CHECKPOINTS_VARIABLE}=1" in str(refused.value)
+    # the opt-in loads it as nnU-Net would, and then the file does run its code: the test above could fail
+    monkeypatch.setenv(TRUST_CHECKPOINTS_VARIABLE, "1")
+    assert load_checkpoint(path)["network_weights"]
+    assert marker.exists()
+
+
+def test_adapt_checkpoint_and_the_benchmark_refuse_a_crafted_checkpoint(tmp_path, monkeypatch, capsys):
+    from nnunet_mim.benchmark import BUDGETS, BenchmarkError, given_pretrained_weights
+    from nnunet_mim.checkpointing import TRUST_CHECKPOINTS_VARIABLE
+    from nnunet_mim.cli import main
+    monkeypatch.delenv(TRUST_CHECKPOINTS_VARIABLE, raising=False)
+    path, marker = crafted_checkpoint(tmp_path)
+    assert main(["adapt-checkpoint", path, "--input-channels", "2", "-o", str(tmp_path / "out.pth")]) == 1
+    assert TRUST_CHECKPOINTS_VARIABLE in capsys.readouterr().err
+    with pytest.raises(BenchmarkError, match=TRUST_CHECKPOINTS_VARIABLE):
+        given_pretrained_weights("MAE", path, ["scratch", "MAE"], BUDGETS["smoke"])
+    assert not marker.exists() and not (tmp_path / "out.pth").exists()

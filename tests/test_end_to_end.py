@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from conftest import run
+from test_checkpoint import WritesAMarker
 from nnunet_mim.demo import nnunet_command
 from nnunet_mim.environment import trainers_path
 
@@ -230,10 +231,27 @@ def test_not_a_pretraining_checkpoint_is_refused(nnunet_env, pretrained, tmp_pat
                 "nnssl_adaptation_plan": {"architecture_plans": {"arch_class_name": "ResEncL"},
                                           "pretrain_num_input_channels": 1, "key_to_encoder": "encoder.stages"}},
                nnssl)
+    crafted = str(tmp_path / "crafted.pth")  # a real checkpoint plus a call that a load would run
+    checkpoint = torch.load(pretrained, map_location="cpu", weights_only=False)
+    checkpoint["nnunet_mim"]["payload"] = WritesAMarker(tmp_path / "marker")
+    torch.save(checkpoint, crafted)
+    env = {k: v for k, v in nnunet_env.items() if k != "NNUNET_MIM_TRUST_CHECKPOINTS"}
     for path, message in [(foreign, "not an nnunet-mim pre-training checkpoint"), (corrupt, "cannot read"),
-                          (nnssl, "is an nnssl checkpoint (ResEncL)")]:
-        result = train(nnunet_env, "nnUNetTrainerMiMFinetune_T_CPUdemo", "-pretrained_weights", path, check=False)
+                          (nnssl, "is an nnssl checkpoint (ResEncL)"), (crafted, "NNUNET_MIM_TRUST_CHECKPOINTS=1")]:
+        result = train(env, "nnUNetTrainerMiMFinetune_T_CPUdemo", "-pretrained_weights", path, check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "marker").exists()  # refused before nnU-Net's own loader unpickles it
+
+
+def test_checkpoints_of_every_trainer_load_without_trusting_them(nnunet_env, pretrained, finetuned):
+    """The allow-list of the safe loader holds every global that checkpoints of our trainers need: pre-training
+    (with its random states), its snapshots, fine-tuning and scratch (nnU-Net's logged metrics)."""
+    from nnunet_mim.checkpointing import read_checkpoint
+    folders = [output_folder(nnunet_env, t) for t in (PRETRAIN, FINETUNE, SCRATCH)]  # scratch: run by a test above
+    files = [os.path.join(f, n) for f in folders if os.path.isdir(f) for n in os.listdir(f) if n.endswith(".pth")]
+    assert len(files) >= 4
+    for path in files:
+        assert read_checkpoint(path)["network_weights"], path
 
 
 def test_a_new_run_does_not_overwrite_an_earlier_one(nnunet_env, pretrained):

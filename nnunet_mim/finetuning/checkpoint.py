@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from nnunet_mim.checkpointing import UntrustedCheckpointError, read_checkpoint
 from nnunet_mim.pretraining_record import PretrainingRecord
 
 IN_PROJECTIONS = ("encoder.stem.0.weight", "encoder.stages.0.downsample.0.weight")
@@ -27,8 +28,11 @@ ENCODER_PREFIXES = ("encoder.", "decoder.encoder.")  # nnU-Net's decoders keep a
 
 
 def load_checkpoint(filename: str) -> dict:
+    """A checkpoint the user gives, read without running code from it (checkpointing.read_checkpoint)."""
     try:
-        checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+        checkpoint = read_checkpoint(filename)
+    except UntrustedCheckpointError:
+        raise
     except Exception as e:
         raise RuntimeError(f"cannot read the pre-trained checkpoint {filename}: {e} "
                            "(corrupt or truncated file?)") from e
