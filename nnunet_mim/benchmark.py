@@ -41,7 +41,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json, save
 
 from nnunet_mim.checkpointing import CHECKPOINTS
 from nnunet_mim.demo import nnunet_command
-from nnunet_mim.finetuning.checkpoint import load_checkpoint, pretraining_record_of
+from nnunet_mim.finetuning.checkpoint import load_checkpoint, pretraining_checkpoint_record
 from nnunet_mim.environment import ext_trainer_value
 from nnunet_mim.learning_curves import curve_rows
 from nnunet_mim.seeding import SEED_VARIABLE
@@ -188,19 +188,18 @@ def given_pretrained_weights(arm: str, path: str, arms: Sequence[str], budget: B
         raise BenchmarkError(f"--pretrained-weights {arm}={path}: no such file")
     try:
         checkpoint = load_checkpoint(path)
-        record = pretraining_record_of(path, checkpoint)
+        record = pretraining_checkpoint_record(path, checkpoint)
     except RuntimeError as error:
         raise BenchmarkError(f"--pretrained-weights {arm}=...: {error}") from error
     extras = checkpoint.get("nnunet_mim", {})
-    found = None if record is None else record.method
+    found = record.method
     if found == "MiM" and "alignment_weight" in extras:
         found = "MiM" if extras["alignment_weight"] > 0 else "MiM-noalign"
     # a MiM checkpoint written before the alignment weight was kept may be either MiM arm's
     accepted = {arm} if "alignment_weight" in extras else {arm, arm.split("-")[0]}
     if found not in accepted:
-        raise BenchmarkError(f"--pretrained-weights {arm}={path} holds "
-                             f"{'a network never pre-trained' if found is None else found + ' pre-training'}, "
-                             f"not {arm}'s: give it to the arm of its method")
+        raise BenchmarkError(f"--pretrained-weights {arm}={path} holds {found} pre-training, not {arm}'s: give it "
+                             "to the arm of its method")
     description = record.describe()
     if found == "MAE" and "levels" in extras:
         description += f", mask ratio {extras['levels']['l1_mask_ratio']:g}"

@@ -42,10 +42,12 @@ def read_checkpoint(path: str, mmap: bool = False):
     except pickle.UnpicklingError as error:
         try:
             named = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # not a zip checkpoint: the unpickler's own message names what it met
-            named = []
+        except Exception:  # not a checkpoint at all (corrupt, truncated): the caller says it cannot be read
+            raise error from None
         allowed = {f"{g.__module__}.{g.__name__}" if not isinstance(g, tuple) else g[1] for g in CHECKPOINT_GLOBALS}
-        offending = [g for g in named if g not in allowed] or [str(error).splitlines()[0]]
+        offending = [g for g in named if g not in allowed]
+        if not offending:
+            raise
         raise UntrustedCheckpointError(
             f"{path} was not loaded: unpickling it would call {', '.join(offending)}, which no nnU-Net checkpoint "
             f"holds, and a checkpoint can run code that way. If you trust the file (you wrote it), set "

@@ -43,15 +43,21 @@ def cmd_adapt_checkpoint(args) -> int:
     import os
 
     from nnunet_mim.checkpointing import save_checkpoint_file
-    from nnunet_mim.finetuning.checkpoint import adapt_input_channels, load_checkpoint, transplant_encoder
+    from nnunet_mim.finetuning.checkpoint import (adapt_input_channels, load_checkpoint,
+                                                  pretraining_checkpoint_record, transplant_encoder)
     if args.input_channels is None and args.encoder_from is None:
         print("nothing to do: give --input-channels N and/or --encoder-from CHECKPOINT", file=sys.stderr)
         return 1
     if os.path.exists(args.output):
         print(f"{args.output} exists; choose another --output (nothing is overwritten)", file=sys.stderr)
         return 1
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        print(f"the folder of --output {args.output} does not exist; create it first (nothing was written)",
+              file=sys.stderr)
+        return 1
     try:
         checkpoint = load_checkpoint(args.checkpoint)
+        pretraining_checkpoint_record(args.checkpoint, checkpoint)
         if args.encoder_from is not None:
             replaced = transplant_encoder(checkpoint, load_checkpoint(args.encoder_from))
             print(f"{len(replaced)} encoder tensors from {args.encoder_from} (recorded as supervised pre-training)")
@@ -194,11 +200,22 @@ def adapt_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
                      "by the encoder of a segmentation model trained with labels (its checkpoint_final.pth), "
                      "recorded as supervised pre-training, e.g. as a positive control for the frozen-encoder probe.")
     p.add_argument("checkpoint")
-    p.add_argument("--input-channels", type=int)
+    p.add_argument("--input-channels", type=positive_int, metavar="N")
     p.add_argument("--encoder-from", metavar="CHECKPOINT",
                    help="checkpoint of an nnUNetTrainerMiMScratch/-Finetune run of the same preset")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_adapt_checkpoint)
+
+
+def positive_int(text: str) -> int:
+    """The argparse type of a count that must be at least 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a number of channels (give 1 or more)")
+    return value
 
 
 def name_and_value(text: str) -> Tuple[str, str]:

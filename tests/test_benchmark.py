@@ -179,7 +179,8 @@ def save_pretraining_checkpoint(path, method, **extras):
     from nnunet_mim.pretraining_record import PretrainingRecord
     record = PretrainingRecord(method=method, preset="T", decoder_pretrained=False, input_channels=1,
                                patch_size=(32, 32, 32), spacing=(1.0, 1.0, 1.0), epochs=5)
-    torch.save({"network_weights": {"pretraining_record": record.to_tensor()}, "nnunet_mim": extras}, path)
+    torch.save({"network_weights": {"pretraining_record": record.to_tensor()},
+                "nnunet_mim": {"method": method, **extras}}, path)
     return str(path)
 
 
@@ -228,11 +229,17 @@ def test_given_pretrained_weights_that_do_not_belong_to_the_arm_are_refused(benc
     old_mim = save_pretraining_checkpoint(tmp_path / "old_mim.pth", "MiM")  # before the alignment weight was kept
     torch.save({"network_weights": {"pretraining_record": torch.zeros(16)}}, tmp_path / "never.pth")
     (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
+    finetuned = torch.load(mae, weights_only=False)  # a segmentation run's checkpoint, fine-tuned from MAE
+    del finetuned["nnunet_mim"]
+    finetuned.update(trainer_name="nnUNetTrainerMiMFinetune_T_CPUxlong", init_args={})
+    torch.save(finetuned, tmp_path / "finetuned.pth")
     mistakes = {"scratch is not a pre-trained arm": {"scratch": mae},
                 "the arm MiM-noalign is not run": {"MiM-noalign": mim},
                 "no such file": {"MAE": str(tmp_path / "missing.pth")},
                 "cannot read the pre-trained checkpoint": {"MAE": str(tmp_path / "corrupt.pth")},
                 "holds a network never pre-trained": {"MAE": str(tmp_path / "never.pth")},
+                r"segmentation run \(nnUNetTrainerMiMFinetune_T_CPUxlong, trained with labels from MAE pre-training\)":
+                    {"MAE": str(tmp_path / "finetuned.pth")},
                 "holds MiM pre-training, not MAE's": {"MAE": mim},
                 "holds MiM pre-training, not MiM-noalign's": {"MiM-noalign": mim}}
     for message, given in mistakes.items():

@@ -137,3 +137,25 @@ def test_adapt_checkpoint_and_the_benchmark_refuse_a_crafted_checkpoint(tmp_path
     with pytest.raises(BenchmarkError, match=TRUST_CHECKPOINTS_VARIABLE):
         given_pretrained_weights("MAE", path, ["scratch", "MAE"], BUDGETS["smoke"])
     assert not marker.exists() and not (tmp_path / "out.pth").exists()
+
+
+def test_adapt_checkpoint_refuses_what_it_cannot_adapt_before_printing_success(tmp_path, capsys):
+    """A checkpoint of a segmentation run (stock nnU-Net's or ours), a channel count below 1, an output folder that
+    does not exist: one line saying what to do, no traceback, no file."""
+    from nnunet_mim.cli import main
+    pretraining, stock = str(tmp_path / "pretraining.pth"), str(tmp_path / "stock.pth")
+    torch.save(pretraining_checkpoint(), pretraining)
+    torch.save({"network_weights": {"encoder.stages.0.0.convs.0.conv.weight": torch.zeros(4, 1, 3, 3, 3)},
+                "trainer_name": "nnUNetTrainer", "init_args": {}, "current_epoch": 1000}, stock)
+    output = tmp_path / "out.pth"
+    assert main(["adapt-checkpoint", stock, "--input-channels", "2", "-o", str(output)]) == 1
+    assert "is not an nnunet-mim pre-training checkpoint" in capsys.readouterr().err
+    for channels in ("0", "-1", "two"):
+        with pytest.raises(SystemExit) as stop:
+            main(["adapt-checkpoint", pretraining, "--input-channels", channels, "-o", str(output)])
+        assert stop.value.code == 2 and "--input-channels" in capsys.readouterr().err
+    missing = tmp_path / "no_such_folder" / "out.pth"
+    assert main(["adapt-checkpoint", pretraining, "--input-channels", "2", "-o", str(missing)]) == 1
+    out = capsys.readouterr()
+    assert "does not exist; create it first" in out.err and out.out == ""
+    assert not output.exists() and not missing.parent.exists()

@@ -218,7 +218,7 @@ def test_finetune_on_another_dataset_with_other_channels_classes_spacing(nnunet_
     assert plans["patch_size"] != source["patch_size"], (plans["patch_size"], source["patch_size"])
 
 
-def test_not_a_pretraining_checkpoint_is_refused(nnunet_env, pretrained, tmp_path):
+def test_not_a_pretraining_checkpoint_is_refused(nnunet_env, pretrained, finetuned, tmp_path):
     import torch
     checkpoint = torch.load(pretrained, map_location="cpu", weights_only=False)
     del checkpoint["network_weights"]["pretraining_record"]
@@ -237,7 +237,9 @@ def test_not_a_pretraining_checkpoint_is_refused(nnunet_env, pretrained, tmp_pat
     torch.save(checkpoint, crafted)
     env = {k: v for k, v in nnunet_env.items() if k != "NNUNET_MIM_TRUST_CHECKPOINTS"}
     for path, message in [(foreign, "not an nnunet-mim pre-training checkpoint"), (corrupt, "cannot read"),
-                          (nnssl, "is an nnssl checkpoint (ResEncL)"), (crafted, "NNUNET_MIM_TRUST_CHECKPOINTS=1")]:
+                          (nnssl, "is an nnssl checkpoint (ResEncL)"), (crafted, "NNUNET_MIM_TRUST_CHECKPOINTS=1"),
+                          (os.path.join(output_folder(nnunet_env, FINETUNE), "checkpoint_final.pth"),
+                           f"is the checkpoint of a segmentation run ({FINETUNE}, trained with labels from MiM")]:
         result = train(env, "nnUNetTrainerMiMFinetune_T_CPUdemo", "-pretrained_weights", path, check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "marker").exists()  # refused before nnU-Net's own loader unpickles it

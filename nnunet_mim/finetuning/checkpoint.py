@@ -36,8 +36,9 @@ def load_checkpoint(filename: str) -> dict:
     except Exception as e:
         raise RuntimeError(f"cannot read the pre-trained checkpoint {filename}: {e} "
                            "(corrupt or truncated file?)") from e
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
-        raise RuntimeError(f"{filename} is not an nnU-Net checkpoint (no 'network_weights')")
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("network_weights"), dict):
+        raise RuntimeError(f"{filename} is not an nnU-Net checkpoint (it holds no dict of 'network_weights'); "
+                           "give the checkpoint_final.pth of a pre-training run")
     return checkpoint
 
 
@@ -76,6 +77,30 @@ def pretraining_record_of(filename: str, checkpoint: dict) -> Optional[Pretraini
     return PretrainingRecord.from_tensor(checkpoint["network_weights"]["pretraining_record"])
 
 
+def pretraining_checkpoint_record(filename: str, checkpoint: dict) -> PretrainingRecord:
+    """What a pre-training checkpoint recorded about itself; a RuntimeError that says what the file is and what
+    to do when it is not one (nnssl's, not this plugin's, or a segmentation run's, trained with labels)."""
+    record = pretraining_record_of(filename, checkpoint)
+    written_by_pretraining = "method" in checkpoint.get("nnunet_mim", {})  # as pre-training and adapt-checkpoint do
+    if written_by_pretraining and record is not None:
+        return record
+    if "init_args" in checkpoint and not written_by_pretraining:
+        trainer = checkpoint.get("trainer_name", "an unknown trainer")
+        origin = "from random weights" if record is None else f"from {record.method} pre-training"
+        raise RuntimeError(f"{filename} is the checkpoint of a segmentation run ({trainer}, trained with labels "
+                           f"{origin}), not of pre-training: give the checkpoint_final.pth of an "
+                           "nnUNetTrainerMiMPretrain / nnUNetTrainerMAEPretrain run, or, to start from this run's "
+                           "encoder, write one with nnunet-mim adapt-checkpoint PRETRAINING.pth --encoder-from "
+                           f"{filename}")
+    if record is None:
+        raise RuntimeError(f"{filename} holds a network never pre-trained (its pretraining record is empty)")
+    raise RuntimeError(f"{filename} was not written by nnunet-mim pre-training (it has no 'nnunet_mim' entry)")
+
+
+PRESET_TRAINERS = {"B": "nnUNetTrainerMiMFinetune", "S": "nnUNetTrainerMiMFinetune_S",
+                   "T": "nnUNetTrainerMiMFinetune_T_CPUxlong (a CPU budget: eval \"$(nnunet-mim env --cpu-budgets)\")"}
+
+
 def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.Tensor],
                                   preset: str) -> Tuple[List[str], dict]:
     """Raise a RuntimeError that says what to do when ``filename`` cannot load into the network;
@@ -83,10 +108,11 @@ def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.
     itself (the checkpoint's ``nnunet_mim`` entry)."""
     checkpoint = load_checkpoint(filename)
     weights = checkpoint["network_weights"]
-    record = pretraining_record_of(filename, checkpoint)
-    if record is not None and record.preset != preset:
-        raise RuntimeError(f"{filename} holds a preset-{record.preset} encoder, this trainer builds preset "
-                           f"{preset}; use the trainer variant of preset {record.preset}")
+    record = pretraining_checkpoint_record(filename, checkpoint)
+    if record.preset != preset:
+        raise RuntimeError(f"{filename} holds a preset-{record.preset} encoder, this trainer builds preset {preset}: "
+                           f"fine-tune it with a trainer of preset {record.preset}, such as "
+                           f"{PRESET_TRAINERS.get(record.preset, 'one of `nnunet-mim trainers`')}")
     source = weights[IN_PROJECTIONS[0]].shape[1]
     target = network_state[IN_PROJECTIONS[0]].shape[1]
     if source != target:

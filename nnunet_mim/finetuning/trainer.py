@@ -114,9 +114,11 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
 
     def validate_initial_weights(self, report: LoadReport) -> None:
         if report.record is None or report.encoder_fraction < self.min_encoder_loaded_fraction:
+            loaded = ("no pre-trained weights were loaded" if report.record is None else
+                      f"only {report.encoder_fraction:.0%} of the encoder was loaded (threshold "
+                      f"{self.min_encoder_loaded_fraction:.0%})")
             raise RuntimeError(
-                f"{self.__class__.__name__} needs pre-trained weights, but only {report.encoder_fraction:.0%} of "
-                f"the encoder was loaded (threshold {self.min_encoder_loaded_fraction:.0%}). Pass the pre-training "
+                f"{self.__class__.__name__} needs pre-trained weights, but {loaded}. Pass the pre-training "
                 "checkpoint with `-pretrained_weights .../checkpoint_final.pth`, or train from scratch with "
                 "nnUNetTrainerMiMScratch. See pretrained_weights_report.txt in the output folder.")
         record, cm = report.record, self.configuration_manager
