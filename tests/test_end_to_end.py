@@ -115,6 +115,14 @@ def test_finetune_loads_and_predicts(nnunet_env, finetuned, tmp_path):
          "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], nnunet_env)
     assert sorted(os.listdir(out)) == ["dataset.json", "mni_005.nii.gz", "plans.json",
                                        "predict_from_raw_data_args.json"]
+    # the pre-training run's folder segments nothing: nnUNetv2_predict on it fails, naming the trainer to use
+    refused = run([nnunet_command("nnUNetv2_predict"), "-i", os.path.join(nnunet_env["nnUNet_raw"], "Dataset991_E2E",
+                   "imagesTs"), "-o", str(tmp_path / "pretraining_pred"), "-d", "991", "-c", "3d_fullres", "-tr",
+                   PRETRAIN, "-f", "all", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], nnunet_env,
+                  check=False)
+    assert refused.returncode != 0 and "Fine-tune it first" in refused.stderr and "nnUNetTrainerMiMFinetune" in \
+        refused.stderr
+    assert not [f for f in os.listdir(tmp_path / "pretraining_pred") if f.endswith(".nii.gz")]
 
 
 def test_scratch_differs_from_finetune_only_in_initial_weights(nnunet_env, finetuned):

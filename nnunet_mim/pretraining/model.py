@@ -140,8 +140,12 @@ class MiMPretrainNetwork(MiMHybridUNet):
             part.requires_grad_(False)  # not self.decoder: it holds a reference to the encoder
 
     def forward(self, x: torch.Tensor, hidden: Optional[torch.Tensor] = None):
-        """Without a mask: the segmentation forward. With ``hidden`` (N, *grid) bool: the masked
-        forward, returning (voxel prediction (N, T, C*16^3), token features (N, T, d))."""
+        """The masked forward, ``hidden`` (N, *grid) bool: (voxel prediction (N, T, C*16^3), token features
+        (N, T, d)). Without a mask it refuses: nnUNetv2_predict on a pre-training run's folder would
+        otherwise write the segmentation of decoder and heads that never trained."""
         if hidden is None:
-            return super().forward(x)
+            raise RuntimeError(
+                "this is a pre-training network: it reconstructs masked volumes and segments nothing. Fine-tune it "
+                "first (nnUNetv2_train DATASET CONFIGURATION FOLD -tr nnUNetTrainerMiMFinetune, or its variant of the "
+                "same preset, -pretrained_weights .../checkpoint_final.pth) and predict with that run's trainer")
         return self.reconstruction(self.encoder.tokens(x, visible=~hidden))
