@@ -87,6 +87,24 @@ def sources(tmp_path_factory, nnunet_env):
     write_image(ct_phantom((1, 64, 64), rng), (3.0, 1.0, 1.0), str(unlabeled / "scans" / "slice2d.nii.gz"))
     write_image(ct_phantom((10, 10, 10), rng), (1.0, 1.0, 1.0), str(unlabeled / "scans" / "tiny.mha"))
     write_image(ct_phantom((18, 40, 40), rng), (3.0, 3.0, 3.0), str(unlabeled / "scans" / "thin.nii.gz"))
+    # what SimpleITK reads without an error, and the builder must not keep (issue 55)
+    write_image(ct_phantom((40, 40, 40), rng), (3.0, 3.0, 3.0), str(unlabeled / "scans" / "scan_a.mha"))  # same stem
+    complete = (unlabeled / "scans" / "scan_a.nii.gz").read_bytes()
+    (unlabeled / "scans" / "truncated.nii.gz").write_bytes(complete[:len(complete) // 2])
+    with_nan = ct_phantom((40, 40, 40), rng).astype(np.float32)
+    write_image(with_nan, (3.0, 3.0, 3.0), str(unlabeled / "scans" / "nan.nii"))
+    stored = bytearray((unlabeled / "scans" / "nan.nii").read_bytes())  # ITK's writer would not keep a NaN
+    stored[352 + 4 * 100:352 + 4 * 101] = np.float32(np.nan).tobytes()  # voxel 100, after the 352-byte header
+    (unlabeled / "scans" / "nan.nii").write_bytes(bytes(stored))
+    with_nan[5, 5, 5] = np.inf
+    write_image(with_nan, (3.0, 3.0, 3.0), str(unlabeled / "scans" / "inf.mha"))
+    write_image(ct_phantom((40, 40, 40), rng), (3.0, 3.0, 3.0), str(unlabeled / "scans" / "pixdim0.nii"))
+    header = bytearray((unlabeled / "scans" / "pixdim0.nii").read_bytes())
+    header[80:84] = np.float32(0).tobytes()  # pixdim[1]: no voxel size on x
+    (unlabeled / "scans" / "pixdim0.nii").write_bytes(bytes(header))
+    os.makedirs(unlabeled / "dicom" / "corrupt")
+    for z in range(3):
+        (unlabeled / "dicom" / "corrupt" / f"bad{z:03d}.dcm").write_bytes(b"DICM" + bytes(200))
     return {"unlabeled": str(unlabeled), "raw": raw}
 
 
@@ -118,11 +136,29 @@ def test_collection_reports_and_skips_bad_images(collection):
     assert cases["slice2d.nii.gz"]["status"] == "skipped" and "2D" in cases["slice2d.nii.gz"]["reason"]
     assert cases["tiny.mha"]["status"] == "skipped" and "less than half the patch" in cases["tiny.mha"]["reason"]
     assert cases["thin.nii.gz"]["status"] == "done"  # 18 slices for a 32-voxel patch: padded, as nnU-Net does
+    assert cases["truncated.nii.gz"]["status"] == "skipped" and "truncated" in cases["truncated.nii.gz"]["reason"]
+    for name in ("nan.nii", "inf.mha"):
+        assert cases[name]["status"] == "skipped" and "1 of 64000 voxels are NaN or infinite" in cases[name]["reason"]
+    assert cases["pixdim0.nii"]["status"] == "skipped" and "no voxel size" in cases["pixdim0.nii"]["reason"]
+    for z in range(3):  # a corrupt DICOM series: every file named, with why
+        assert cases[f"bad{z:03d}.dcm"]["status"] == "skipped" and "unreadable" in cases[f"bad{z:03d}.dcm"]["reason"]
+    # scan_a.nii.gz and scan_a.mha: two images, two case ids, both kept
+    assert cases["scan_a.nii.gz"]["status"] == cases["scan_a.mha"]["status"] == "done"
+    assert cases["scan_a.nii.gz"]["case_id"] != cases["scan_a.mha"]["case_id"]
     done = sorted(c["case_id"] for c in manifest["cases"] if c["status"] == "done")
-    # 3 + 2 cases of the nnU-Net datasets (imagesTr and imagesTs), 3 files and 1 DICOM series
-    assert len(done) == 9, done
-    assert cases["dicom"]["status"] == "done" and len(cases["dicom"]["files"]) == 40
-    for problem in ("broken.nii.gz", "slice2d.nii.gz", "tiny.mha"):
+    # 3 + 2 cases of the nnU-Net datasets (imagesTr and imagesTs), 4 files and 1 DICOM series
+    assert len(done) == len(set(done)) == 10, done
+    # every count agrees: manifest, summary, dataset.json, the preprocessed cases
+    with open(os.path.join(collection["folder"], "dataset.json")) as f:
+        assert json.load(f)["numTraining"] == manifest["summary"]["done"] == len(done)
+    cases_on_disk = [f for f in os.listdir(os.path.join(collection["folder"], "nnUNetPlans_3d_fullres"))
+                     if f.endswith(".b2nd")]
+    assert len(cases_on_disk) == len(done)
+    assert manifest["summary"]["found"] == len(manifest["cases"]) == (manifest["summary"]["done"] +
+                                                                      manifest["summary"]["skipped"] +
+                                                                      manifest["summary"]["failed"])
+    for problem in ("broken.nii.gz", "slice2d.nii.gz", "tiny.mha", "truncated.nii.gz", "nan.nii", "inf.mha",
+                    "pixdim0.nii", "bad000.dcm"):
         assert problem in collection["stdout"]
     assert collection["sources_unchanged"]
 
@@ -154,7 +190,7 @@ def test_rerun_does_no_work(nnunet_env, sources, collection):
     stamps = {f: os.stat(os.path.join(images, f)).st_mtime_ns for f in os.listdir(images)}
     create(nnunet_env, sources["unlabeled"])
     summary = manifest_of(collection["folder"])["summary"]
-    assert summary["processed_now"] == 0 and summary["already_done"] == 9 and summary["done"] == 9
+    assert summary["processed_now"] == 0 and summary["already_done"] == 10 and summary["done"] == 10
     assert stamps == {f: os.stat(os.path.join(images, f)).st_mtime_ns for f in os.listdir(images)}
 
 
@@ -174,7 +210,7 @@ def test_an_interrupted_collection_is_continued(nnunet_env, sources, collection)
     os.replace(os.path.join(images, victim), os.path.join(images, victim + ".partial"))
     create(nnunet_env, sources["unlabeled"])
     summary = manifest_of(collection["folder"])["summary"]
-    assert summary["processed_now"] == 1 and summary["already_done"] == 8 and summary["done"] == 9
+    assert summary["processed_now"] == 1 and summary["already_done"] == 9 and summary["done"] == 10
     assert os.path.isfile(os.path.join(images, victim))
 
 

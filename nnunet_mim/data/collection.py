@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from nnunet_mim.architecture.encoder import TOKEN_SIZE
 from nnunet_mim.checkpointing import write_atomically
-from nnunet_mim.data.sources import SourceImage, find_images, read_header, read_volume
+from nnunet_mim.data.sources import SourceImage, UnusableImage, find_images, read_header, read_volume
 from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans, round_patch_size
 from nnunet_mim.pretraining.data import COLLECTION_MANIFEST as MANIFEST
 from nnunet_mim.pretraining.data import ImagesOnlyDataset, fills_half_the_patch, load_collection_manifest
@@ -204,6 +204,8 @@ class CasePreprocessor:
                                                                        self.configuration, self.dataset_json)
             properties["class_locations"] = self.preprocessor._sample_foreground_locations(
                 self.body_mask(data, nonzero)[None].astype(np.int8), [BODY_CLASS])
+        except UnusableImage as error:
+            return {**entry, "status": "skipped", "reason": str(error)}
         except Exception as error:  # one bad file must not stop ten thousand good ones
             return {**entry, "status": "failed", "reason": f"{type(error).__name__}: {str(error).strip()[:300]}"}
         patch = self.configuration.patch_size

@@ -8,10 +8,16 @@ a CT collection). A folder contributes every image file under it and every DICOM
 (SimpleITK/GDCM groups the slices), all taken to be of the collection's modality.
 
 ``read_header`` reads sizes and spacings without decoding voxels; problems that make an image
-unusable (unreadable, 2D, 4D, absurd spacing) are reported as a reason, never raised.
+unusable (unreadable, 2D, 4D, absurd spacing, a NIfTI header without spacing) are reported as a
+reason, never raised. ``read_volume`` raises ``UnusableImage`` for what only the voxels show: a
+truncated compressed file (SimpleITK fills the missing voxels with zeros) or non-finite voxels.
 """
+import gzip
 import os
 import re
+import struct
+import zlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Tuple
 
@@ -21,6 +27,10 @@ import SimpleITK as sitk
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_ENDINGS = (".dcm", ".ima", "")  # DICOM files often have no extension at all
 SPACING_RANGE_MM = (0.05, 20.0)  # outside it a header is wrong, not a scan
+
+
+class UnusableImage(ValueError):
+    """An image that reads, but whose voxels must not be trained on; the message is the reason."""
 
 
 @dataclass(frozen=True)
@@ -42,8 +52,12 @@ def is_modality(channel_name: str, modality: str) -> bool:
     return is_ct if modality == "ct" else not is_ct
 
 
+def file_stem(name: str) -> str:
+    return re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.nhdr|\.mha|\.mhd)$", "", name)
+
+
 def case_id(source: str, relative: str) -> str:
-    stem = re.sub(r"(\.nii\.gz|\.nii|\.nrrd|\.nhdr|\.mha|\.mhd)$", "", relative)
+    stem = file_stem(relative)
     identifier = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{source}__{stem}").strip("_")
     # nnU-Net takes "<id>.b2nd" as a case unless it ends in "_seg.b2nd"
     return identifier + "_img" if identifier.endswith("_seg") else identifier
@@ -79,19 +93,25 @@ def folder_images(folder: str, source: str) -> Iterator[SourceImage]:
     for directory, subdirs, files in os.walk(folder):
         subdirs.sort()
         relative_dir = os.path.relpath(directory, folder)
-        dicom_candidates = False
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            if name.lower().endswith(IMAGE_ENDINGS):
-                yield SourceImage(source, case_id(source, os.path.normpath(os.path.join(relative_dir, name))),
-                                  (os.path.join(directory, name),))
-            elif os.path.splitext(name)[1].lower() in DICOM_ENDINGS:
-                dicom_candidates = True
+        images = [n for n in sorted(files) if not n.startswith(".") and n.lower().endswith(IMAGE_ENDINGS)]
+        stems = Counter(file_stem(n) for n in images)
+        for name in images:
+            # scan_1.nii.gz and scan_1.mha are two images: the ending keeps their case ids apart
+            unique = name if stems[file_stem(name)] == 1 else name.replace(".", "_")
+            yield SourceImage(source, case_id(source, os.path.normpath(os.path.join(relative_dir, unique))),
+                              (os.path.join(directory, name),))
+        dicom_candidates = [n for n in sorted(files) if not n.startswith(".") and n not in images
+                            and os.path.splitext(n)[1].lower() in DICOM_ENDINGS]
         if dicom_candidates:
+            in_series = set()
             for series in sitk.ImageSeriesReader.GetGDCMSeriesIDs(directory):
                 slices = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory, series))
+                in_series.update(os.path.basename(f) for f in slices)
                 yield SourceImage(source, case_id(source, os.path.join(relative_dir, series)), slices)
+            # files GDCM put in no series (corrupt, or not DICOM): reported with a reason, not dropped unseen
+            for name in (n for n in dicom_candidates if n not in in_series):
+                yield SourceImage(source, case_id(source, os.path.normpath(os.path.join(relative_dir, name))),
+                                  (os.path.join(directory, name),))
 
 
 def find_images(inputs: Sequence[str], modality: str, test_images: bool = True) -> Iterator[SourceImage]:
@@ -110,8 +130,28 @@ def find_images(inputs: Sequence[str], modality: str, test_images: bool = True) 
             raise FileNotFoundError(f"input {item!r} is neither a folder nor an nnU-Net dataset ID or name")
 
 
+def nifti_pixdim(path: str) -> Optional[Tuple[float, float, float]]:
+    """The voxel sizes a NIfTI-1 header states (pixdim[1:4]), read from the bytes: ITK replaces a 0 by 1
+    without a word. None when the file is not NIfTI-1."""
+    opener = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            header = f.read(348)
+    except (OSError, EOFError, zlib.error):
+        return None
+    for order in "<>":
+        if len(header) == 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            return struct.unpack(order + "3f", header[80:92])
+    return None
+
+
 def read_header(files: Sequence[str]) -> Tuple[Optional[Header], str]:
     """(header, "") for a usable 3D volume, else (None, reason)."""
+    if files[0].lower().endswith((".nii", ".nii.gz")):
+        pixdim = nifti_pixdim(files[0])
+        if pixdim is not None and not all(np.isfinite(p) and p > 0 for p in pixdim):
+            return None, (f"the NIfTI header states no voxel size (pixdim {list(pixdim)}); SimpleITK would read "
+                          "it as 1 mm: fix the header")
     reader = sitk.ImageFileReader()
     try:
         reader.SetFileName(files[0])
@@ -140,13 +180,40 @@ def read_header(files: Sequence[str]) -> Tuple[Optional[Header], str]:
     return Header(tuple(size[::-1]), tuple(float(s) for s in spacing[::-1])), ""
 
 
+def check_compressed_stream(path: str) -> None:
+    """Decompress a .gz to its end: SimpleITK reads a truncated one without an error, zeros in place
+    of the missing voxels."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    except (EOFError, OSError, zlib.error) as error:
+        raise UnusableImage(f"truncated or corrupt compressed file ({error}); SimpleITK would fill the rest "
+                            "with zeros") from None
+
+
 def read_volume(files: Sequence[str]) -> Tuple[np.ndarray, dict]:
     """Voxels as float32 (1, z, y, x) and nnU-Net's properties (as its SimpleITKIO gives them)."""
+    if files[0].lower().endswith(".gz"):
+        check_compressed_stream(files[0])
     image = sitk.ReadImage(list(files) if len(files) > 1 else files[0], sitk.sitkFloat32)
     if image.GetDimension() != 3:
         raise ValueError(f"expected a 3D image, got {image.GetDimension()}D")
     properties = {"sitk_stuff": {"spacing": image.GetSpacing(), "origin": image.GetOrigin(),
                                  "direction": image.GetDirection()},
                   "spacing": list(image.GetSpacing())[::-1]}
-    return sitk.GetArrayFromImage(image)[None], properties
+    data = sitk.GetArrayFromImage(image)[None]
+    # ITK's NIfTI reader turns NaN into 0 without a word: a NIfTI's floats are checked as stored (nibabel)
+    stored = nifti_floats(files[0]) if files[0].lower().endswith((".nii", ".nii.gz")) else data
+    non_finite = 0 if stored is None else int(stored.size - np.count_nonzero(np.isfinite(stored)))
+    if non_finite:
+        raise UnusableImage(f"{non_finite} of {stored.size} voxels are NaN or infinite")
+    return data, properties
+
+
+def nifti_floats(path: str) -> Optional[np.ndarray]:
+    """The voxels of a NIfTI file as stored, when stored as floats (integers cannot be NaN); else None."""
+    import nibabel
+    image = nibabel.load(path)
+    return np.asanyarray(image.dataobj) if image.get_data_dtype().kind == "f" else None
 
