@@ -73,23 +73,33 @@ def cmd_adapt_checkpoint(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from nnunet_mim.benchmark import (RESULTS_NAME, SCRATCH_DEFAULT, BenchmarkError, DownstreamBenchmark,
-                                      mean_dice_against, paragraphs, write_outputs)
-    from nnunet_mim.learning_curves import end_of_training_table, write_curves
+    import os
+
+    from nnunet_mim.benchmark import BenchmarkError
+    from nnunet_mim.run_lock import RUN_LOCK, FolderInUse, exclusive_run
     pairs = args.pretrained_weights or []
     given = dict(pairs)
     if len(given) < len(pairs):
         print("error: --pretrained-weights names an arm twice", file=sys.stderr)
         return 2
+    work = os.path.abspath(args.work_folder)
     try:
-        bench = DownstreamBenchmark(args.dataset, args.configuration, args.folds, args.fractions, args.budget,
-                                    args.work_folder, args.seed, args.arms, args.device, args.pretrain_dataset,
-                                    args.schedule, args.plans, args.pretrain_plans, args.report_only, args.init_seed,
-                                    given)
-        rows, curves = bench.run()
-    except BenchmarkError as error:
+        with exclusive_run(os.path.join(work, RUN_LOCK), work):
+            return run_benchmark(args, given)
+    except (BenchmarkError, FolderInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def run_benchmark(args, given: dict) -> int:
+    from nnunet_mim.benchmark import (RESULTS_NAME, SCRATCH_DEFAULT, DownstreamBenchmark, mean_dice_against,
+                                      paragraphs, write_outputs)
+    from nnunet_mim.learning_curves import end_of_training_table, write_curves
+    bench = DownstreamBenchmark(args.dataset, args.configuration, args.folds, args.fractions, args.budget,
+                                args.work_folder, args.seed, args.arms, args.device, args.pretrain_dataset,
+                                args.schedule, args.plans, args.pretrain_plans, args.report_only, args.init_seed,
+                                given)
+    rows, curves = bench.run()
     pretraining = "" if bench.pretrain_dataset_name == bench.dataset_name or not bench.pretrained_methods else \
         f", pre-trained on {bench.pretrain_dataset_name} ({bench.pretrain_plans})"
     seeds = " ".join(map(str, args.init_seed))

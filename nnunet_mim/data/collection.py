@@ -9,7 +9,8 @@ The path of a collection (each step one function):
                      normalisation (CT: a fixed window; MR: per-volume z-score) -> nnU-Net plans
     CasePreprocessor nnU-Net's own DefaultPreprocessor (crop, normalise, resample) under that
                      plan; only the image is written (blosc2 + properties), atomically
-    create           all of it, in parallel, resumable; the summary and a manifest on disk
+    create           all of it, in parallel, resumable, one run at a time; the summary and a
+                     manifest on disk
 
 What lands in ``nnUNet_preprocessed/DatasetXXX_NAME``: dataset.json (labels: background only),
 dataset_fingerprint.json, nnUNetPlans.json, ``nnUNetPlans_3d_fullres/<case>.b2nd|.pkl`` and
@@ -35,6 +36,7 @@ from nnunet_mim.data.sources import SourceImage, UnusableImage, find_images, rea
 from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans, round_patch_size
 from nnunet_mim.pretraining.data import COLLECTION_MANIFEST as MANIFEST
 from nnunet_mim.pretraining.data import ImagesOnlyDataset, fills_half_the_patch, load_collection_manifest
+from nnunet_mim.run_lock import exclusive_run
 
 CONFIGURATION = "3d_fullres"
 PATCH_MULTIPLE = TOKEN_SIZE  # a patch is whole tokens; MiM's trainer rounds down to 32 itself, as on any dataset
@@ -310,9 +312,15 @@ def resumed_settings(folder: str, settings: CollectionSettings) -> CollectionSet
 
 def create(dataset_id: int, name: str, inputs: Sequence[str], settings: CollectionSettings,
            num_processes: int = 1) -> dict:
-    """Build (or complete) the collection; returns the summary also stored in the manifest."""
-    started = time.time()
+    """Build (or complete) the collection; returns the summary also stored in the manifest. A second run
+    on the same collection while one is building it refuses (the lock file beside the folder)."""
     folder = dataset_folder(dataset_id, name)
+    with exclusive_run(os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}.lock"), folder):
+        return build(folder, inputs, settings, num_processes)
+
+
+def build(folder: str, inputs: Sequence[str], settings: CollectionSettings, num_processes: int) -> dict:
+    started = time.time()
     resuming = os.path.isfile(os.path.join(folder, MANIFEST))
     if resuming:
         settings = resumed_settings(folder, settings)
