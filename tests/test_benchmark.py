@@ -489,6 +489,7 @@ def test_all_arms_run_and_the_table_matches_the_runs(nnunet_env, tmp_path):
     assert sorted(os.listdir(user_dataset)) == before  # the user's preprocessed folder is only read
 
 
+@pytest.mark.slow  # a benchmark script's run: two fine-tunings and a probe, minutes on 2 cores
 def test_the_probe_control_freezes_the_encoder_of_the_same_fold_trained_with_all_labels(nnunet_env, tmp_path):
     """benchmarks/probe_control.py: the supervised arm's frozen encoder is, tensor for tensor, the
     one of the fold's scratch run on all its training cases, loaded as supervised pre-training;

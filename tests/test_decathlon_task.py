@@ -112,6 +112,7 @@ def test_benchmark_runs_on_a_decathlon_task_given_only_its_id(hippocampus_env, t
         assert "nnUNetv2_train" not in f.read()[len(log_before):]
 
 
+@pytest.mark.slow  # a second benchmark (stock ResEnc arm included); the harness itself runs in the test above
 def test_benchmark_with_residual_encoder_plans(hippocampus_env, tmp_path):
     """-p: nnU-Net's recommended ResEnc presets (which share nnUNetPlans' preprocessed data) work as
     with nnUNetv2_train -p, for pre-training and for fine-tuning from its weights. (The stock arm

@@ -53,6 +53,7 @@ def save_encoder_checkpoint(path, input_channels=1):
     torch.save({"network_weights": network.state_dict()}, path)
 
 
+@pytest.mark.slow  # a benchmark script's run on a planned dataset (its fit is tested above on synthetic features)
 def test_a_checkpoint_of_a_random_encoder_scores_as_that_encoder(nnunet_env, tmp_path):
     """End to end on a preprocessed nnU-Net dataset: the checkpoint's encoder is what gets probed
     (a checkpoint holding the random encoder of seed 1 scores exactly as that encoder, not as the
@@ -80,6 +81,7 @@ def test_a_checkpoint_of_a_random_encoder_scores_as_that_encoder(nnunet_env, tmp
     assert {r["encoder"] for r in rows if r["arm"] == "same"} == {f"{tmp_path}/encoder_fold_{k}.pth" for k in (1, 3)}
 
 
+@pytest.mark.slow  # its windows are tested below without a dataset; this runs the script on one
 def test_the_sliding_window_probe_encodes_in_windows_of_the_network_patch(nnunet_env, tmp_path):
     """End to end: --sliding-window takes the plan's patch rounded down to the token size (what the
     fine-tuned network sees) and says so in every table."""
