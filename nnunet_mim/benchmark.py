@@ -153,7 +153,9 @@ def cross_validation_splits(preprocessed_dataset: str, data_folder: str) -> List
         return load_json(own)
     from nnunetv2.utilities.crossval_split import generate_crossval_split
     cases = sorted(f[:-len(".pkl")] for f in os.listdir(data_folder) if f.endswith(".pkl"))
-    return generate_crossval_split(cases, seed=12345, n_splits=5)
+    # nnU-Net's split holds numpy strings, which messages and the splits file would show as np.str_('case')
+    return [{part: [str(case) for case in cases_of_part] for part, cases_of_part in split.items()}
+            for split in generate_crossval_split(cases, seed=12345, n_splits=5)]
 
 
 def label_fraction_splits(splits: List[dict], fraction: float, seed: int) -> List[dict]:
@@ -162,7 +164,7 @@ def label_fraction_splits(splits: List[dict], fraction: float, seed: int) -> Lis
     for fold, split in enumerate(splits):
         order = np.random.default_rng(seed + fold).permutation(sorted(split["train"]))
         keep = max(1, int(round(fraction * len(order))))
-        out.append({"train": sorted(order[:keep].tolist()), "val": list(split["val"])})
+        out.append({"train": sorted(order[:keep].tolist()), "val": [str(case) for case in split["val"]]})
     return out
 
 

@@ -31,6 +31,18 @@ def test_label_fraction_splits_are_nested_and_keep_validation():
     assert label_fraction_splits(splits, 0.25, 1) != small
 
 
+def test_splits_hold_plain_strings_that_messages_print_as_names(tmp_path):
+    """nnU-Net's own split gives numpy strings, shown as np.str_('case') in every message and file."""
+    from nnunet_mim.benchmark import cross_validation_splits
+    for i in range(6):
+        (tmp_path / f"case_{i}.pkl").write_bytes(b"")
+    splits = cross_validation_splits(str(tmp_path), str(tmp_path))
+    drawn = label_fraction_splits(splits, 0.5, 0)
+    cases = [c for split in splits + drawn for part in split.values() for c in part]
+    assert len(cases) > 30 and {type(c) for c in cases} == {str}
+    assert "np.str_" not in str(drawn)
+
+
 def said_before_the_runs(bench, monkeypatch, capsys) -> str:
     """What ``bench.run()`` prints before its first run, with training stubbed out."""
     from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
