@@ -15,6 +15,7 @@ labels into a pre-training checkpoint, recorded as "supervised" pre-training: fi
 result, a run differs from one fine-tuned from the untouched checkpoint only in its encoder (the
 frozen-encoder probe's positive control, docs/benchmarks.md).
 """
+import os
 from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -29,6 +30,8 @@ ENCODER_PREFIXES = ("encoder.", "decoder.encoder.")  # nnU-Net's decoders keep a
 
 def load_checkpoint(filename: str) -> dict:
     """A checkpoint the user gives, read without running code from it (checkpointing.read_checkpoint)."""
+    if not os.path.isfile(filename):
+        raise RuntimeError(f"{filename}: no such file (give the path of a checkpoint_final.pth)")
     try:
         checkpoint = read_checkpoint(filename)
     except UntrustedCheckpointError:

@@ -1,0 +1,156 @@
+"""Bad input, one row each: what a user might give the plugin, and what must come of it. A refusal is one
+clear message that says what to do (exit status 1, or 2 for what argparse refuses), never a traceback;
+after every row, nothing the user had was changed and nothing half-written was left.
+
+Small synthetic files, no training: the whole table runs in seconds. The rows that need a planned
+dataset or a training run live beside their feature (tests/test_end_to_end.py: fine-tuning from a
+segmentation run's, a crafted, an nnssl or a corrupt checkpoint, a dataset without preprocessed images,
+a killed run; tests/test_collection.py: truncated, NaN, header-less and corrupt DICOM images, one stem twice;
+tests/test_run_lock.py: two runs on one folder).
+"""
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List
+
+import pytest
+import torch
+
+from nnunet_mim.checkpointing import TRUST_CHECKPOINTS_VARIABLE
+from nnunet_mim.pretraining_record import PretrainingRecord
+from test_checkpoint import WritesAMarker, pretraining_checkpoint, segmentation_checkpoint
+
+
+def write_inputs(folder) -> Dict[str, str]:
+    """Every file a row may name, by its role."""
+    files = {}
+
+    def save(name, obj):
+        files[name] = str(folder / f"{name}.pth")
+        torch.save(obj, files[name])
+
+    save("pretraining", pretraining_checkpoint())
+    save("segmentation_from_scratch", segmentation_checkpoint())
+    save("segmentation_wider", segmentation_checkpoint(width=8))
+    finetuned = segmentation_checkpoint()
+    finetuned["network_weights"]["pretraining_record"] = PretrainingRecord(
+        "MAE", "T", False, 1, (32, 32, 32), (1.0, 1.0, 1.0), 100).to_tensor()
+    save("segmentation_finetuned", finetuned)
+    save("stock_nnunet", {"network_weights": {"encoder.stages.0.0.convs.0.conv.weight": torch.zeros(4, 1, 3, 3, 3)},
+                          "trainer_name": "nnUNetTrainer", "init_args": {}})
+    save("nnssl", {"network_weights": {"encoder.stem.convs.0.conv.weight": torch.zeros(4, 1, 3, 3, 3)},
+                   "nnssl_adaptation_plan": {"architecture_plans": {"arch_class_name": "PrimusM"}}})
+    save("weights_not_a_dict", {"network_weights": [torch.zeros(3)]})
+    crafted = pretraining_checkpoint()
+    crafted["nnunet_mim"]["payload"] = WritesAMarker(folder / "marker")
+    save("crafted", crafted)
+    files["truncated"] = str(folder / "truncated.pth")
+    with open(files["pretraining"], "rb") as f:
+        whole = f.read()
+    with open(files["truncated"], "wb") as f:
+        f.write(whole[:len(whole) // 2])
+    files["not_a_checkpoint"] = str(folder / "notes.pth")
+    with open(files["not_a_checkpoint"], "w") as f:
+        f.write("not a checkpoint")
+    files["missing"] = str(folder / "missing.pth")
+    files["existing_output"] = str(folder / "existing_output.pth")
+    with open(files["existing_output"], "w") as f:
+        f.write("a file of the user's")
+    return files
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    argv: Callable[[Dict[str, str], str], List[str]]  # (input files, output path) -> nnunet-mim arguments
+    status: int
+    message: str  # in what the command prints to stderr
+
+
+ADAPT = ["adapt-checkpoint"]
+ROWS = [
+    Row("a crafted checkpoint (runs code when unpickled)",
+        lambda f, out: ADAPT + [f["crafted"], "--input-channels", "2", "-o", out], 1,
+        f"set {TRUST_CHECKPOINTS_VARIABLE}=1"),
+    Row("a truncated checkpoint", lambda f, out: ADAPT + [f["truncated"], "--input-channels", "2", "-o", out], 1,
+        "cannot read the pre-trained checkpoint"),
+    Row("a file that is no checkpoint", lambda f, out: ADAPT + [f["not_a_checkpoint"], "--input-channels", "2", "-o",
+                                                                out], 1, "cannot read the pre-trained checkpoint"),
+    Row("a checkpoint that does not exist", lambda f, out: ADAPT + [f["missing"], "--input-channels", "2", "-o", out],
+        1, "no such file (give the path of a checkpoint_final.pth)"),
+    Row("stock nnU-Net's checkpoint", lambda f, out: ADAPT + [f["stock_nnunet"], "--input-channels", "2", "-o", out],
+        1, "is not an nnunet-mim pre-training checkpoint"),
+    Row("an nnssl checkpoint", lambda f, out: ADAPT + [f["nnssl"], "--input-channels", "2", "-o", out], 1,
+        "is an nnssl checkpoint (PrimusM)"),
+    Row("a segmentation run trained from scratch",
+        lambda f, out: ADAPT + [f["segmentation_from_scratch"], "--input-channels", "2", "-o", out], 1,
+        "segmentation run (nnUNetTrainerMiMScratch_T_CPUxlong, trained with labels from random weights)"),
+    Row("a segmentation run fine-tuned from MAE",
+        lambda f, out: ADAPT + [f["segmentation_finetuned"], "--input-channels", "2", "-o", out], 1,
+        "trained with labels from MAE pre-training), not of pre-training"),
+    Row("network_weights that are not a dict",
+        lambda f, out: ADAPT + [f["weights_not_a_dict"], "--input-channels", "2", "-o", out], 1,
+        "holds no dict of 'network_weights'"),
+    Row("--input-channels 0", lambda f, out: ADAPT + [f["pretraining"], "--input-channels", "0", "-o", out], 2,
+        "argument --input-channels: 0 is not a number of channels (give 1 or more)"),
+    Row("--input-channels -3", lambda f, out: ADAPT + [f["pretraining"], "--input-channels", "-3", "-o", out], 2,
+        "argument --input-channels"),
+    Row("nothing to adapt", lambda f, out: ADAPT + [f["pretraining"], "-o", out], 1,
+        "give --input-channels N and/or --encoder-from"),
+    Row("an output that exists", lambda f, out: ADAPT + [f["pretraining"], "--input-channels", "2", "-o",
+                                                          f["existing_output"]], 1,
+        "exists; choose another --output (nothing is overwritten)"),
+    Row("an output folder that does not exist",
+        lambda f, out: ADAPT + [f["pretraining"], "--input-channels", "2", "-o",
+                                os.path.join(os.path.dirname(out), "no_such_folder", "out.pth")], 1,
+        "does not exist; create it first"),
+    Row("--encoder-from a pre-training checkpoint",
+        lambda f, out: ADAPT + [f["pretraining"], "--encoder-from", f["pretraining"], "-o", out], 1,
+        "the encoder's source is not the checkpoint of an nnU-Net segmentation run"),
+    Row("--encoder-from an encoder of another width",
+        lambda f, out: ADAPT + [f["pretraining"], "--encoder-from", f["segmentation_wider"], "-o", out], 1,
+        "the source's encoder does not fit the pre-training checkpoint's (another preset?)"),
+    Row("a benchmark fold given twice", lambda f, out: ["benchmark", "999", "--folds", "0", "0"], 2,
+        "argument --folds: 0 given more than once"),
+    Row("a benchmark arm given twice", lambda f, out: ["benchmark", "999", "--arms", "MiM", "MiM"], 2,
+        "argument --arms: MiM given more than once"),
+    Row("--pretrained-weights naming an arm twice",
+        lambda f, out: ["benchmark", "999", "--pretrained-weights", f"MAE={f['pretraining']}",
+                        f"MAE={f['pretraining']}"], 2, "--pretrained-weights names an arm twice"),
+    Row("compare on a folder that holds no benchmark", lambda f, out: ["compare", f"a={os.path.dirname(out)}",
+                                                                        "-o", out], 1, "no downstream_runs.csv in"),
+    Row("an unknown example template", lambda f, out: ["example-dataset", "995", "--template", "brain"], 2,
+        "argument --template: invalid choice: 'brain'"),
+]
+
+
+def digest(folder) -> Dict[str, str]:
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in sorted(os.listdir(folder))}
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+def test_bad_input_ends_in_one_clear_message_and_changes_nothing(row, tmp_path, capsys, monkeypatch):
+    from nnunet_mim.cli import main
+    monkeypatch.delenv(TRUST_CHECKPOINTS_VARIABLE, raising=False)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    files = write_inputs(inputs)
+    before = digest(inputs)
+    out = str(tmp_path / "out")
+    try:
+        status = main(row.argv(files, out))
+    except SystemExit as stop:  # argparse
+        status = stop.code
+    printed = capsys.readouterr()
+    assert status == row.status, printed.err
+    assert row.message in printed.err, printed.err
+    assert "Traceback" not in printed.err + printed.out
+    assert not (inputs / "marker").exists()  # no code ran from a checkpoint
+    assert digest(inputs) == before  # every input byte-identical, the user's existing output included
+    assert sorted(os.listdir(tmp_path)) == ["inputs"]  # nothing written beside them, not even a partial file
+
+
+def test_the_table_covers_every_outcome_it_promises():
+    """Read by the note of issue 55: how many rows, how many end in a clear message."""
+    assert len(ROWS) >= 20 and len({row.name for row in ROWS}) == len(ROWS)
+    assert {row.status for row in ROWS} == {1, 2}
