@@ -1,6 +1,6 @@
 """Matched downstream benchmark: ``python benchmarks/downstream.py DATASET [options]``.
 
-The same as ``nnunet-mim benchmark`` (see ``nnunet_mim/benchmark.py`` for what it runs).
+The same as ``nnunet-mim benchmark`` (see ``nnunet_mim/benchmark/`` for what it runs).
 """
 import sys
 

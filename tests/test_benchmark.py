@@ -459,7 +459,7 @@ def test_a_failed_run_shows_the_end_of_its_output(benchmark_env, tmp_path, monke
 
     bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
                                 arms=["scratch"], device="cpu")
-    monkeypatch.setattr("nnunet_mim.benchmark.subprocess.run", failing_train)
+    monkeypatch.setattr("nnunet_mim.benchmark.runs.subprocess.run", failing_train)
     with pytest.raises(BenchmarkError, match="(?s)nnUNetv2_train .* failed.*benchmark.log") as failure:
         bench.run()
     shown = str(failure.value).splitlines()[1:]
