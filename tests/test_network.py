@@ -107,3 +107,28 @@ def test_adapt_plans_and_build_through_nnunet(example_plans):
         net.get_submodule(key)
     assert adapt_plans(example_plans, "3d_fullres", "T", patch_multiple=32)["configurations"]["3d_fullres"][
         "patch_size"] == [32, 224, 192]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_finetuning_step_under_autocast(dtype):
+    """nnU-Net fine-tunes under fp16 autocast on CUDA (bf16 where our pre-training runs): the hybrid network's
+    forward, nnU-Net's deep-supervised Dice + CE and the backward, in that precision on the CPU. Outputs in the
+    autocast dtype, loss and gradients finite, weights fp32."""
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    torch.manual_seed(0)
+    net = MiMHybridUNet(1, 3, deep_supervision=True, **preset_kwargs("T"))
+    x = torch.randn(2, 1, 32, 32, 32)
+    target = torch.randint(0, 3, (2, 1, 32, 32, 32)).float()
+    with torch.autocast("cpu", dtype=dtype):
+        outputs = net(x)
+        targets = [torch.nn.functional.interpolate(target, size=o.shape[2:], mode="nearest") for o in outputs]
+        dice = {"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}
+        loss = DeepSupervisionWrapper(DC_and_CE_loss(dice, {}, weight_ce=1, weight_dice=1,
+                                                     dice_class=MemoryEfficientSoftDiceLoss),
+                                      [1 / 2 ** i for i in range(len(outputs))])(outputs, targets)
+    assert outputs[0].dtype == dtype and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)

@@ -108,3 +108,41 @@ def test_resume_continues_exactly_on_an_accumulation_boundary(nnunet_env):
     losses = json.loads(run([sys.executable, "-c", RESUME_SCRIPT], nnunet_env).stdout.strip().splitlines()[-1])
     assert losses["resumed"][0] == losses["uninterrupted"][0]  # same seeded start
     assert abs(losses["resumed"][1] - losses["uninterrupted"][1]) < 1e-6, losses
+
+
+MIXED_PRECISION_SCRIPT = ACCUMULATING_TRAINER + """
+t = trainer(2)
+t.initialize()
+t.dataloader_train, t.dataloader_val = t.get_dataloaders()
+t.on_train_epoch_start()
+batch = next(t.dataloader_train)
+weights = lambda: [p.detach().clone() for p in t.network.parameters()]
+equal = lambda a, b: all(torch.equal(x, y) for x, y in zip(a, b))
+computed_in = set()  # the dtype a linear layer of the forward computed in: autocast was entered
+t.pretrain_network.encoder.blocks[0].attn.proj.register_forward_hook(lambda m, i, o: computed_in.add(str(o.dtype)))
+steps = [t.train_step(batch), t.train_step(batch)]
+out = {"amp": str(t.amp_dtype), "scaler": t.grad_scaler is not None, "losses": [float(s["loss"]) for s in steps],
+       "computed_in": sorted(computed_in),
+       "master_fp32": all(p.dtype == torch.float32 for p in t.network.parameters()), "counter": t.skipped_steps}
+if t.grad_scaler is not None:  # force an fp16 overflow: a scale no fp16 gradient survives
+    t.grad_scaler.update(2.0 ** 120)
+    before = weights()
+    overflow = [t.train_step(batch), t.train_step(batch)]
+    out.update(overflow_skipped=overflow[-1]["skipped"], counter_after=t.skipped_steps,
+               unchanged=equal(before, weights()), scale_lowered=t.grad_scaler.get_scale() < 2.0 ** 120)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("amp, scaler", [("bf16", False), ("fp16", True)])
+def test_mixed_precision_steps_of_the_real_trainer_run_on_the_cpu(nnunet_env, amp, scaler):
+    """The autocast branch that only a GPU took: finite losses, fp32 master weights; with fp16 the scaler,
+    and an overflow discards the step, counts it and lowers the scale."""
+    env = dict(nnunet_env, NNUNET_MIM_AMP=amp)
+    out = json.loads(run([sys.executable, "-c", MIXED_PRECISION_SCRIPT], env).stdout.strip().splitlines()[-1])
+    dtype = {"bf16": "torch.bfloat16", "fp16": "torch.float16"}[amp]
+    assert out["amp"] == dtype and out["computed_in"] == [dtype] and out["scaler"] == scaler
+    assert all(0 < loss < 10 for loss in out["losses"]) and out["master_fp32"] and out["counter"] == 0
+    if scaler:
+        assert out["overflow_skipped"] == 1 and out["counter_after"] == 1
+        assert out["unchanged"] and out["scale_lowered"]

@@ -58,6 +58,7 @@ from nnunet_mim.pretraining.data import (ImagesOnlyDataset, check_images_fit, lo
 from nnunet_mim.pretraining.objective import COLLAPSE_THRESHOLD, mim_objective  # noqa: E402
 from nnunet_mim.pretraining.preview import save_preview  # noqa: E402
 from nnunet_mim.pretraining.recipe import PretrainingRecipe  # noqa: E402
+from nnunet_mim.precision import autocast_dtype, describe  # noqa: E402
 from nnunet_mim.pretraining_record import PretrainingRecord  # noqa: E402
 from nnunet_mim.schedule import WarmupCosineLR, adamw_param_groups  # noqa: E402
 from nnunet_mim.seeding import run_seed, seed_generators  # noqa: E402
@@ -121,6 +122,9 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         # workers draw their own crops); --c restores every generator from the checkpoint
         self.seed = run_seed()
         seed_generators(self.seed, self.local_rank)
+        self.amp_dtype = autocast_dtype(self.device)  # decided once (precision.py)
+        # only fp16 needs nnU-Net's gradient scaler (which nnU-Net makes for every CUDA run, bf16 too)
+        self.grad_scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         self.skipped_steps = 0  # optimizer steps discarded
         self.accumulated_loss = None  # finite iff every micro-step of the accumulation was
         self._val_counter = 0
@@ -173,6 +177,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         super().on_train_start()
         self.print_to_log_file(f"{self.method} pre-training recipe: {self.recipe.describe()}; "
                                f"{self.optimizer_steps_per_epoch} optimizer steps per epoch")
+        self.print_to_log_file(describe(self.amp_dtype))
         if self.current_epoch == 0 and 0 in self.snapshot_epochs:
             self.save_checkpoint(join(self.output_folder, "checkpoint_epoch_0000.pth"), epochs_done=0)
 
@@ -234,14 +239,11 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     def _objective(self, crops: torch.Tensor, generator: torch.Generator):
         crops = crops.to(self.device, non_blocking=True)
         levels = build_levels(crops, self.levels, generator)
-        with autocast(self.device.type, dtype=self._amp_dtype()) if self.device.type == "cuda" else dummy_context():
+        with autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else dummy_context():
             # the masked forward goes through self.network so that a DDP wrapper sees it
             terms = mim_objective(self.network, self.pretrain_network.alignment, levels, self.levels.token_size,
                                   self.reconstruction_weights, self.alignment_weight)
         return levels, terms
-
-    def _amp_dtype(self):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def on_train_epoch_start(self):
         # nnU-Net's hook, with the schedule counted in optimizer steps instead of epochs
@@ -275,7 +277,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         return {"skipped": int(not stepped), **{k: v.detach().float().cpu().numpy() for k, v in terms.items()}}
 
     def _uses_scaler(self) -> bool:
-        return self.grad_scaler is not None and self._amp_dtype() == torch.float16
+        return self.grad_scaler is not None
 
     def _optimizer_step(self) -> bool:
         """Apply the accumulated gradients; False, and the weights unchanged, where a micro-step of
