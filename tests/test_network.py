@@ -132,3 +132,19 @@ def test_a_finetuning_step_under_autocast(dtype):
     loss.backward()
     assert all(p.dtype == torch.float32 for p in net.parameters())
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_the_compiled_finetuning_network_computes_what_the_eager_one_does():
+    """Fine-tuning keeps nnU-Net's torch.compile on CUDA: the network traces into one graph without a break
+    (aot_eager: dynamo and autograd's tracing, without code generation) and gives the eager outputs."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    net = MiMHybridUNet(1, 3, deep_supervision=True, **preset_kwargs("T")).eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        eager = net(x)
+        compiled = torch.compile(net, backend="aot_eager")(x)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(eager, compiled))
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]

@@ -146,3 +146,18 @@ def test_mixed_precision_steps_of_the_real_trainer_run_on_the_cpu(nnunet_env, am
     if scaler:
         assert out["overflow_skipped"] == 1 and out["counter_after"] == 1
         assert out["unchanged"] and out["scale_lowered"]
+
+
+COMPILE_DECISION_SCRIPT = ACCUMULATING_TRAINER + """
+t = trainer(1)
+t.device = torch.device("cuda")  # what nnU-Net would compile for; nothing runs on it here
+logged = []
+t.print_to_log_file = lambda *args, **kwargs: logged.append(" ".join(map(str, args)))
+print(json.dumps({"compiles": t._do_i_compile(), "logged": logged}))
+"""
+
+
+def test_pretraining_is_never_compiled_and_says_why(nnunet_env):
+    """nnU-Net compiles every CUDA run's network; the masked forward changes shape at every step."""
+    out = json.loads(run([sys.executable, "-c", COMPILE_DECISION_SCRIPT], nnunet_env).stdout.strip().splitlines()[-1])
+    assert out["compiles"] is False and "torch.compile is off for pre-training" in out["logged"][0]

@@ -169,6 +169,15 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         rank = dist.get_rank() if self.is_ddp else 0
         self.mask_generator = torch.Generator().manual_seed(self.seed * 1000 + rank)  # per-rank masks differ
 
+    def _do_i_compile(self) -> bool:
+        # nnU-Net compiles every CUDA run's network. The masked forward has other shapes at every step
+        # (visible tokens per level follow the mask): on the CPU, dynamo rebuilt its graph at 5 of 6
+        # steps and the step ran 2.9x slower than eager (benchmarks/compile.py, docs/experiments/47-torch-compile.md)
+        if super()._do_i_compile():
+            self.print_to_log_file("torch.compile is off for pre-training: masking changes the shapes at every "
+                                   "step, so the graph would be rebuilt instead of reused (docs/usage.md)")
+        return False
+
     @property
     def pretrain_network(self):
         return unwrap_network(self.network)
