@@ -69,12 +69,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", default="inductor")
+    parser.add_argument("--arms", nargs="+", choices=["finetune", "pretrain"], default=["finetune", "pretrain"])
     args = parser.parse_args()
     print(f"preset {args.preset}, patch {args.patch}^3, batch 2, {args.steps} steps, {args.device}, "
           f"backend {args.backend}\n")
     print("| arm | mode | first step (s) | median step after (s) | compiled / eager | graphs | graph breaks |")
     print("|---|---|---|---|---|---|---|")
-    for arm in ("finetune", "pretrain"):
+    for arm in args.arms:
         eager = None
         for mode in ("eager", "compiled"):
             result = measure(arm, mode, args)

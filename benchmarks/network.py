@@ -1,7 +1,7 @@
 """Forward + backward cost of the hybrid network (preset B) next to nnU-Net's ResEnc-M U-Net.
 
     python benchmarks/network.py                     # CPU, patches 96^3 and 128^3, batch 1
-    python benchmarks/network.py --device cuda       # GPU: absolute times and peak memory
+    python benchmarks/network.py --device cuda       # GPU: absolute times and peak memory, fp16 autocast
 
 Each measurement runs in a fresh process, so the peak memory (CPU: peak RSS growth; GPU: torch's
 peak allocation) belongs to that network alone. On the CPU only the ratios mean anything.
@@ -40,7 +40,8 @@ def worker(name: str, size: int, device: str, repeats: int) -> dict:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def step():
-        out = net(x)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=device == "cuda"):  # as nnU-Net trains on CUDA
+            out = net(x)
         sum(o.float().mean() for o in out).backward()
         net.zero_grad(set_to_none=True)
 
