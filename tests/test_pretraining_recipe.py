@@ -30,15 +30,19 @@ def trainer(epochs):
     return t
 """
 
-NON_FINITE_SCRIPT = ACCUMULATING_TRAINER + """
+# the trainer at its first micro-step, a batch, and the network's weights to compare
+STARTED_TRAINER = ACCUMULATING_TRAINER + """
 t = trainer(2)
 t.initialize()
 t.dataloader_train, t.dataloader_val = t.get_dataloaders()
 t.on_train_epoch_start()
 batch = next(t.dataloader_train)
-bad = dict(batch, data=torch.full_like(batch["data"], float("nan")))
 weights = lambda: [p.detach().clone() for p in t.network.parameters()]
 equal = lambda a, b: all(torch.equal(x, y) for x, y in zip(a, b))
+"""
+
+NON_FINITE_SCRIPT = STARTED_TRAINER + """
+bad = dict(batch, data=torch.full_like(batch["data"], float("nan")))
 start = weights()
 steps = [t.train_step(bad), t.train_step(batch)]  # the first micro-step is non-finite
 after_discard = weights()
@@ -110,14 +114,7 @@ def test_resume_continues_exactly_on_an_accumulation_boundary(nnunet_env):
     assert abs(losses["resumed"][1] - losses["uninterrupted"][1]) < 1e-6, losses
 
 
-MIXED_PRECISION_SCRIPT = ACCUMULATING_TRAINER + """
-t = trainer(2)
-t.initialize()
-t.dataloader_train, t.dataloader_val = t.get_dataloaders()
-t.on_train_epoch_start()
-batch = next(t.dataloader_train)
-weights = lambda: [p.detach().clone() for p in t.network.parameters()]
-equal = lambda a, b: all(torch.equal(x, y) for x, y in zip(a, b))
+MIXED_PRECISION_SCRIPT = STARTED_TRAINER + """
 computed_in = set()  # the dtype a linear layer of the forward computed in: autocast was entered
 t.pretrain_network.encoder.blocks[0].attn.proj.register_forward_hook(lambda m, i, o: computed_in.add(str(o.dtype)))
 steps = [t.train_step(batch), t.train_step(batch)]
