@@ -62,8 +62,6 @@ def hippocampus_env(nnunet_env, tmp_path_factory):
     planning = {k: v for k, v in nnunet_env.items() if k != "nnUNet_n_proc_DA"}  # planning fails with 0
     run([nnunet_command("nnUNetv2_convert_MSD_dataset"), "-i", str(source), "-np", "1"], planning)
     run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "4", "-c", "3d_fullres", "-np", "1"], planning)
-    # nnU-Net's recommended ResEnc-M plans too; they share the preprocessed data planned above
-    run([nnunet_command("nnUNetv2_plan_experiment"), "-d", "4", "-pl", "nnUNetPlannerResEncM"], planning)
     return nnunet_env
 
 
@@ -117,6 +115,9 @@ def test_benchmark_with_residual_encoder_plans(hippocampus_env, tmp_path):
     """-p: nnU-Net's recommended ResEnc presets (which share nnUNetPlans' preprocessed data) work as
     with nnUNetv2_train -p, for pre-training and for fine-tuning from its weights. (The stock arm
     takes the same path and would train their residual encoder U-Net: left out for time.)"""
+    # nnU-Net's recommended ResEnc-M plans; they share the preprocessed data planned by the fixture
+    planning = {k: v for k, v in hippocampus_env.items() if k != "nnUNet_n_proc_DA"}
+    run([nnunet_command("nnUNetv2_plan_experiment"), "-d", "4", "-pl", "nnUNetPlannerResEncM"], planning)
     result = run([sys.executable, "-m", "nnunet_mim.cli", "benchmark", "4", "-p", "nnUNetResEncUNetMPlans",
                   "--budget", "smoke", "--arms", "scratch", "MAE", "--folds", "0", "--fractions", "0.25",
                   "--device", "cpu", "--work-folder", str(tmp_path)], hippocampus_env)
