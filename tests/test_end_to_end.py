@@ -227,25 +227,16 @@ def test_finetune_on_another_dataset_with_other_channels_classes_spacing(nnunet_
 
 
 def test_not_a_pretraining_checkpoint_is_refused(nnunet_env, pretrained, finetuned, tmp_path):
+    """Through nnUNetv2_train, before nnU-Net's own loader: a crafted file and a segmentation run's checkpoint. The
+    fine-tuning trainer reads the file with the functions adapt-checkpoint uses, whose every refusal (corrupt,
+    truncated, missing, foreign, nnssl, malformed) is a row of tests/test_bad_input.py."""
     import torch
-    checkpoint = torch.load(pretrained, map_location="cpu", weights_only=False)
-    del checkpoint["network_weights"]["pretraining_record"]
-    foreign = str(tmp_path / "foreign.pth")
-    torch.save(checkpoint, foreign)
-    corrupt = str(tmp_path / "corrupt.pth")
-    open(corrupt, "wb").write(open(pretrained, "rb").read()[:1000])
-    nnssl = str(tmp_path / "nnssl.pth")  # the layout of nnssl's checkpoints (e.g. the OpenMind models)
-    torch.save({"network_weights": {"encoder.stem.convs.0.conv.weight": torch.zeros(32, 1, 3, 3, 3)},
-                "nnssl_adaptation_plan": {"architecture_plans": {"arch_class_name": "ResEncL"},
-                                          "pretrain_num_input_channels": 1, "key_to_encoder": "encoder.stages"}},
-               nnssl)
     crafted = str(tmp_path / "crafted.pth")  # a real checkpoint plus a call that a load would run
     checkpoint = torch.load(pretrained, map_location="cpu", weights_only=False)
     checkpoint["nnunet_mim"]["payload"] = WritesAMarker(tmp_path / "marker")
     torch.save(checkpoint, crafted)
     env = {k: v for k, v in nnunet_env.items() if k != "NNUNET_MIM_TRUST_CHECKPOINTS"}
-    for path, message in [(foreign, "not an nnunet-mim pre-training checkpoint"), (corrupt, "cannot read"),
-                          (nnssl, "is an nnssl checkpoint (ResEncL)"), (crafted, "NNUNET_MIM_TRUST_CHECKPOINTS=1"),
+    for path, message in [(crafted, "NNUNET_MIM_TRUST_CHECKPOINTS=1"),
                           (os.path.join(output_folder(nnunet_env, FINETUNE), "checkpoint_final.pth"),
                            f"is the checkpoint of a segmentation run ({FINETUNE}, trained with labels from MiM")]:
         result = train(env, "nnUNetTrainerMiMFinetune_T_CPUdemo", "-pretrained_weights", path, check=False)
