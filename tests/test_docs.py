@@ -26,7 +26,7 @@ def anchor(heading: str) -> str:
 
 def anchors(path: str) -> Set[str]:
     seen, out, fenced = {}, set(), False
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         for line in f:
             if line.startswith("```"):
                 fenced = not fenced
@@ -41,7 +41,7 @@ def anchors(path: str) -> Set[str]:
 
 def relative_links(path: str) -> Iterator[Tuple[int, str]]:
     fenced = False
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if line.startswith("```"):
                 fenced = not fenced
@@ -72,8 +72,9 @@ def test_every_relative_link_resolves():
 @pytest.mark.parametrize("target, problem", [("missing.md", "no such file"), ("#no-such-heading", "no such heading"),
                                              ("other.md#nowhere", "no such heading")])
 def test_a_broken_link_is_found(tmp_path, target, problem):
-    (tmp_path / "other.md").write_text("# A heading: with (punctuation)\n")
+    (tmp_path / "other.md").write_text("# A heading: with (punctuation) \u2014 and a dash\n", encoding="utf-8")
     page = tmp_path / "page.md"
-    page.write_text(f"# Page\n[fine](other.md#a-heading-with-punctuation) [bad]({target})\n")
+    page.write_text(f"# Page\n[fine](other.md#a-heading-with-punctuation--and-a-dash) [bad]({target})\n",
+                    encoding="utf-8")
     (found,) = broken_links([str(page)])
     assert problem in found and target in found

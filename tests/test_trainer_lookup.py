@@ -1,32 +1,38 @@
 """Every trainer of nnunet-mim is found by nnU-Net's own lookup through nnUNet_extTrainer (the
 path nnUNetv2_train and nnUNetv2_predict use), so no variant can be forgotten in trainers/."""
-import os
+import json
 import subprocess
 import sys
 
 import nnunet_mim.variants as variants
 from nnunet_mim.environment import cpu_budget_trainers_path, trainers_path
 
+# one process for every lookup (nnU-Net reads nnUNet_extTrainer when it looks): a list of (folders, names),
+# answered with the names not found under each
 LOOKUP = """
-import contextlib, io, sys
+import contextlib, io, json, os, sys
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-missing = []
-for name in sys.argv[1:]:
-    with contextlib.redirect_stdout(io.StringIO()):
-        try:
-            cls = recursive_find_trainer_class_by_name(name)
-            assert cls.__module__.startswith("nnunet_mim."), cls.__module__  # defined once, in the library
-        except Exception as e:
-            missing.append(f"{name}: {e}")
-print("\\n".join(missing))
+unfound = []
+for folders, names in json.loads(sys.argv[1]):
+    os.environ["nnUNet_extTrainer"] = os.pathsep.join(folders)
+    missing = []
+    for name in names:
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                cls = recursive_find_trainer_class_by_name(name)
+                assert cls.__module__.startswith("nnunet_mim."), cls.__module__  # defined once, in the library
+            except Exception:
+                missing.append(name)
+    unfound.append(missing)
+print(json.dumps(unfound))
 """
 
 
-def unfound(names, *folders) -> list:
-    """The ``names`` nnU-Net's lookup does not find with ``folders`` as nnUNet_extTrainer."""
-    env = dict(os.environ, nnUNet_extTrainer=os.pathsep.join(folders))
-    out = subprocess.run([sys.executable, "-c", LOOKUP, *names], env=env, capture_output=True, text=True, check=True)
-    return [line.split(":")[0] for line in out.stdout.splitlines() if line.strip()]
+def unfound(*lookups) -> list:
+    """Per (names, folders): the names nnU-Net's lookup does not find with those folders as nnUNet_extTrainer."""
+    request = json.dumps([[list(folders), list(names)] for names, folders in lookups])
+    out = subprocess.run([sys.executable, "-c", LOOKUP, request], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_every_trainer_is_found_by_nnunet_the_cpu_budgets_only_in_their_folder():
@@ -34,11 +40,12 @@ def test_every_trainer_is_found_by_nnunet_the_cpu_budgets_only_in_their_folder()
                if n.startswith("nnUNetTrainer") and getattr(variants, n).__module__.startswith("nnunet_mim.")}
     assert set(variants.USER_TRAINERS) | set(variants.CPU_BUDGET_TRAINERS) == defined  # none forgotten
     assert not set(variants.USER_TRAINERS) & set(variants.CPU_BUDGET_TRAINERS)
-    assert unfound(variants.USER_TRAINERS, trainers_path()) == []
-    assert unfound(variants.CPU_BUDGET_TRAINERS, trainers_path(), cpu_budget_trainers_path()) == []
     budgets = ["nnUNetTrainerMiMPretrain_T_CPUbench", "nnUNetTrainerMiMFinetune_T_CPUxlong_DecoderFirst",
                "nnUNetTrainerStockCNN_CPUlong"]
-    assert unfound(budgets, trainers_path()) == budgets  # a user's nnUNet_extTrainer does not list them
+    outside, users, all_budgets = unfound((budgets, [trainers_path()]), (variants.USER_TRAINERS, [trainers_path()]),
+                                          (variants.CPU_BUDGET_TRAINERS, [trainers_path(), cpu_budget_trainers_path()]))
+    assert outside == budgets  # a user's nnUNet_extTrainer does not list them
+    assert users == [] and all_budgets == []
 
 
 def test_trainer_list_names_what_users_run_and_no_cpu_budget():
