@@ -318,3 +318,34 @@ def test_wrong_trainer_path_is_explained(nnunet_env):
     assert 'eval "$(nnunet-mim env)"' in result.stderr and trainers_path() in result.stderr
     ok = run([sys.executable, "-m", "nnunet_mim.cli", "check"], nnunet_env)
     assert "ok: nnU-Net finds the nnunet-mim trainers" in ok.stdout
+
+
+FINETUNING_AUTOCAST_SCRIPT = """
+import json, os, torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.paths import nnUNet_preprocessed
+from nnunet_mim.variants import nnUNetTrainerMiMScratch_T_CPUsmoke
+folder = os.path.join(nnUNet_preprocessed, "Dataset991_E2E")
+plans = dict(load_json(os.path.join(folder, "nnUNetPlans.json")), continue_training=False)
+t = nnUNetTrainerMiMScratch_T_CPUsmoke(plans, "3d_fullres", "all", load_json(os.path.join(folder, "dataset.json")),
+                                       torch.device("cpu"))
+t.initialize()
+t.dataloader_train, t.dataloader_val = t.get_dataloaders()
+t.on_train_epoch_start()
+computed_in = set()
+t.network.decoder.seg_layers[-1].register_forward_hook(lambda m, i, o: computed_in.add(str(o.dtype)))
+# nnU-Net's own train_step, as it runs on CUDA: the forward and the loss inside an autocast context
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    losses = [float(t.train_step(next(t.dataloader_train))["loss"]) for _ in range(2)]
+print(json.dumps({"losses": losses, "computed_in": sorted(computed_in),
+                  "master_fp32": all(p.dtype == torch.float32 for p in t.network.parameters())}))
+"""
+
+
+def test_the_finetuning_trainers_step_runs_under_autocast_on_the_cpu(nnunet_env):
+    """nnU-Net's train_step of the fine-tuning trainers (here scratch's, the same class) enters autocast on CUDA only;
+    run under a bf16 autocast context on the CPU: the heads compute in bf16, losses finite, weights fp32."""
+    printed = run([sys.executable, "-c", FINETUNING_AUTOCAST_SCRIPT], nnunet_env).stdout
+    out = json.loads(printed.strip().splitlines()[-1])
+    assert out["computed_in"] == ["torch.bfloat16"] and out["master_fp32"]
+    assert all(0 < loss < 10 for loss in out["losses"]), out["losses"]

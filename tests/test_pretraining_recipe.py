@@ -158,3 +158,4 @@ def test_pretraining_is_never_compiled_and_says_why(nnunet_env):
     """nnU-Net compiles every CUDA run's network; the masked forward changes shape at every step."""
     out = json.loads(run([sys.executable, "-c", COMPILE_DECISION_SCRIPT], nnunet_env).stdout.strip().splitlines()[-1])
     assert out["compiles"] is False and "torch.compile is off for pre-training" in out["logged"][0]
+
