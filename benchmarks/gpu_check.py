@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # seconds per part: on one GPU the parts add up to under 8 minutes (the lease is about 15, start-up included)
@@ -89,9 +89,8 @@ class Report:
         self.add("", f"({time.time() - start:.0f} s)")
 
 
-def python(args: List[str], timeout: float, env: Optional[dict] = None) -> str:
-    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
-                         env=env or os.environ.copy())
+def python(args: List[str], timeout: float) -> str:
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError((out.stderr.strip() or out.stdout.strip() or "no output").splitlines()[-1])
     return out.stdout
@@ -188,9 +187,11 @@ def commands(args, limit: float) -> List[str]:
     command("nnUNetv2_plan_and_preprocess", "-d", "990", "-c", "3d_fullres", "-np", "2")
     lines.append(f"- dataset made, planned and preprocessed: {time.time() - start:.0f} s")
     device = ["-device", "cpu"] if args.device == "cpu" else []
+    # single-process loading on the CPU (its background workers would only compete for the cores)
+    training = {"nnUNet_n_proc_DA": "0" if args.device == "cpu" else env.get("nnUNet_n_proc_DA", "8")}
     start = time.time()
     command("nnUNetv2_train", "990", "3d_fullres", "all", "-tr", "nnUNetTrainerMiMPretrain_GPUcheck", *device,
-            nnUNet_n_proc_DA="0" if args.device == "cpu" else env.get("nnUNet_n_proc_DA", "8"))
+            **training)
     results = os.path.join(work, "results", "Dataset990_GPUCheck")
     pretrained = os.path.join(results, "nnUNetTrainerMiMPretrain_GPUcheck__nnUNetPlans__3d_fullres", "fold_all",
                               "checkpoint_final.pth")
@@ -202,8 +203,7 @@ def commands(args, limit: float) -> List[str]:
                  f"({'fell' if losses[-1] < losses[0] else 'DID NOT FALL'}), {skipped} steps discarded")
     start = time.time()
     command("nnUNetv2_train", "990", "3d_fullres", "all", "-tr", "nnUNetTrainerMiMFinetune_GPUcheck", *device,
-            "-pretrained_weights", pretrained,
-            nnUNet_n_proc_DA="0" if args.device == "cpu" else env.get("nnUNet_n_proc_DA", "8"))
+            "-pretrained_weights", pretrained, **training)
     finetuned = os.path.join(results, "nnUNetTrainerMiMFinetune_GPUcheck__nnUNetPlans__3d_fullres", "fold_all")
     with open(os.path.join(finetuned, "pretrained_weights_report.json")) as f:
         report = json.load(f)

@@ -10,7 +10,7 @@ a CT collection). A folder contributes every image file under it and every DICOM
 ``read_header`` reads sizes and spacings without decoding voxels; problems that make an image
 unusable (unreadable, 2D, 4D, absurd spacing, a NIfTI header without spacing) are reported as a
 reason, never raised. ``read_volume`` raises ``UnusableImage`` for what only the voxels show: a
-truncated compressed file (SimpleITK fills the missing voxels with zeros) or non-finite voxels.
+truncated file (SimpleITK fills the missing voxels with zeros) or non-finite voxels.
 """
 import gzip
 import os
@@ -100,7 +100,7 @@ def folder_images(folder: str, source: str) -> Iterator[SourceImage]:
             unique = name if stems[file_stem(name)] == 1 else name.replace(".", "_")
             yield SourceImage(source, case_id(source, os.path.normpath(os.path.join(relative_dir, unique))),
                               (os.path.join(directory, name),))
-        dicom_candidates = [n for n in sorted(files) if not n.startswith(".") and n not in images
+        dicom_candidates = [n for n in sorted(files) if not n.startswith(".") and not n.lower().endswith(IMAGE_ENDINGS)
                             and os.path.splitext(n)[1].lower() in DICOM_ENDINGS]
         if dicom_candidates:
             in_series = set()
@@ -180,22 +180,21 @@ def read_header(files: Sequence[str]) -> Tuple[Optional[Header], str]:
     return Header(tuple(size[::-1]), tuple(float(s) for s in spacing[::-1])), ""
 
 
-def check_compressed_stream(path: str) -> None:
-    """Decompress a .gz to its end: SimpleITK reads a truncated one without an error, zeros in place
-    of the missing voxels."""
+def nifti_voxels_as_stored(path: str) -> np.ndarray:
+    """A NIfTI file's voxels as the file stores them (nibabel): what SimpleITK hides shows only here. It reads
+    a truncated file without an error, zeros in place of the missing voxels, and ITK's NIfTI reader turns
+    NaN into 0."""
+    import nibabel
     try:
-        with gzip.open(path, "rb") as f:
-            while f.read(1 << 24):
-                pass
+        return np.asanyarray(nibabel.load(path).dataobj)
     except (EOFError, OSError, zlib.error) as error:
-        raise UnusableImage(f"truncated or corrupt compressed file ({error}); SimpleITK would fill the rest "
-                            "with zeros") from None
+        raise UnusableImage(f"truncated or corrupt file ({str(error).splitlines()[0]}); SimpleITK would fill the "
+                            "rest with zeros") from None
 
 
 def read_volume(files: Sequence[str]) -> Tuple[np.ndarray, dict]:
     """Voxels as float32 (1, z, y, x) and nnU-Net's properties (as its SimpleITKIO gives them)."""
-    if files[0].lower().endswith(".gz"):
-        check_compressed_stream(files[0])
+    stored = nifti_voxels_as_stored(files[0]) if files[0].lower().endswith((".nii", ".nii.gz")) else None
     image = sitk.ReadImage(list(files) if len(files) > 1 else files[0], sitk.sitkFloat32)
     if image.GetDimension() != 3:
         raise ValueError(f"expected a 3D image, got {image.GetDimension()}D")
@@ -203,17 +202,9 @@ def read_volume(files: Sequence[str]) -> Tuple[np.ndarray, dict]:
                                  "direction": image.GetDirection()},
                   "spacing": list(image.GetSpacing())[::-1]}
     data = sitk.GetArrayFromImage(image)[None]
-    # ITK's NIfTI reader turns NaN into 0 without a word: a NIfTI's floats are checked as stored (nibabel)
-    stored = nifti_floats(files[0]) if files[0].lower().endswith((".nii", ".nii.gz")) else data
-    non_finite = 0 if stored is None else int(stored.size - np.count_nonzero(np.isfinite(stored)))
+    checked = data if stored is None else stored
+    non_finite = int(checked.size - np.count_nonzero(np.isfinite(checked))) if checked.dtype.kind == "f" else 0
     if non_finite:
-        raise UnusableImage(f"{non_finite} of {stored.size} voxels are NaN or infinite")
+        raise UnusableImage(f"{non_finite} of {checked.size} voxels are NaN or infinite")
     return data, properties
-
-
-def nifti_floats(path: str) -> Optional[np.ndarray]:
-    """The voxels of a NIfTI file as stored, when stored as floats (integers cannot be NaN); else None."""
-    import nibabel
-    image = nibabel.load(path)
-    return np.asanyarray(image.dataobj) if image.get_data_dtype().kind == "f" else None
 
