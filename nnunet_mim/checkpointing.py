@@ -75,9 +75,11 @@ class AtomicCheckpointMixin:
     where stock nnU-Net would overwrite them.
     """
 
+    continued = False  # True once load_checkpoint ran: --c (which can start at epoch 0) or --val
+
     def on_train_start(self):
         existing = [f for f in CHECKPOINTS if isfile(join(self.output_folder, f))]
-        if self.current_epoch == 0 and existing:
+        if not self.continued and existing:
             raise RuntimeError(f"{self.output_folder} holds an earlier run ({', '.join(existing)}). Continue it "
                                "with --c, or move the folder away to start over; nothing was overwritten.")
         super().on_train_start()
@@ -86,10 +88,13 @@ class AtomicCheckpointMixin:
         return {}
 
     def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0 or self.disable_checkpointing:
+            # nnU-Net writes from global rank 0 only (and says so when disabled). Another rank must not go on
+            # to look for the file: in a folder all ranks share it finds rank 0's, half written
+            super().save_checkpoint(filename)
+            return
         temporary = filename + ".partial"
         super().save_checkpoint(temporary)
-        if not isfile(temporary):  # not rank 0, or checkpointing disabled
-            return
         extras = self.checkpoint_extras()
         if extras:
             checkpoint = torch.load(temporary, map_location="cpu", weights_only=False)
@@ -110,6 +115,7 @@ class AtomicCheckpointMixin:
                                    f"{self.__class__.__name__!r}: --c only continues a run of the same trainer. "
                                    "Nothing was overwritten.")
             self.restore_checkpoint_extras(checkpoint.get("nnunet_mim", {}))
+        self.continued = True
         # the path, not the dict just read: nnU-Net 2.8's load_checkpoint fails on a dict (it only
         # binds its checkpoint for a path), so the file is read twice on resume
         super().load_checkpoint(filename_or_checkpoint)

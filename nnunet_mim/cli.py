@@ -389,6 +389,8 @@ COMMANDS = {
     "pretrain-dataset": ("build a pre-training dataset from nnU-Net datasets and folders of unlabeled images "
                          "(NIfTI, NRRD, MHA, DICOM series)", pretrain_dataset_arguments),
     "demo": ("pre-train, fine-tune, predict and report Dice on a built-in example (CPU)", demo_arguments),
+    "train": ("nnUNetv2_train, preemptible (SIGUSR1/SIGTERM: checkpoint, exit 75) and under torchrun on several "
+              "nodes; takes nnUNetv2_train's arguments", None),
 }
 
 
@@ -401,7 +403,7 @@ def build_parser(commands: Iterable[str] = COMMANDS) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_line, fill_in) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_line)
-        if name in commands:
+        if name in commands and fill_in is not None:
             fill_in(command_parser)
     return parser
 
@@ -412,6 +414,9 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message="`torch.jit.interface` is deprecated", category=FutureWarning)
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)  # the first positional
+    if command == "train":  # nnUNetv2_train's own arguments, parsed (and explained by -h) there
+        from nnunet_mim.train import main as train
+        return train(argv[argv.index("train") + 1:])
     args = build_parser([command]).parse_args(argv)
     return args.func(args)
 

@@ -93,7 +93,7 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
 
     def on_train_start(self):
         super().on_train_start()
-        if self.current_epoch == 0:  # a continued run (--c) reported when it started
+        if not self.continued:  # a continued run (--c) reported when it started
             self.check_initial_weights()
 
     def check_initial_weights(self) -> None:

@@ -122,9 +122,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         # workers draw their own crops); --c restores every generator from the checkpoint
         self.seed = run_seed()
         seed_generators(self.seed, self.local_rank)
-        self.amp_dtype = autocast_dtype(self.device)  # decided once (precision.py)
-        # only fp16 needs nnU-Net's gradient scaler (which nnU-Net makes for every CUDA run, bf16 too)
-        self.grad_scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        self.amp_dtype = None  # decided in initialize(), on the device training runs on (precision.py)
         self.skipped_steps = 0  # optimizer steps discarded
         self.accumulated_loss = None  # finite iff every micro-step of the accumulation was
         self._val_counter = 0
@@ -164,6 +162,11 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
                                f"{self.plans_manager.dataset_name} -c {self.configuration_name} (a labelled dataset) "
                                "or nnunet-mim pretrain-dataset create (images without labels)")
         super().initialize()
+        # decided here, not in __init__: a torchrun launch moves a DDP trainer to its LOCAL_RANK device (or the
+        # CPU) after nnU-Net's __init__ put it on cuda:<global rank> (nnunet_mim/train.py)
+        self.amp_dtype = autocast_dtype(self.device)
+        # only fp16 needs nnU-Net's gradient scaler (which nnU-Net makes for every CUDA run, bf16 too)
+        self.grad_scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         if self.dataset_class is nnUNetDatasetBlosc2:
             self.dataset_class = ImagesOnlyDataset
         rank = dist.get_rank() if self.is_ddp else 0
@@ -187,7 +190,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         self.print_to_log_file(f"{self.method} pre-training recipe: {self.recipe.describe()}; "
                                f"{self.optimizer_steps_per_epoch} optimizer steps per epoch")
         self.print_to_log_file(describe(self.amp_dtype))
-        if self.current_epoch == 0 and 0 in self.snapshot_epochs:
+        if not self.continued and 0 in self.snapshot_epochs:
             self.save_checkpoint(join(self.output_folder, "checkpoint_epoch_0000.pth"), epochs_done=0)
 
     @property
@@ -421,6 +424,12 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
             self.mask_generator.set_state(extras["mask_generator_state"])
             np.random.set_state(extras["numpy_rng_state"])
             torch.set_rng_state(extras["torch_rng_state"])
+            if self.is_ddp:
+                # the checkpoint holds rank 0's generators: every rank restores them, then draws its own
+                # crops and masks from a seed they give (the same on every rank), plus its rank
+                base = int(np.random.randint(2 ** 31 - 1 - dist.get_world_size()))
+                seed_generators(base, dist.get_rank())
+                self.mask_generator.manual_seed(base * 1000 + dist.get_rank())
             self.skipped_steps = extras.get("skipped_steps", 0)
 
     def save_reconstruction_preview(self, name: str, epochs_done: int) -> None:
