@@ -7,10 +7,79 @@ from nnunet_mim.demo import nnunet_command
 from nnunet_mim.environment import ext_trainer_value
 
 
+# The README runs the suite on two xdist workers, a file per worker at a time (--dist loadfile), in
+# collection order: the longest files go first, so that neither worker is left with one at the end
+LONGEST_FILES_FIRST = ["test_end_to_end.py", "test_demo.py", "test_distributed.py", "test_decathlon_task.py",
+                       "test_collection.py", "test_benchmark.py", "test_pretraining_recipe.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FILES_FIRST.index(name) if name in LONGEST_FILES_FIRST else len(LONGEST_FILES_FIRST)
+    items.sort(key=rank)  # stable: the tests of a file keep their order
+
+
 def run(args, env, check=True):
     result = subprocess.run(args, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
     if check and result.returncode:
         raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def run_in_process(entry, program, args, env):
+    """``program ARGS`` with environment ``env``, through ``entry``, the function its console script calls,
+    in this process: the same code path without the seconds a new interpreter spends importing torch and
+    nnU-Net. Returns what ``run`` returns: ``entry``'s return value or SystemExit code as the exit code, an
+    exception as a traceback on stderr and exit code 1, as the console script would end."""
+    import contextlib
+    import io
+    import sys
+    import traceback
+
+    import torch
+    saved_env, saved_argv, threads = dict(os.environ), sys.argv, torch.get_num_threads()
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = [program, *args]  # the fine-tuning trainer reads -pretrained_weights there
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = entry() or 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv = saved_argv
+        torch.set_num_threads(threads)  # nnUNetv2_train takes every core
+    return subprocess.CompletedProcess([program, *args], code, out.getvalue(), err.getvalue())
+
+
+def python_in_process(script, env, check=True):
+    """``python -c SCRIPT`` in this process (see run_in_process), in a namespace of its own."""
+    result = run_in_process(lambda: exec(compile(script, "<test script>", "exec"), {"__name__": "__main__"}),
+                            "python", [], env)
+    if check and result.returncode:
+        raise AssertionError(f"script failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def nnunet_train_in_process(args, env):
+    from nnunetv2.run.run_training import run_training_entry
+    return run_in_process(run_training_entry, "nnUNetv2_train", args, env)
+
+
+def nnunet_mim_in_process(args, env, check=True):
+    """``nnunet-mim ARGS`` in this process (see run_in_process)."""
+    from nnunet_mim.cli import main
+    result = run_in_process(main, "nnunet-mim", args, env)
+    if check and result.returncode:
+        raise AssertionError(f"nnunet-mim {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
 
 

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import run
+from conftest import nnunet_mim_in_process, nnunet_train_in_process, run
 from nnunet_mim.data.phantom import ct_phantom
-from nnunet_mim.demo import nnunet_command
 from nnunet_mim.pretraining.data import sampling_probabilities
 
 COLLECTION_ID, NAME = 801, "PretrainCT"
@@ -109,7 +108,7 @@ def sources(tmp_path_factory, nnunet_env):
 
 
 def create(env, *extra):
-    return run(["nnunet-mim", "pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME,
+    return nnunet_mim_in_process(["pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME,
                 "-i", "811", "Dataset812_AbdomenB", *extra, "--spacing", "3", "3", "3", "--patch-size", "32", "32",
                 "32", "--sampling", "per_source", "-np", "2"], env)
 
@@ -195,10 +194,10 @@ def test_rerun_does_no_work(nnunet_env, sources, collection):
 
 
 def test_rerun_with_other_settings_is_refused(nnunet_env, sources, collection):
-    result = run(["nnunet-mim", "pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME, "-i", "811",
+    result = nnunet_mim_in_process(["pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME, "-i", "811",
                   "--spacing", "2", "2", "2", "--patch-size", "32", "32", "32"], nnunet_env, check=False)
     assert result.returncode != 0 and "other settings" in result.stderr
-    result = run(["nnunet-mim", "pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME, "-i", "811",
+    result = nnunet_mim_in_process(["pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME, "-i", "811",
                   "--no-test-images"], nnunet_env, check=False)
     assert result.returncode != 0 and "test_images: stored True, given False" in result.stderr
 
@@ -215,19 +214,20 @@ def test_an_interrupted_collection_is_continued(nnunet_env, sources, collection)
 
 
 def test_rerun_without_an_earlier_input_is_refused(nnunet_env, collection):
-    result = run(["nnunet-mim", "pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME, "-i", "811"],
+    result = nnunet_mim_in_process(["pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME, "-i", "811"],
                  nnunet_env, check=False)
     assert result.returncode != 0 and "come from no input of this run" in result.stderr
 
 
 def test_test_images_can_be_left_out(nnunet_env, collection):
-    run(["nnunet-mim", "pretrain-dataset", "create", "-d", "803", "-n", "TrainOnly", "-i", "811", "--no-test-images",
-         "--spacing", "3", "3", "3", "--patch-size", "32", "32", "32"], nnunet_env)
+    nnunet_mim_in_process(["pretrain-dataset", "create", "-d", "803", "-n", "TrainOnly", "-i", "811",
+                           "--no-test-images", "--spacing", "3", "3", "3", "--patch-size", "32", "32", "32"],
+                          nnunet_env)
     folder = os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset803_TrainOnly")
     cases = manifest_of(folder)["cases"]
     assert len(cases) == 2 and all("/imagesTr/" in c["files"][0] for c in cases)
     # a rerun without the flag keeps the first run's choice instead of adding the test images
-    run(["nnunet-mim", "pretrain-dataset", "create", "-d", "803", "-n", "TrainOnly", "-i", "811"], nnunet_env)
+    nnunet_mim_in_process(["pretrain-dataset", "create", "-d", "803", "-n", "TrainOnly", "-i", "811"], nnunet_env)
     manifest = manifest_of(folder)
     assert len(manifest["cases"]) == 2 and manifest["summary"]["processed_now"] == 0
 
@@ -247,8 +247,9 @@ def test_per_source_sampling_balances_sources(collection):
 
 
 def test_mim_pretraining_runs_on_the_collection(nnunet_env, collection):
-    run([nnunet_command("nnUNetv2_train"), str(COLLECTION_ID), "3d_fullres", "all", "-tr",
-         "nnUNetTrainerMiMPretrain_T_CPUsmoke", "-device", "cpu"], nnunet_env)
+    trained = nnunet_train_in_process([str(COLLECTION_ID), "3d_fullres", "all", "-tr",
+                                       "nnUNetTrainerMiMPretrain_T_CPUsmoke", "-device", "cpu"], nnunet_env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
     folder = os.path.join(nnunet_env["nnUNet_results"], f"Dataset{COLLECTION_ID}_{NAME}",
                           "nnUNetTrainerMiMPretrain_T_CPUsmoke__nnUNetPlans__3d_fullres", "fold_all")
     assert os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
@@ -262,9 +263,9 @@ def test_finetuning_elsewhere_warns_about_other_normalisation(nnunet_env, collec
                               "checkpoint_final.pth")
     if not os.path.isfile(pretrained):
         pytest.skip("needs test_mim_pretraining_runs_on_the_collection")
-    result = run([nnunet_command("nnUNetv2_train"), "991", "3d_fullres", "0", "-tr",
-                  "nnUNetTrainerMiMFinetune_T_CPUsmoke", "-device", "cpu", "-pretrained_weights", pretrained],
-                 nnunet_env)
+    result = nnunet_train_in_process(["991", "3d_fullres", "0", "-tr", "nnUNetTrainerMiMFinetune_T_CPUsmoke",
+                                      "-device", "cpu", "-pretrained_weights", pretrained], nnunet_env)
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "normalised differently" in result.stdout + result.stderr
     assert "clip to [-1000, 1000]" in result.stdout
 

@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import run
+from conftest import nnunet_mim_in_process, run
 from nnunet_mim.demo import nnunet_command
 
 LABELS = {"0": "background", "1": "Anterior", "2": "Posterior"}
@@ -66,9 +66,9 @@ def hippocampus_env(nnunet_env, tmp_path_factory):
 
 
 def test_benchmark_runs_on_a_decathlon_task_given_only_its_id(hippocampus_env, tmp_path):
-    result = run([sys.executable, "-m", "nnunet_mim.cli", "benchmark", "4", "--budget", "smoke", "--arms", "scratch",
-                  "MiM", "--folds", "0", "--fractions", "0.25", "--device", "cpu", "--work-folder", str(tmp_path)],
-                 hippocampus_env)
+    result = nnunet_mim_in_process(["benchmark", "4", "--budget", "smoke", "--arms", "scratch", "MiM", "--folds", "0",
+                                    "--fractions", "0.25", "--device", "cpu", "--work-folder", str(tmp_path)],
+                                   hippocampus_env)
     for arm in ("scratch", "MiM"):
         for name in ("Anterior", "Posterior", "mean"):
             assert f"| 25% | {name} | {arm} |" in result.stdout, (arm, name)
@@ -100,9 +100,9 @@ def test_benchmark_runs_on_a_decathlon_task_given_only_its_id(hippocampus_env, t
     # --report-only writes the same tables from the finished runs, and trains nothing
     with open(tmp_path / "benchmark.log") as f:
         log_before = f.read()
-    run([sys.executable, "-m", "nnunet_mim.cli", "benchmark", "4", "--budget", "smoke", "--arms", "scratch", "MiM",
-         "--folds", "0", "--fractions", "0.25", "--device", "cpu", "--work-folder", str(tmp_path), "--report-only",
-         "--results-folder", str(tmp_path / "report")], hippocampus_env)
+    nnunet_mim_in_process(["benchmark", "4", "--budget", "smoke", "--arms", "scratch", "MiM", "--folds", "0",
+                           "--fractions", "0.25", "--device", "cpu", "--work-folder", str(tmp_path), "--report-only",
+                           "--results-folder", str(tmp_path / "report")], hippocampus_env)
     for name in ("downstream_runs.csv", "downstream_curves.csv"):
         with open(tmp_path / "results" / name) as first, open(tmp_path / "report" / name) as report:
             assert report.read() == first.read(), name

@@ -4,9 +4,8 @@ scratch, prediction, Dice; about 3 minutes on 2 cores)."""
 import json
 import os
 import re
-import sys
 
-from conftest import run
+from conftest import nnunet_mim_in_process
 
 
 def test_the_demo_runs_the_whole_job_and_reports_dice(tmp_path):
@@ -16,11 +15,11 @@ def test_the_demo_runs_the_whole_job_and_reports_dice(tmp_path):
     env = dict(os.environ, **{key: str(folder) for key, folder in users.items()})
     env.pop("nnUNet_extTrainer", None)  # the demo finds its trainers without the user's setup
     work = tmp_path / "demo"
-    args = [sys.executable, "-m", "nnunet_mim.cli", "demo", "--work-folder", str(work),
+    args = ["demo", "--work-folder", str(work),
             "--pretrain-trainer", "nnUNetTrainerMiMPretrain_T_CPUsmoke",
             "--finetune-trainer", "nnUNetTrainerMiMFinetune_T_CPUsmoke",
             "--scratch-trainer", "nnUNetTrainerMiMScratch_T_CPUsmoke"]
-    out = run(args, env).stdout
+    out = nnunet_mim_in_process(args, env).stdout
     assert "[7/7] predict held-out cases (scratch)" in out
     # the printed Dice are the ones nnU-Net's evaluation wrote for each arm's predictions
     printed = dict(re.findall(r"^\| (MiM pre-trained, fine-tuned|same network from scratch) \|.*\| ([\d.]+) \|$",
@@ -39,5 +38,5 @@ def test_the_demo_runs_the_whole_job_and_reports_dice(tmp_path):
     assert report["checkpoint"] == str(results / "nnUNetTrainerMiMPretrain_T_CPUsmoke__nnUNetPlans__3d_fullres" /
                                        "fold_all" / "checkpoint_final.pth")
     assert all(not os.listdir(folder) for folder in users.values())  # the user's nnU-Net folders untouched
-    again = run(args, env, check=False)
+    again = nnunet_mim_in_process(args, env, check=False)
     assert again.returncode == 1 and "is not empty" in again.stderr and "Traceback" not in again.stderr

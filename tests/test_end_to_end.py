@@ -6,11 +6,10 @@ One module-scoped dataset: plan and preprocess -> MiM pre-training -> fine-tunin
 import json
 import os
 import shutil
-import sys
 
 import pytest
 
-from conftest import run
+from conftest import nnunet_mim_in_process, nnunet_train_in_process, python_in_process, run
 from test_checkpoint import WritesAMarker
 from nnunet_mim.demo import nnunet_command
 from nnunet_mim.environment import trainers_path
@@ -20,9 +19,16 @@ FINETUNE = "nnUNetTrainerMiMFinetune_T_CPUsmoke"
 SCRATCH = "nnUNetTrainerMiMScratch_T_CPUsmoke"
 
 
-def train(env, trainer, *extra, check=True):
-    return run([nnunet_command("nnUNetv2_train"), "991", "3d_fullres", "all", "-tr", trainer, "-device", "cpu",
-                *extra], env, check)
+def train(env, trainer, *extra, check=True, in_process=True):
+    """nnUNetv2_train on the e2e dataset; in this process unless asked (the fixtures' pre-training and
+    fine-tuning run as the console script, in a process of their own, as a user runs them)."""
+    args = ["991", "3d_fullres", "all", "-tr", trainer, "-device", "cpu", *extra]
+    if not in_process:
+        return run([nnunet_command("nnUNetv2_train"), *args], env, check)
+    result = nnunet_train_in_process(args, env)
+    if check and result.returncode:
+        raise AssertionError(f"nnUNetv2_train {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
 
 
 def output_folder(env, trainer):
@@ -31,14 +37,14 @@ def output_folder(env, trainer):
 
 @pytest.fixture(scope="module")
 def pretrained(nnunet_env):
-    train(nnunet_env, PRETRAIN)
+    train(nnunet_env, PRETRAIN, in_process=False)
     return os.path.join(output_folder(nnunet_env, PRETRAIN), "checkpoint_final.pth")
 
 
 @pytest.fixture(scope="module")
 def finetuned(nnunet_env, pretrained):
     """stdout of the fine-tuning run from the pre-trained weights."""
-    return train(nnunet_env, FINETUNE, "-pretrained_weights", pretrained).stdout
+    return train(nnunet_env, FINETUNE, "-pretrained_weights", pretrained, in_process=False).stdout
 
 
 def test_pretraining_outputs(nnunet_env, pretrained):
@@ -84,7 +90,7 @@ CHECKPOINT_INTERVAL_SCRIPT = """
 import json, sys, torch
 from nnunetv2.run.run_training import get_trainer_from_args
 trainers = {name: get_trainer_from_args("991", "3d_fullres", "all", name, device=torch.device("cpu"))
-            for name in sys.argv[1:]}
+            for name in NAMES}
 print(json.dumps({name: (t.num_epochs, t.save_every) for name, t in trainers.items()}))
 """
 
@@ -94,7 +100,7 @@ def test_cpu_budgets_write_checkpoint_latest_within_the_run(nnunet_env):
     30-epoch CPU budgets must write it during the run, so that --c after a kill loses little."""
     names = ["nnUNetTrainerMiMFinetune_T_CPUdemo", "nnUNetTrainerMiMScratch_T_CPUlong_DecoderFirst",
              "nnUNetTrainerStockCNN_CPUlong"]
-    out = run([sys.executable, "-c", CHECKPOINT_INTERVAL_SCRIPT, *names], nnunet_env).stdout.strip().splitlines()
+    out = python_in_process(f"NAMES = {names!r}\n" + CHECKPOINT_INTERVAL_SCRIPT, nnunet_env).stdout.strip().splitlines()
     intervals = json.loads(out[-1])
     assert set(intervals) == set(names)
     assert all(every < epochs for epochs, every in intervals.values()), intervals
@@ -184,8 +190,8 @@ def test_a_transplanted_supervised_encoder_is_what_a_frozen_encoder_run_keeps(nn
     from nnunet_mim.finetuning.param_groups import NEW_PREFIXES
     segmentation = os.path.join(output_folder(nnunet_env, FINETUNE), "checkpoint_final.pth")
     transplanted = str(tmp_path / "supervised.pth")
-    run([sys.executable, "-m", "nnunet_mim.cli", "adapt-checkpoint", pretrained, "--encoder-from", segmentation,
-         "-o", transplanted], nnunet_env)
+    nnunet_mim_in_process(["adapt-checkpoint", pretrained, "--encoder-from", segmentation, "-o", transplanted],
+                          nnunet_env)
     env = dict(nnunet_env, nnUNet_results=str(tmp_path / "results"))
     trainer = FINETUNE + "_FrozenEncoder"
     report = train(env, trainer, "-pretrained_weights", transplanted).stdout
@@ -210,14 +216,13 @@ def test_finetune_on_another_dataset_with_other_channels_classes_spacing(nnunet_
                           channels=2, binary=True, seed=1)
     run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "992", "-c", "3d_fullres", "-np", "1"], env)
     env["nnUNet_n_proc_DA"] = "0"
-    args = [nnunet_command("nnUNetv2_train"), "992", "3d_fullres", "all", "-tr", FINETUNE, "-device", "cpu"]
-    refused = run(args + ["-pretrained_weights", pretrained], env, check=False)
+    args = ["992", "3d_fullres", "all", "-tr", FINETUNE, "-device", "cpu"]
+    refused = nnunet_train_in_process(args + ["-pretrained_weights", pretrained], env)
     assert refused.returncode != 0 and "nnunet-mim adapt-checkpoint" in refused.stderr
     adapted = str(tmp_path / "adapted.pth")
-    run([sys.executable, "-m", "nnunet_mim.cli", "adapt-checkpoint", pretrained, "--input-channels", "2",
-         "-o", adapted], env)
-    result = run(args + ["-pretrained_weights", adapted], env)
-    assert "encoder tensors loaded: 100.0%" in result.stdout
+    nnunet_mim_in_process(["adapt-checkpoint", pretrained, "--input-channels", "2", "-o", adapted], env)
+    result = nnunet_train_in_process(args + ["-pretrained_weights", adapted], env)
+    assert result.returncode == 0 and "encoder tensors loaded: 100.0%" in result.stdout
     assert "adapted to 2" in result.stdout
     folder = os.path.join(env["nnUNet_results"], "Dataset992_Other", f"{FINETUNE}__nnUNetPlans__3d_fullres")
     plans = json.load(open(os.path.join(folder, "plans.json")))["configurations"]["3d_fullres"]
@@ -284,8 +289,7 @@ def test_dataset_without_preprocessed_images_is_explained(nnunet_env):
     plans = json.load(open(plans_file))
     plans["dataset_name"] = "Dataset993_PlannedOnly"  # nnU-Net finds the images through this name
     json.dump(plans, open(plans_file, "w"))
-    result = run([nnunet_command("nnUNetv2_train"), "993", "3d_fullres", "all", "-tr", PRETRAIN, "-device", "cpu"],
-                 nnunet_env, check=False)
+    result = nnunet_train_in_process(["993", "3d_fullres", "all", "-tr", PRETRAIN, "-device", "cpu"], nnunet_env)
     assert result.returncode != 0 and "no preprocessed images in" in result.stderr
     assert "nnUNetv2_preprocess -d Dataset" in result.stderr
 
@@ -313,10 +317,10 @@ def test_scratch_refuses_pretrained_weights(nnunet_env, pretrained):
 
 def test_wrong_trainer_path_is_explained(nnunet_env):
     env = dict(nnunet_env, nnUNet_extTrainer="/nonexistent/trainers")
-    result = run([sys.executable, "-m", "nnunet_mim.cli", "check"], env, check=False)
+    result = nnunet_mim_in_process(["check"], env, check=False)
     assert result.returncode == 1
     assert 'eval "$(nnunet-mim env)"' in result.stderr and trainers_path() in result.stderr
-    ok = run([sys.executable, "-m", "nnunet_mim.cli", "check"], nnunet_env)
+    ok = nnunet_mim_in_process(["check"], nnunet_env)
     assert "ok: nnU-Net finds the nnunet-mim trainers" in ok.stdout
 
 
@@ -345,7 +349,7 @@ print(json.dumps({"losses": losses, "computed_in": sorted(computed_in),
 def test_the_finetuning_trainers_step_runs_under_autocast_on_the_cpu(nnunet_env):
     """nnU-Net's train_step of the fine-tuning trainers (here scratch's, the same class) enters autocast on CUDA only;
     run under a bf16 autocast context on the CPU: the heads compute in bf16, losses finite, weights fp32."""
-    printed = run([sys.executable, "-c", FINETUNING_AUTOCAST_SCRIPT], nnunet_env).stdout
+    printed = python_in_process(FINETUNING_AUTOCAST_SCRIPT, nnunet_env).stdout
     out = json.loads(printed.strip().splitlines()[-1])
     assert out["computed_in"] == ["torch.bfloat16"] and out["master_fp32"]
     assert all(0 < loss < 10 for loss in out["losses"]), out["losses"]

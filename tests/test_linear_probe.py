@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run
+from conftest import python_in_process, run
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "linear_probe.py")
 
@@ -100,12 +100,12 @@ def test_the_sliding_window_probe_encodes_in_windows_of_the_network_patch(nnunet
 
 
 SCRATCH_ENCODER_SCRIPT = """
-import sys, torch
+import torch
 from nnunetv2.run.run_training import get_trainer_from_args
 trainer = get_trainer_from_args("991", "3d_fullres", 0, "nnUNetTrainerMiMScratch_T_CPUsmoke",
                                 device=torch.device("cpu"))
 trainer.initialize()
-torch.save(trainer.network.encoder.state_dict(), sys.argv[1])
+torch.save(trainer.network.encoder.state_dict(), OUT)
 """
 
 
@@ -114,8 +114,8 @@ def test_each_random_encoder_is_the_one_the_scratch_arm_starts_from_at_that_seed
     """Seed N is the benchmark's scratch network as its trainer builds it under NNUNET_MIM_SEED=N
     (--init-seed N), tensor for tensor: the probe's reference (seed 0) is the random encoder of the
     frozen-encoder probe's scratch arm."""
-    run([sys.executable, "-c", SCRATCH_ENCODER_SCRIPT, str(tmp_path / "scratch.pth")],
-        dict(nnunet_env, NNUNET_MIM_SEED=str(seed)))
+    python_in_process(f"OUT = {str(tmp_path / 'scratch.pth')!r}\n" + SCRATCH_ENCODER_SCRIPT,
+                      dict(nnunet_env, NNUNET_MIM_SEED=str(seed)))
     scratch = torch.load(tmp_path / "scratch.pth")
     reference = linear_probe_module().random_encoder("T", 1, 3, seed=seed).state_dict()
     assert list(scratch) == list(reference)

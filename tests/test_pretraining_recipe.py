@@ -2,11 +2,10 @@
 optimizer steps, a non-finite micro-step discarding its whole accumulation, and --c resuming on an
 accumulation boundary exactly (the real trainer on the end-to-end dataset)."""
 import json
-import sys
 
 import pytest
 
-from conftest import run
+from conftest import python_in_process
 from nnunet_mim.pretraining.recipe import PretrainingRecipe
 
 # a trainer with two micro-steps per optimizer step on the end-to-end dataset (plan batch 2), built
@@ -94,7 +93,7 @@ def test_default_trainer_lr_is_the_measured_one_not_the_papers_at_batch_2():
 
 
 def test_a_non_finite_micro_step_discards_its_whole_accumulation(nnunet_env):
-    out = json.loads(run([sys.executable, "-c", NON_FINITE_SCRIPT], nnunet_env).stdout.strip().splitlines()[-1])
+    out = json.loads(python_in_process(NON_FINITE_SCRIPT, nnunet_env).stdout.strip().splitlines()[-1])
     assert out["skipped"] == [0, 1, 0, 0], out  # reported on the micro-step that ends the accumulation
     assert out["counter"] == 1
     assert out["unchanged_after_discard"] and out["moved_after"]
@@ -109,7 +108,7 @@ def test_resume_continues_exactly_on_an_accumulation_boundary(nnunet_env):
     """A run stopped after epoch 0 and continued from its checkpoint has the same epoch-1 loss
     as the run that never stopped: weights, optimizer, mask and crop generators all restored, and
     the epoch ended on an optimizer step."""
-    losses = json.loads(run([sys.executable, "-c", RESUME_SCRIPT], nnunet_env).stdout.strip().splitlines()[-1])
+    losses = json.loads(python_in_process(RESUME_SCRIPT, nnunet_env).stdout.strip().splitlines()[-1])
     assert losses["resumed"][0] == losses["uninterrupted"][0]  # same seeded start
     assert abs(losses["resumed"][1] - losses["uninterrupted"][1]) < 1e-6, losses
 
@@ -136,7 +135,7 @@ def test_mixed_precision_steps_of_the_real_trainer_run_on_the_cpu(nnunet_env, am
     """The autocast branch that only a GPU took: finite losses, fp32 master weights; with fp16 the scaler,
     and an overflow discards the step, counts it and lowers the scale."""
     env = dict(nnunet_env, NNUNET_MIM_AMP=amp)
-    out = json.loads(run([sys.executable, "-c", MIXED_PRECISION_SCRIPT], env).stdout.strip().splitlines()[-1])
+    out = json.loads(python_in_process(MIXED_PRECISION_SCRIPT, env).stdout.strip().splitlines()[-1])
     dtype = {"bf16": "torch.bfloat16", "fp16": "torch.float16"}[amp]
     assert out["amp"] == dtype and out["computed_in"] == [dtype] and out["scaler"] == scaler
     assert all(0 < loss < 10 for loss in out["losses"]) and out["master_fp32"] and out["counter"] == 0
@@ -156,6 +155,6 @@ print(json.dumps({"compiles": t._do_i_compile(), "logged": logged}))
 
 def test_pretraining_is_never_compiled_and_says_why(nnunet_env):
     """nnU-Net compiles every CUDA run's network; the masked forward changes shape at every step."""
-    out = json.loads(run([sys.executable, "-c", COMPILE_DECISION_SCRIPT], nnunet_env).stdout.strip().splitlines()[-1])
+    out = json.loads(python_in_process(COMPILE_DECISION_SCRIPT, nnunet_env).stdout.strip().splitlines()[-1])
     assert out["compiles"] is False and "torch.compile is off for pre-training" in out["logged"][0]
 

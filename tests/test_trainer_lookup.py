@@ -1,19 +1,21 @@
 """Every trainer of nnunet-mim is found by nnU-Net's own lookup through nnUNet_extTrainer (the
 path nnUNetv2_train and nnUNetv2_predict use), so no variant can be forgotten in trainers/."""
 import json
+import os
 import subprocess
 import sys
 
 import nnunet_mim.variants as variants
+from conftest import nnunet_mim_in_process, python_in_process
 from nnunet_mim.environment import cpu_budget_trainers_path, trainers_path
 
 # one process for every lookup (nnU-Net reads nnUNet_extTrainer when it looks): a list of (folders, names),
 # answered with the names not found under each
 LOOKUP = """
-import contextlib, io, json, os, sys
+import contextlib, io, json, os
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 unfound = []
-for folders, names in json.loads(sys.argv[1]):
+for folders, names in json.loads(REQUEST):
     os.environ["nnUNet_extTrainer"] = os.pathsep.join(folders)
     missing = []
     for name in names:
@@ -31,7 +33,7 @@ print(json.dumps(unfound))
 def unfound(*lookups) -> list:
     """Per (names, folders): the names nnU-Net's lookup does not find with those folders as nnUNet_extTrainer."""
     request = json.dumps([[list(folders), list(names)] for names, folders in lookups])
-    out = subprocess.run([sys.executable, "-c", LOOKUP, request], capture_output=True, text=True, check=True)
+    out = python_in_process(f"REQUEST = {request!r}\n" + LOOKUP, dict(os.environ))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -49,8 +51,7 @@ def test_every_trainer_is_found_by_nnunet_the_cpu_budgets_only_in_their_folder()
 
 
 def test_trainer_list_names_what_users_run_and_no_cpu_budget():
-    out = subprocess.run([sys.executable, "-m", "nnunet_mim.cli", "trainers"], capture_output=True, text=True,
-                         check=True).stdout
+    out = nnunet_mim_in_process(["trainers"], dict(os.environ)).stdout
     listed = [line.split()[0] for line in out.splitlines() if line.startswith("  nnUNetTrainer")]
     assert len(listed) == len(set(listed)) and not [n for n in listed if "CPU" in n]
     assert {"nnUNetTrainerMiMPretrain", "nnUNetTrainerMAEPretrain", "nnUNetTrainerMiMPretrainNoAlign",
