@@ -184,7 +184,7 @@ def commands(args, limit: float) -> List[str]:
     start = time.time()
     command("nnunet-mim", "example-dataset", "990", "--template", "mni152", "--name", "GPUCheck", "--num-train", "6",
             "--num-test", "1")
-    command("nnUNetv2_plan_and_preprocess", "-d", "990", "-c", "3d_fullres", "-np", "2")
+    command("nnUNetv2_plan_and_preprocess", "-d", "990", "-c", "3d_fullres", "-np", "2", "-npfp", "2")
     lines.append(f"- dataset made, planned and preprocessed: {time.time() - start:.0f} s")
     device = ["-device", "cpu"] if args.device == "cpu" else []
     # single-process loading on the CPU (its background workers would only compete for the cores)

@@ -113,8 +113,9 @@ class Demo:
         self.dataset_name = write_example_dataset(self.path("nnUNet_raw"), DATASET_ID)["name"]
         print(f"      {TEMPLATES['mni152'].source_note}")
         announce()
+        # two fingerprint processes, not nnU-Net's 8: each starts an interpreter that imports nnU-Net (seconds)
         self.run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", CONFIGURATION,
-                  "-np", "2"])
+                  "-np", "2", "-npfp", "2"])
         epochs = {name: getattr(variants, self.trainers[name]).epochs for name in self.trainers}
         announce()
         pretrained = os.path.join(self.train(self.trainers["pretrain"], epochs["pretrain"]), "checkpoint_final.pth")

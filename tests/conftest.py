@@ -8,9 +8,10 @@ from nnunet_mim.environment import ext_trainer_value
 
 
 # The README runs the suite on two xdist workers, a file per worker at a time (--dist loadfile), in
-# collection order: the longest files go first, so that neither worker is left with one at the end
+# collection order (--no-loadscope-reorder): the longest files go first, two to each worker, so that
+# neither is left with a long one at the end
 LONGEST_FILES_FIRST = ["test_end_to_end.py", "test_demo.py", "test_distributed.py", "test_decathlon_task.py",
-                       "test_collection.py", "test_benchmark.py", "test_pretraining_recipe.py"]
+                       "test_benchmark.py", "test_collection.py", "test_losses.py", "test_pretraining_recipe.py"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -93,7 +94,9 @@ def nnunet_env(tmp_path_factory):
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.makedirs(env[key])
     write_example_dataset(env["nnUNet_raw"], 991, num_train=5, num_test=1, spacing_mm=5.0, name="E2E")
-    run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "991", "-c", "3d_fullres", "-np", "1"], env)
+    # one fingerprint process, not nnU-Net's 8: each one starts an interpreter that imports nnU-Net
+    run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "991", "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
+        env)
     env["nnUNet_n_proc_DA"] = "0"
     return env
 

@@ -61,7 +61,8 @@ def hippocampus_env(nnunet_env, tmp_path_factory):
     write_msd_hippocampus_stand_in(str(source))
     planning = {k: v for k, v in nnunet_env.items() if k != "nnUNet_n_proc_DA"}  # planning fails with 0
     run([nnunet_command("nnUNetv2_convert_MSD_dataset"), "-i", str(source), "-np", "1"], planning)
-    run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "4", "-c", "3d_fullres", "-np", "1"], planning)
+    run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "4", "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
+        planning)
     return nnunet_env
 
 

@@ -214,7 +214,8 @@ def test_finetune_on_another_dataset_with_other_channels_classes_spacing(nnunet_
     env.pop("nnUNet_n_proc_DA")
     write_example_dataset(env["nnUNet_raw"], 992, num_train=4, num_test=1, spacing_mm=3.5, name="Other",
                           channels=2, binary=True, seed=1)
-    run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "992", "-c", "3d_fullres", "-np", "1"], env)
+    run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "992", "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
+        env)
     env["nnUNet_n_proc_DA"] = "0"
     args = ["992", "3d_fullres", "all", "-tr", FINETUNE, "-device", "cpu"]
     refused = nnunet_train_in_process(args + ["-pretrained_weights", pretrained], env)
