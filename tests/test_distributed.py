@@ -91,6 +91,7 @@ def test_mim_pretraining_on_two_nodes_agrees_across_ranks_and_matches_one_proces
     for rank in ranks:  # the plan's batch of 2 split over the ranks; three optimizer steps of two micro-steps
         assert rank["world_size"] == 2 and rank["micro_batch"] == 1 and rank["device"] == "cpu"
         assert len(rank["batches"]) == 6 and rank["skipped"] == 0
+        assert rank["accumulation"] == 2 and rank["optimizer_steps"] == 3
     first, second = (rank["final"] for rank in ranks)
     assert [k for k in first if not torch.equal(first[k], second[k])] == []
     # DDP ran without find_unused_parameters although the U-Net decoder and the stem take no part in the
@@ -112,7 +113,7 @@ def test_mim_pretraining_on_two_nodes_agrees_across_ranks_and_matches_one_proces
     alone = dict(node_envs[0], nnUNet_results=str(tmp_path), NNUNET_MIM_TEST_RANK_RECORDS=str(tmp_path))
     run([sys.executable, "-m", "nnunet_mim.train", "991", "3d_fullres", "all", "-tr", trainer, "-device", "cpu"], alone)
     (single,) = records(str(tmp_path), trainer, [0])
-    assert single["micro_batch"] == 2 and len(single["batches"]) == 6
+    assert single["micro_batch"] == 2 and len(single["batches"]) == 6 and single["accumulation"] == 2
     assert single["train_losses"][0] == pytest.approx(ranks[0]["train_losses"][0], rel=0.05)
     assert ranks[0]["train_losses"] == ranks[1]["train_losses"]  # the logged loss is the mean over ranks
 

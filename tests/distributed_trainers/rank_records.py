@@ -33,8 +33,11 @@ class RankRecord:
     def on_train_end(self):
         super().on_train_end()
         rank = dist.get_rank() if self.is_ddp else 0
+        recipe = getattr(self, "recipe", None)  # pre-training's accumulation
         self.record.update(final=weights(self.network), train_losses=self.logger.get_value("train_losses", None),
-                           skipped=getattr(self, "skipped_steps", None))
+                           skipped=getattr(self, "skipped_steps", None),
+                           accumulation=recipe.accumulation_steps if recipe else None,
+                           optimizer_steps=getattr(self, "optimizer_steps_per_epoch", 0) * self.num_epochs)
         torch.save(self.record, os.path.join(os.environ["NNUNET_MIM_TEST_RANK_RECORDS"],
                                              f"{type(self).__name__}_rank{rank}.pt"))
 
