@@ -76,6 +76,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.c and args.val:
         print("error: --c and --val together: --val only validates a finished training", file=sys.stderr)
         return 2
+    if args.val_best and args.disable_checkpointing:
+        print("error: --val_best needs checkpoints; leave out --disable_checkpointing", file=sys.stderr)
+        return 2
+    if args.fold != "all" and not args.fold.isdigit():
+        print(f"error: fold {args.fold!r}: a fold number (0-4 for nnU-Net's splits) or all", file=sys.stderr)
+        return 2
     if args.num_gpus > 1:  # one machine, nnU-Net's mp.spawn launcher, unchanged
         from nnunetv2.run.run_training import run_training
         run_training(args.dataset_name_or_id, args.configuration, args.fold, args.tr, args.p, args.pretrained_weights,
@@ -159,9 +165,6 @@ def train(args: argparse.Namespace, device: torch.device) -> int:
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
     from torch.backends import cudnn
 
-    if args.val_best and args.disable_checkpointing:
-        print("error: --val_best needs checkpoints; leave out --disable_checkpointing", file=sys.stderr)
-        return 2
     fold = args.fold if args.fold == "all" else int(args.fold)
     trainer = get_trainer_from_args(args.dataset_name_or_id, args.configuration, fold, args.tr, args.p, args.c,
                                     device=device)

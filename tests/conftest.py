@@ -85,18 +85,27 @@ def nnunet_mim_in_process(args, env, check=True):
 
 
 @pytest.fixture(scope="session")
-def nnunet_env(tmp_path_factory):
+def nnunet_env(tmp_path_factory, worker_id):
+    """Dataset991_E2E planned and preprocessed once per run: the xdist workers share the raw and preprocessed
+    folders (the first to get here builds them while the other waits); each has its own results folder."""
+    import fcntl
     from nnunet_mim.data.example import write_example_dataset
-    root = tmp_path_factory.mktemp("nnunet")
-    env = dict(os.environ, nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
-               nnUNet_results=str(root / "res"), nnUNet_extTrainer=ext_trainer_value("", cpu_budgets=True),
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent  # this run's folder, above the workers' own
+    env = dict(os.environ, nnUNet_raw=str(shared / "nnunet_raw"), nnUNet_preprocessed=str(shared / "nnunet_pre"),
+               nnUNet_results=str(tmp_path_factory.mktemp("nnunet_results")),
+               nnUNet_extTrainer=ext_trainer_value("", cpu_budgets=True),
                nnUNet_def_n_proc="1")  # export workers: spawning 8 on a 2-core machine costs a minute
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.makedirs(env[key])
-    write_example_dataset(env["nnUNet_raw"], 991, num_train=5, num_test=1, spacing_mm=5.0, name="E2E")
-    # one fingerprint process, not nnU-Net's 8: each one starts an interpreter that imports nnU-Net
-    run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "991", "-c", "3d_fullres", "-np", "1", "-npfp", "1"],
-        env)
+    with open(shared / "nnunet_planning.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (shared / "nnunet_planned").exists():
+            for key in ("nnUNet_raw", "nnUNet_preprocessed"):
+                os.makedirs(env[key])
+            write_example_dataset(env["nnUNet_raw"], 991, num_train=5, num_test=1, spacing_mm=5.0, name="E2E")
+            # one fingerprint process, not nnU-Net's 8: each one starts an interpreter that imports nnU-Net
+            run([nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", "991", "-c", "3d_fullres", "-np", "1",
+                 "-npfp", "1"], env)
+            (shared / "nnunet_planned").touch()
     env["nnUNet_n_proc_DA"] = "0"
     return env
 
