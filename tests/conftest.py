@@ -1,6 +1,11 @@
 import os
 import subprocess
 
+# Two workers, each of whose nnU-Net runs takes both cores (nnUNetv2_train sets as many torch threads as
+# cores): OpenMP threads that wait sleep instead of spinning on a core the other worker needs. Set before
+# torch starts its thread pool here, and inherited by every process the tests start.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 
 from nnunet_mim.demo import nnunet_command
