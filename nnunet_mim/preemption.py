@@ -39,6 +39,7 @@ class PreemptibleTraining:
         self.trainer = trainer
         self.received: Optional[int] = None
         self.steps_in_epoch = 0
+        self._epoch = None
         self._previous_handlers = {}
 
     def __enter__(self):
@@ -47,16 +48,14 @@ class PreemptibleTraining:
         train_step = self.trainer.train_step
 
         def train_step_then_maybe_stop(batch):
-            if self.steps_in_epoch and self.trainer.current_epoch != self._epoch:
-                self.steps_in_epoch = 0
-            self._epoch = self.trainer.current_epoch
+            if self.trainer.current_epoch != self._epoch:
+                self._epoch, self.steps_in_epoch = self.trainer.current_epoch, 0
             outputs = train_step(batch)
             self.steps_in_epoch += 1
             if self._all_ranks_stop():
                 self._checkpoint_and_stop()
             return outputs
 
-        self._epoch = self.trainer.current_epoch
         self.trainer.train_step = train_step_then_maybe_stop  # this instance only
         return self
 
@@ -67,8 +66,7 @@ class PreemptibleTraining:
         return False
 
     def _receive(self, signum, frame) -> None:
-        if self.received is None:
-            print(f"received {signal.Signals(signum).name}: stopping after the current training step", flush=True)
+        # only a flag: printing here could re-enter a print the signal interrupted (a RuntimeError)
         self.received = signum
 
     def _all_ranks_stop(self) -> bool:
