@@ -75,9 +75,10 @@ class PreemptibleTraining:
         device = self.trainer.device if dist.get_backend() == "nccl" else torch.device("cpu")
         flag = torch.tensor([0 if self.received is None else int(self.received)], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same step
-        if self.received is None and flag.item():
-            self.received = int(flag.item())
-        return bool(flag.item())
+        agreed = int(flag.item())  # one device sync per step
+        if agreed and self.received is None:
+            self.received = agreed
+        return bool(agreed)
 
     def stop_if_received_after_training(self) -> None:
         """A signal after the last training step: the training is whole (checkpoint_final.pth), its final

@@ -26,11 +26,16 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=rank)  # stable: the tests of a file keep their order
 
 
-def run(args, env, check=True):
-    result = subprocess.run(args, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
+def checked(result: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
+    """``result``, or an AssertionError with the end of its output where ``check`` and it failed."""
     if check and result.returncode:
-        raise AssertionError(f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(f"{result.args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+def run(args, env, check=True):
+    return checked(subprocess.run(args, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace"),
+                   check)
 
 
 def run_in_process(entry, program, args, env):
@@ -68,25 +73,20 @@ def run_in_process(entry, program, args, env):
 
 def python_in_process(script, env, check=True):
     """``python -c SCRIPT`` in this process (see run_in_process), in a namespace of its own."""
-    result = run_in_process(lambda: exec(compile(script, "<test script>", "exec"), {"__name__": "__main__"}),
-                            "python", [], env)
-    if check and result.returncode:
-        raise AssertionError(f"script failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
+    return checked(run_in_process(lambda: exec(compile(script, "<test script>", "exec"), {"__name__": "__main__"}),
+                                  "python", [], env), check)
 
 
-def nnunet_train_in_process(args, env):
+def nnunet_train_in_process(args, env, check=True):
+    """``nnUNetv2_train ARGS`` in this process (see run_in_process)."""
     from nnunetv2.run.run_training import run_training_entry
-    return run_in_process(run_training_entry, "nnUNetv2_train", args, env)
+    return checked(run_in_process(run_training_entry, "nnUNetv2_train", args, env), check)
 
 
 def nnunet_mim_in_process(args, env, check=True):
     """``nnunet-mim ARGS`` in this process (see run_in_process)."""
     from nnunet_mim.cli import main
-    result = run_in_process(main, "nnunet-mim", args, env)
-    if check and result.returncode:
-        raise AssertionError(f"nnunet-mim {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
+    return checked(run_in_process(main, "nnunet-mim", args, env), check)
 
 
 @pytest.fixture(scope="session")
