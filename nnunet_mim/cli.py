@@ -72,6 +72,19 @@ def cmd_adapt_checkpoint(args) -> int:
     return 0
 
 
+def cmd_pretrain_plan(args) -> int:
+    from nnunet_mim.pretraining.fit import pretrain_plan
+    if (args.dataset is None) == (args.patch is None) or (args.patch is None) != (args.batch is None):
+        print("give a planned dataset, or --patch Z Y X and --batch N instead of one", file=sys.stderr)
+        return 2
+    try:
+        return pretrain_plan(args.dataset, args.plans, args.configuration, args.patch, args.batch, args.gpu_memory,
+                             args.trainers)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
 def cmd_benchmark(args) -> int:
     import os
 
@@ -360,6 +373,25 @@ def pretrain_dataset_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_pretrain_dataset_create)
 
 
+def pretrain_plan_arguments(p: argparse.ArgumentParser) -> None:
+    from nnunet_mim.pretraining import memory
+    p.description = ("What the pre-training trainers will run on a GPU of the given memory: the micro-batch, the "
+                     "accumulation that keeps the effective batch, whether the conv blocks are checkpointed, and the "
+                     "predicted peak; or why nothing fits and what to change. The trainers make the same choice "
+                     "from the same prediction on the GPU they get.\n\n" + memory.__doc__)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("dataset", nargs="?", help="nnU-Net dataset ID or name (planned)")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier, as nnUNetv2_train -p")
+    p.add_argument("-c", "--configuration", default="3d_fullres")
+    p.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"), help="a planned patch, instead of a "
+                   "dataset")
+    p.add_argument("--batch", type=int, help="the planned batch, with --patch")
+    p.add_argument("--gpu-memory", type=float, nargs="+", default=[24, 40, 80, 141], metavar="GIB",
+                   help="GPU memory sizes in GiB (default: 24 40 80 141)")
+    p.add_argument("--trainers", nargs="+", default=["nnUNetTrainerMiMPretrain", "nnUNetTrainerMAEPretrain"])
+    p.set_defaults(func=cmd_pretrain_plan)
+
+
 def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Builds a small labelled dataset from the MNI152 template shipped with nilearn, then runs "
                      "nnU-Net planning, MiM pre-training, fine-tuning, the matched from-scratch run and "
@@ -384,6 +416,8 @@ COMMANDS = {
                   "fractions", benchmark_arguments),
     "compare": ("one table from several finished benchmarks (e.g. MiM pre-trained two ways, or two label fractions "
                 "run apart)", compare_arguments),
+    "pretrain-plan": ("predict a pre-training step's GPU memory for a dataset's plan: the micro-batch each GPU size "
+                      "gets, or why nothing fits", pretrain_plan_arguments),
     "example-dataset": ("write a labelled example dataset built from a template that installs offline (for trying "
                         "things and for benchmarks)", example_dataset_arguments),
     "pretrain-dataset": ("build a pre-training dataset from nnU-Net datasets and folders of unlabeled images "

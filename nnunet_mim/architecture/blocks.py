@@ -1,15 +1,29 @@
 """Building blocks of the ConvMAE-style encoder.
 
-Every block normalises over channels only (``LayerNormNd``), never over space: a spatial norm
+Every block normalises over channels only (``ChannelLayerNorm``), never over space: a spatial norm
 (instance or batch norm) would let hidden voxels shift the statistics of visible ones and break
 the masking invariant.
 """
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from dynamic_network_architectures.building_blocks.patch_encode_decode import LayerNormNd
 from timm.layers import DropPath
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class ChannelLayerNorm(LayerNormNd):
+    """dynamic-network-architectures' ``LayerNormNd`` (the same parameters and numbers), computed by one
+    ``F.layer_norm`` over the channel axis: autograd then keeps the input and two statistics per voxel
+    instead of four full-size intermediates, a third of what a conv block saves for the backward
+    (measured in docs/experiments/48-pre-training-memory.md). In float32 whatever the input, as CUDA's
+    autocast runs ``layer_norm``; so the bytes measured under the CPU's autocast are the GPU's too."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.movedim(1, -1).float(), (x.shape[1],), self.weight, self.bias,
+                            self.eps).movedim(-1, 1)
 
 
 class Downsample(nn.Sequential):
@@ -22,7 +36,7 @@ class Downsample(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(
             nn.Conv3d(in_channels, out_channels, kernel_size=2, stride=2),
-            LayerNormNd(out_channels),
+            ChannelLayerNorm(out_channels),
             nn.GELU(),
         )
 
@@ -39,11 +53,11 @@ class MaskedConvBlock(nn.Module):
 
     def __init__(self, channels: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, dw_kernel_size: int = 5):
         super().__init__()
-        self.norm1 = LayerNormNd(channels)
+        self.norm1 = ChannelLayerNorm(channels)
         self.pw_in = nn.Conv3d(channels, channels, 1)
         self.dw = nn.Conv3d(channels, channels, dw_kernel_size, padding=dw_kernel_size // 2, groups=channels)
         self.pw_out = nn.Conv3d(channels, channels, 1)
-        self.norm2 = LayerNormNd(channels)
+        self.norm2 = ChannelLayerNorm(channels)
         hidden = int(channels * mlp_ratio)
         self.mlp = nn.Sequential(nn.Conv3d(channels, hidden, 1), nn.GELU(), nn.Conv3d(hidden, channels, 1))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -57,7 +71,9 @@ class MaskedConvBlock(nn.Module):
 
 
 class ConvStage(nn.Module):
-    """Downsample by 2, then ``depth`` masked conv blocks."""
+    """Downsample by 2, then ``depth`` masked conv blocks. With ``checkpoint_blocks`` each block keeps only
+    its input for the backward and runs again there (the pre-training trainers turn it on only where a step
+    does not fit the device otherwise: pretraining/memory.py)."""
 
     def __init__(self, in_channels: int, out_channels: int, depth: int, mlp_ratio: float = 4.0,
                  drop_path: float = 0.0, dw_kernel_size: int = 5):
@@ -65,9 +81,13 @@ class ConvStage(nn.Module):
         self.downsample = Downsample(in_channels, out_channels)
         self.blocks = nn.ModuleList([MaskedConvBlock(out_channels, mlp_ratio, drop_path, dw_kernel_size)
                                      for _ in range(depth)])
+        self.checkpoint_blocks = False
 
     def forward(self, x: torch.Tensor, visible: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self.downsample(x)
         for block in self.blocks:
-            x = block(x, visible)
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                x = checkpoint(block, x, visible, use_reentrant=False)
+            else:
+                x = block(x, visible)
         return x

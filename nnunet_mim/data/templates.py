@@ -20,6 +20,10 @@ space, so no registration is run). Every voxel of nilearn's MNI152 brain mask ta
 nearest carried-over voxel. The classes are therefore approximate on this anatomy (the two brain
 masks overlap with Dice 0.95), but they are the same position-decided territories on a different
 image, which is what a second context-decided dataset needs.
+
+``ct-phantom``: ``phantom.py``'s CT-like ellipsoid (soft tissue around a dense core, in HU) on a 19.2 cm
+field of view. Not anatomy: it needs no package beyond numpy, so the GPU check builds its dataset with it
+on a machine that has no nilearn.
 """
 import os
 from dataclasses import dataclass
@@ -130,6 +134,14 @@ def load_mni152_lobes(spacing_mm: float) -> Tuple[np.ndarray, np.ndarray]:
     return resample(t1[None], spacing_mm)[0], resample(one_hot(lobes), spacing_mm)
 
 
+def load_ct_phantom(spacing_mm: float) -> Tuple[np.ndarray, np.ndarray]:
+    from nnunet_mim.data.phantom import ct_phantom, ct_phantom_classes
+    shape = (max(16, round(192 / spacing_mm)),) * 3
+    classes = ct_phantom_classes(shape)
+    return (ct_phantom(shape, np.random.default_rng(0)).astype(np.float32),
+            np.stack([(classes == c).astype(np.float32) for c in range(3)]))
+
+
 TEMPLATES = {
     "mni152": Template(
         "mni152", {"background": 0, "grey_matter": 1, "white_matter": 2}, "T1", "mni",
@@ -147,4 +159,8 @@ TEMPLATES = {
         "all cases are deformations of ONE template (MNI152 2009 via nilearn) whose labels are Colin27's AAL region "
         "families carried over through MNI world coordinates (approximate on this anatomy); not independent subjects",
         load_mni152_lobes),
+    "ct-phantom": Template(
+        "ct-phantom", {"background": 0, "soft_tissue": 1, "core": 2}, "CT", "phantom",
+        "all cases are deformations of ONE synthetic CT phantom (an ellipsoid with a dense core); not anatomy",
+        load_ct_phantom),
 }

@@ -46,6 +46,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2  # 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA  # noqa: E402
 from nnunetv2.utilities.helpers import dummy_context  # noqa: E402
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels  # noqa: E402
 from torch import autocast  # noqa: E402
 from torch import distributed as dist  # noqa: E402
 
@@ -53,6 +54,8 @@ from nnunet_mim.architecture.network import unwrap_network  # noqa: E402
 from nnunet_mim.checkpointing import AtomicCheckpointMixin  # noqa: E402
 from nnunet_mim.masking import LevelConfig, build_levels  # noqa: E402
 from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans  # noqa: E402
+from nnunet_mim.pretraining.memory import (DoesNotFit, choose_micro_batch, device_memory,  # noqa: E402
+                                           requested_micro_batch)
 from nnunet_mim.pretraining.data import (ImagesOnlyDataset, check_images_fit, load_collection_manifest,  # noqa: E402
                                          sampling_probabilities)
 from nnunet_mim.pretraining.objective import COLLAPSE_THRESHOLD, mim_objective  # noqa: E402
@@ -94,6 +97,9 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     # 1e-4 per 256 gives only at 2,560 crops (2e-3 learnt faster at preset T; kept lower for B). Untested on a GPU.
     effective_batch = 2
     base_lr = 1e-3 * 256 / 2
+    # crops per forward on each GPU; None: the largest that fits the device (pretraining/memory.py), the
+    # rest of the plan's batch reached by accumulation. NNUNET_MIM_MICRO_BATCH overrides it
+    micro_batch: Optional[int] = None
     augmentation = "none"          # or "intensity", "spatial+intensity" (nnU-Net's training transforms)
     foreground_crop_fraction = 0.0  # share of crops centred on the body / labelled foreground
 
@@ -122,6 +128,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         # workers draw their own crops); --c restores every generator from the checkpoint
         self.seed = run_seed()
         seed_generators(self.seed, self.local_rank)
+        self.checkpoint_conv_blocks = False  # decided with the micro-batch (_set_batch_size_and_oversample)
         self.amp_dtype = None  # decided in initialize(), on the device training runs on (precision.py)
         self.skipped_steps = 0  # optimizer steps discarded
         self.accumulated_loss = None  # finite iff every micro-step of the accumulation was
@@ -155,6 +162,40 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         """Index of the optimizer step the current micro-step accumulates into, over the whole run."""
         return self.current_epoch * self.optimizer_steps_per_epoch + self.micro_step // self.recipe.accumulation_steps
 
+    def _set_batch_size_and_oversample(self):
+        """nnU-Net's batch per process, then the micro-batch that fits this device's memory: the step's peak
+        is predicted before it runs (pretraining/memory.py); accumulation keeps the recipe's effective batch
+        and its lr; the conv blocks are checkpointed only where one sample does not fit otherwise."""
+        super()._set_batch_size_and_oversample()
+        device_bytes, requested = device_memory(self.device), requested_micro_batch(self.micro_batch)
+        if device_bytes is None and requested is None:
+            return  # the CPU: nothing to plan against
+        world = dist.get_world_size() if self.is_ddp else 1
+        channels = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json)
+        try:
+            step = choose_micro_batch(self.configuration_manager.network_arch_init_kwargs, self.levels,
+                                      self.configuration_manager.patch_size, self.batch_size,
+                                      device_bytes or float("inf"), channels, autocast_dtype(self.device), requested)
+        except DoesNotFit as error:
+            raise RuntimeError(f"{self.method} pre-training: {error}") from None
+        chosen = torch.tensor([step.micro_batch, -int(step.checkpointing)])
+        if self.is_ddp:  # every rank must run the same number of micro-steps
+            dist.all_reduce(chosen, op=dist.ReduceOp.MIN)
+            if int(chosen[0]) < self.batch_size and self.configuration_manager.batch_size % world:
+                raise RuntimeError(f"micro-batch {int(chosen[0])}: the plan's batch of "
+                                   f"{self.configuration_manager.batch_size} does not split evenly over {world} "
+                                   "processes; run on a number of GPUs that divides it")
+        micro_batch, self.checkpoint_conv_blocks = int(chosen[0]), bool(chosen[1])
+        self.print_to_log_file(f"predicted peak memory of a step, {step.describe()}; device "
+                               f"{(device_bytes or 0) / 2 ** 30:.0f} GiB")
+        if micro_batch != self.batch_size:
+            accumulation = self.batch_size // micro_batch
+            self.recipe = PretrainingRecipe(micro_batch * world, self.recipe.effective_batch, self.base_lr)
+            self.num_iterations_per_epoch = self.recipe.micro_steps(self.optimizer_steps_per_epoch)
+            self.print_to_log_file(f"micro-batch {micro_batch} instead of the plan's {self.batch_size} per process, "
+                                   f"{accumulation}x the accumulation: the same effective batch and lr")
+            self.batch_size = micro_batch
+
     def initialize(self):
         folder = self.preprocessed_dataset_folder
         if not os.path.isdir(folder) or not any(f.endswith((".b2nd", ".npz", ".npy")) for f in os.listdir(folder)):
@@ -167,6 +208,8 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         self.amp_dtype = autocast_dtype(self.device)
         # only fp16 needs nnU-Net's gradient scaler (which nnU-Net makes for every CUDA run, bf16 too)
         self.grad_scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        for stage in self.pretrain_network.encoder.stages:
+            stage.checkpoint_blocks = self.checkpoint_conv_blocks
         if self.dataset_class is nnUNetDatasetBlosc2:
             self.dataset_class = ImagesOnlyDataset
         rank = dist.get_rank() if self.is_ddp else 0
