@@ -34,6 +34,7 @@ def build(name: str):
 def worker(name: str, size: int, device: str, repeats: int) -> dict:
     import torch
     torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True  # as nnUNetv2_train sets it
     net = build(name).to(device)
     params = sum(p.numel() for p in net.parameters())
     x = torch.randn(1, 1, size, size, size, device=device)

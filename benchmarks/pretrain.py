@@ -15,28 +15,45 @@ import sys
 import time
 
 
-def worker(method: str, preset: str, patch: int, batch: int, steps: int, device: str) -> dict:
+def worker(method: str, preset: str, patch, batch: int, steps: int, device: str, auto_batch: bool,
+           flops: bool) -> dict:
+    """One configuration in this process. With ``auto_batch``, the micro-batch (and checkpointing) the trainers
+    choose for this device's memory out of a plan batch of ``batch`` (pretraining/memory.py)."""
     import torch
 
     from nnunet_mim.architecture import preset_kwargs
+    from nnunet_mim.flops import count_flops
     from nnunet_mim.masking import LevelConfig, build_levels
+    from nnunet_mim.pretraining.memory import choose_micro_batch, device_memory, predict_step
     from nnunet_mim.pretraining.model import MiMPretrainNetwork
     from nnunet_mim.pretraining.objective import mim_objective
 
     torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True  # as nnUNetv2_train sets it
     cfg = LevelConfig() if method == "MiM" else LevelConfig(num_levels=1, l1_mask_ratio=0.75)
     weights, alignment = ((1.0, 1.0, 1.0), 0.1) if method == "MiM" else ((1.0,), 0.0)
+    dtype = torch.bfloat16 if device == "cuda" else None
+    memory = device_memory(torch.device(device))
+    step_memory = (choose_micro_batch(preset_kwargs(preset), cfg, patch, batch, memory, dtype=dtype)
+                   if auto_batch and memory else predict_step(preset_kwargs(preset), cfg, patch, batch, dtype=dtype))
+    batch = step_memory.micro_batch
     net = MiMPretrainNetwork(1, 2, alignment_pairs=2 if alignment else 0, **preset_kwargs(preset)).to(device)
+    for stage in net.encoder.stages:
+        stage.checkpoint_blocks = step_memory.checkpointing
     optimizer = torch.optim.AdamW(net.parameters(), 1e-4)
-    crop = patch * cfg.crop_factor
-    crops = torch.randn(batch, 1, crop, crop, crop, device=device)
+    crops = torch.randn(batch, 1, *[p * cfg.crop_factor for p in patch], device=device)
     generator = torch.Generator().manual_seed(0)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = torch.autocast(device, dtype=dtype, enabled=dtype is not None)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def sync():
         if device == "cuda":
             torch.cuda.synchronize()
+
+    def forward_backward(levels):
+        with amp:
+            loss = mim_objective(net, net.alignment, levels, 16, weights, alignment)["loss"]
+        loss.backward()
 
     level_time = total = 0.0
     for step in range(steps + 1):  # step 0 warms up
@@ -45,10 +62,8 @@ def worker(method: str, preset: str, patch: int, batch: int, steps: int, device:
         levels = build_levels(crops, cfg, generator)
         sync()
         built = time.perf_counter()
-        with amp:
-            loss = mim_objective(net, net.alignment, levels, 16, weights, alignment)["loss"]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        forward_backward(levels)
         optimizer.step()
         sync()
         if step == 0:
@@ -59,7 +74,11 @@ def worker(method: str, preset: str, patch: int, batch: int, steps: int, device:
         total += time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda"
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024)
+    # model FLOPs of the same step (nnunet_mim/flops.py), counted on this device: about one step's time
+    counted = count_flops(lambda: forward_backward(build_levels(crops, cfg, generator))) if flops else 0
     return {"seconds_per_sample": total / steps / batch, "level_share": level_time / total, "peak_mb": peak,
+            "predicted_mb": step_memory.total / 2 ** 20, "batch": batch, "checkpointing": step_memory.checkpointing,
+            "flops_per_sample": counted / batch,
             "volumes_per_sample": sum(lv.volumes.shape[0] for lv in levels) // batch}
 
 
@@ -70,10 +89,15 @@ def main() -> None:
     parser.add_argument("--patch", type=int, nargs="+", default=[64])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--auto-batch", action="store_true", help="the micro-batch the trainers choose for this "
+                        "device's memory out of a plan batch of --batch")
+    parser.add_argument("--flops", action="store_true", help="count the step's FLOPs too")
     parser.add_argument("--worker", metavar="METHOD", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-patch", type=int, nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.preset, args.patch[0], args.batch, args.steps, args.device)))
+        print(json.dumps(worker(args.worker, args.preset, args.worker_patch, args.batch, args.steps, args.device,
+                                args.auto_batch, args.flops)))
         return
     print(f"device {args.device}, preset {args.preset}, batch {args.batch}, mean of {args.steps} steps after a "
           "warm-up; random input")
@@ -84,8 +108,8 @@ def main() -> None:
         results = {}
         for method in ("MAE", "MiM"):
             out = subprocess.run([sys.executable, __file__, "--worker", method, "--device", args.device, "--preset",
-                                  args.preset, "--patch", str(patch), "--batch", str(args.batch), "--steps",
-                                  str(args.steps)], capture_output=True, text=True, check=True)
+                                  args.preset, "--worker-patch", *[str(patch)] * 3, "--batch", str(args.batch),
+                                  "--steps", str(args.steps)], capture_output=True, text=True, check=True)
             results[method] = json.loads(out.stdout.strip().splitlines()[-1])
         for method, r in results.items():
             ratio = r["seconds_per_sample"] / results["MAE"]["seconds_per_sample"]

@@ -6,10 +6,12 @@
 1. ``nnunet-mim pretrain-dataset create`` on CT-sized phantoms (512x512x300 voxels at
    0.8x0.8x1.5 mm, int16 NIfTI, like a typical abdominal CT) to the paper's 1.5x1.5x2.0 mm:
    volumes per minute, per process, and disk per volume; extrapolated to 1,000 and 10,000.
-2. The pre-training loader (nnU-Net's loader with the images-only dataset): crops of twice the
-   patch per second in one process (one loader worker), against the samples per second a GPU
-   step consumes if you pass ``--gpu-samples-per-second`` (measure it with benchmarks/pretrain.py
-   on your GPU).
+2. The pre-training loader (nnU-Net's loader with the images-only dataset, from nnU-Net's blosc2 files):
+   crops per second in one process (one loader worker, one core), MiM's crops of twice the patch and
+   MAE's of the patch, at each ``--loader-patches`` size; beside it the samples per second a GPU would
+   consume with preset B, predicted from the step's model FLOPs (counted here, nnunet_mim/flops.py) at
+   an assumed utilisation of an H100's measured bf16 matrix rate, and the cores that keep it fed. The
+   GPU check measures the real rate (benchmarks/gpu_check.py).
 
 Phantoms are not anatomy: intensities and noise are CT-like, so compression (disk) is roughly
 right; reading and resampling cost depends on voxel counts only.
@@ -35,13 +37,45 @@ def write_volumes(folder: str, count: int, shape, spacing_zyx) -> None:
         sitk.WriteImage(image, os.path.join(folder, f"ct_{i:03d}.nii.gz"))
 
 
-def loader_throughput(dataset_folder: str, patch, crops: int) -> float:
+# an H100's 8192^3 bf16 matrix product, as seen on the lent machines (device KINDS.md: 769-798 TFLOP/s)
+H100_MATMUL_FLOPS = 790e12
+ASSUMED_UTILISATION = (0.2, 0.4)
+
+
+def flops_per_sample(method: str, patch) -> float:
+    """Model FLOPs of one preset-B sample's forward and backward, fp32 on the CPU: one masked volume with as many
+    visible tokens as every volume of the step is padded to, times the volumes per sample (the alignment heads,
+    a few thousand FLOPs, left out)."""
+    import math
+
+    import torch
+
+    from nnunet_mim.architecture import preset_kwargs
+    from nnunet_mim.flops import count_flops
+    from nnunet_mim.losses import reconstruction_loss
+    from nnunet_mim.masking import LevelConfig
+    from nnunet_mim.pretraining.memory import visible_tokens, volumes_per_sample
+    from nnunet_mim.pretraining.model import MiMPretrainNetwork
+    levels = LevelConfig() if method == "MiM" else LevelConfig(num_levels=1, l1_mask_ratio=0.75)
+    network = MiMPretrainNetwork(1, 2, alignment_pairs=0, **preset_kwargs("B"))
+    grid = [p // 16 for p in patch]
+    hidden = torch.zeros(1, math.prod(grid), dtype=torch.bool)
+    hidden[:, visible_tokens(levels, grid):] = True
+    hidden = hidden.view(1, *grid)
+    volume = torch.randn(1, 1, *patch)
+
+    def step():
+        prediction, _ = network(volume, hidden)
+        reconstruction_loss(prediction, volume, hidden, 16).backward()
+    return volumes_per_sample(levels) * count_flops(step)
+
+
+def loader_throughput(dataset_folder: str, crop, crops: int) -> float:
     from nnunet_mim.pretraining.data import ImagesOnlyDataset
     from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
     images = os.path.join(dataset_folder, "nnUNetPlans_3d_fullres")
     dataset = ImagesOnlyDataset(images, ImagesOnlyDataset.get_identifiers(images))
-    crop = [2 * p for p in patch]
     loader = nnUNetDataLoader(dataset, 1, crop, crop, LabelManager({"background": 0}, None),
                               oversample_foreground_percent=0.0, transforms=None)
     next(loader)  # first batch opens files
@@ -60,7 +94,7 @@ def main() -> int:
     parser.add_argument("--patch-size", type=int, nargs=3, default=[96, 96, 96])
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--crops", type=int, default=20)
-    parser.add_argument("--gpu-samples-per-second", type=float, default=None)
+    parser.add_argument("--loader-patches", type=int, nargs="+", default=[96, 128], help="cubic patch sides")
     parser.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one)")
     args = parser.parse_args()
 
@@ -94,12 +128,20 @@ def main() -> int:
     for processes, done, seconds, per_min, per_proc, mib, _ in rows:
         print(f"| {processes} | {done} | {seconds:.1f} | {per_min:.2f} | {per_proc:.2f} | {mib:.1f} | "
               f"{1000 / per_min / 60:.1f} | {mib * 1000 / 1024:.1f} |")
-    rate = loader_throughput(rows[0][-1], args.patch_size, args.crops)
-    crop = "x".join(str(2 * p) for p in args.patch_size)
-    print(f"\nLoader: {rate:.2f} crops/s of {crop} voxels in one worker (no augmentation)")
-    if args.gpu_samples_per_second:
-        print(f"a GPU step consuming {args.gpu_samples_per_second:.1f} samples/s needs "
-              f"{int(np.ceil(args.gpu_samples_per_second / rate))} loader workers")
+    low, high = ASSUMED_UTILISATION
+    print(f"\nLoader, one worker (one core), no augmentation, against one H100 predicted at {low:.0%}-{high:.0%} of "
+          f"its measured bf16 matrix rate ({H100_MATMUL_FLOPS / 1e12:.0f} TFLOP/s), preset B\n")
+    print("| method | patch | crop | crops / s / core | model TFLOP / sample | H100 samples / s (predicted) | "
+          "cores to keep it fed |")
+    print("|---|---|---|---|---|---|---|")
+    for side in args.loader_patches:
+        for method, factor in (("MAE", 1), ("MiM", 2)):
+            rate = loader_throughput(rows[0][-1], [factor * side] * 3, args.crops)
+            flops = flops_per_sample(method, [side] * 3)
+            gpu = [u * H100_MATMUL_FLOPS / flops for u in ASSUMED_UTILISATION]
+            print(f"| {method} | {side}^3 | {factor * side}^3 | {rate:.2f} | {flops / 1e12:.2f} | "
+                  f"{gpu[0]:.1f}-{gpu[1]:.1f} | {int(np.ceil(gpu[0] / rate))}-{int(np.ceil(gpu[1] / rate))} |",
+                  flush=True)
     print(f"(work folder: {work})")
     return 0
 

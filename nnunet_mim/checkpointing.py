@@ -9,6 +9,7 @@ runs any code it names. ``read_checkpoint`` reads a file the user gives (``-pret
 random states our trainers keep), numpy scalars and their dtypes (nnU-Net's logged metrics). A file
 that needs any other is refused with the names, unless the user sets TRUST_CHECKPOINTS_VARIABLE=1.
 """
+import importlib
 import os
 import pickle
 
@@ -18,11 +19,13 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 TRUST_CHECKPOINTS_VARIABLE = "NNUNET_MIM_TRUST_CHECKPOINTS"
-_multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-# each under the name numpy 2 pickles it by and, where it differs, the one numpy 1 did
+# numpy 1.26 has a numpy._core too, but only as a shim for reading numpy 2's pickles
+_multiarray = importlib.import_module("numpy._core.multiarray" if np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+                                      else "numpy.core.multiarray")
+# each under the name numpy 2 pickles it by and the one numpy 1 did: files of either read under either
 CHECKPOINT_GLOBALS = [
-    _multiarray._reconstruct, (_multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-    _multiarray.scalar, (_multiarray.scalar, "numpy.core.multiarray.scalar"), np.ndarray, np.dtype,
+    *[(getattr(_multiarray, name), f"{package}.multiarray.{name}") for name in ("_reconstruct", "scalar")
+      for package in ("numpy._core", "numpy.core")], np.ndarray, np.dtype,
     *[type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.uint32, np.uint8,
                                   np.bool_)],
 ]

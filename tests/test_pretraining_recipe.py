@@ -153,8 +153,13 @@ print(json.dumps({"compiles": t._do_i_compile(), "logged": logged}))
 """
 
 
-def test_pretraining_is_never_compiled_and_says_why(nnunet_env):
-    """nnU-Net compiles every CUDA run's network; the masked forward changes shape at every step."""
-    out = json.loads(python_in_process(COMPILE_DECISION_SCRIPT, nnunet_env).stdout.strip().splitlines()[-1])
-    assert out["compiles"] is False and "torch.compile is off for pre-training" in out["logged"][0]
-
+@pytest.mark.parametrize("setting, compiles", [(None, False), ("t", True), ("f", False)])
+def test_pretraining_compiles_only_when_asked(nnunet_env, setting, compiles):
+    """nnU-Net compiles every CUDA run's network; pre-training only with nnUNet_compile=t until a GPU measured
+    the gain, and says so."""
+    env = {k: v for k, v in nnunet_env.items() if k != "nnUNet_compile"}
+    if setting:
+        env["nnUNet_compile"] = setting
+    out = json.loads(python_in_process(COMPILE_DECISION_SCRIPT, env).stdout.strip().splitlines()[-1])
+    assert out["compiles"] is compiles
+    assert ("torch.compile is off for pre-training" in " ".join(out["logged"])) is (setting is None)

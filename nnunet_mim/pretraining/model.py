@@ -16,6 +16,7 @@ fails on parameters that get no gradient), and saved as initialised; fine-tuning
 The alignment heads (MiM only) sit beside that path: ``AlignmentHeads`` projects the pooled token
 features of a child volume and of its parent region, one set of heads per adjacent level pair.
 """
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -49,7 +50,7 @@ class TokenDecoder(nn.Module):
         """Returns (voxel prediction (N, T, out), token features (N, T, dim)) for the full grid."""
         x = self.embed(encoded.tokens)
         grid = encoded.grid
-        n, num_tokens = x.shape[0], int(torch.tensor(grid).prod())
+        n, num_tokens = x.shape[0], math.prod(grid)  # not a tensor: no graph break under torch.compile
         mask_token = self.mask_token.to(x.dtype)
         # padding entries point at distinct hidden positions: they write the mask token there
         x = torch.where(encoded.valid[..., None], x, mask_token)

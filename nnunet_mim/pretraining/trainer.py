@@ -216,12 +216,17 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         self.mask_generator = torch.Generator().manual_seed(self.seed * 1000 + rank)  # per-rank masks differ
 
     def _do_i_compile(self) -> bool:
-        # nnU-Net compiles every CUDA run's network. The masked forward has other shapes at every step
-        # (visible tokens per level follow the mask): on the CPU, dynamo rebuilt its graph at 5 of 6
-        # steps and the step ran 2.9x slower than eager (benchmarks/compile.py, docs/experiments/47-torch-compile.md)
-        if super()._do_i_compile():
-            self.print_to_log_file("torch.compile is off for pre-training: masking changes the shapes at every "
-                                   "step, so the graph would be rebuilt instead of reused (docs/usage.md)")
+        # nnU-Net compiles every CUDA run's network unless nnUNet_compile says otherwise. Pre-training compiles
+        # only when nnUNet_compile asks for it: the masked forward compiles to 5 graphs (3 breaks: the encoder's
+        # .item() on the visible-token counts) and 0 recompiles at a fixed patch (MiM's and MAE's visible counts
+        # do not change between steps), but no GPU has yet measured what inductor gains there
+        # (benchmarks/gpu_check.py does; docs/experiments/47-torch-compile.md)
+        if not super()._do_i_compile():
+            return False
+        if os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t"):
+            return True
+        self.print_to_log_file("torch.compile is off for pre-training until a GPU has measured its gain; "
+                               "nnUNet_compile=t turns it on (docs/usage.md)")
         return False
 
     @property
