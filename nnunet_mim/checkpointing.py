@@ -90,6 +90,9 @@ class AtomicCheckpointMixin:
     def checkpoint_extras(self) -> dict:
         return {}
 
+    def restore_checkpoint_extras(self, extras: dict) -> None:
+        """Restore what ``checkpoint_extras`` stored (a continued run)."""
+
     def save_checkpoint(self, filename: str) -> None:
         if self.local_rank != 0 or self.disable_checkpointing:
             # nnU-Net writes from global rank 0 only (and says so when disabled). Another rank must not go on
@@ -100,28 +103,49 @@ class AtomicCheckpointMixin:
         super().save_checkpoint(temporary)
         extras = self.checkpoint_extras()
         if extras:
-            checkpoint = torch.load(temporary, map_location="cpu", weights_only=False)
+            checkpoint = read_checkpoint(temporary)
             checkpoint["nnunet_mim"] = extras
             torch.save(checkpoint, temporary)
         os.replace(temporary, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's ``load_checkpoint``, from one safe read of the file (read_checkpoint): nnU-Net reads it with
+        ``weights_only=False``, and its 2.8 method cannot take the dict read here (it binds the checkpoint
+        only for a path), so its restoring steps are ``restore_nnunet_state``'s."""
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = filename_or_checkpoint
         if isinstance(filename_or_checkpoint, str):
             try:
-                checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
+                checkpoint = read_checkpoint(filename_or_checkpoint)
+            except UntrustedCheckpointError:
+                raise
             except Exception as e:
                 raise RuntimeError(f"cannot read checkpoint {filename_or_checkpoint}: {e}. The file is corrupt or "
                                    "truncated; delete it to start over, or restore a copy") from e
             trainer = checkpoint.get("trainer_name")
             if trainer != self.__class__.__name__:
-                raise RuntimeError(f"{filename_or_checkpoint} was written by trainer {trainer!r}, not "
+                raise RuntimeError(f"{filename_or_checkpoint} was written by trainer {ascii(trainer)}, not "
                                    f"{self.__class__.__name__!r}: --c only continues a run of the same trainer. "
                                    "Nothing was overwritten.")
-            self.restore_checkpoint_extras(checkpoint.get("nnunet_mim", {}))
+        self.restore_checkpoint_extras(checkpoint.get("nnunet_mim", {}))
         self.continued = True
-        # the path, not the dict just read: nnU-Net 2.8's load_checkpoint fails on a dict (it only
-        # binds its checkpoint for a path), so the file is read twice on resume
-        super().load_checkpoint(filename_or_checkpoint)
+        self.restore_nnunet_state(checkpoint)
 
-    def restore_checkpoint_extras(self, extras: dict) -> None:
-        pass
+    def restore_nnunet_state(self, checkpoint: dict) -> None:
+        """What nnU-Net 2.8's load_checkpoint restores, in its order: weights (a ``module.`` prefix of a DDP save
+        dropped), init arguments, epoch, logs, best EMA, mirroring axes, optimizer, gradient scaler."""
+        from nnunet_mim.architecture.network import unwrap_network
+        network = unwrap_network(self.network)
+        own = network.state_dict()
+        network.load_state_dict({k[7:] if k not in own and k.startswith("module.") else k: v
+                                 for k, v in checkpoint["network_weights"].items()})
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])

@@ -45,6 +45,7 @@ def cmd_adapt_checkpoint(args) -> int:
     from nnunet_mim.checkpointing import save_checkpoint_file
     from nnunet_mim.finetuning.checkpoint import (adapt_input_channels, load_checkpoint,
                                                   pretraining_checkpoint_record, transplant_encoder)
+    from nnunet_mim.pretrained_loading import unusable_weights
     if args.input_channels is None and args.encoder_from is None:
         print("nothing to do: give --input-channels N and/or --encoder-from CHECKPOINT", file=sys.stderr)
         return 1
@@ -64,6 +65,10 @@ def cmd_adapt_checkpoint(args) -> int:
         if args.input_channels is not None:
             for line in adapt_input_channels(checkpoint, args.input_channels):
                 print(line)
+        problem = unusable_weights(checkpoint["network_weights"])
+        if problem:
+            raise RuntimeError(f"{args.checkpoint} holds weights no training can start from: {problem}; nothing "
+                               "was written")
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

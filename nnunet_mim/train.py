@@ -174,11 +174,9 @@ def train(args: argparse.Namespace, device: torch.device) -> int:
         if device.type != "cuda":
             trainer.grad_scaler = None
     trainer.disable_checkpointing = args.disable_checkpointing
-    if trainer.is_ddp and args.pretrained_weights is not None and not (args.c or args.val):
-        trainer.initialize()
-        load_pretrained_weights_under_ddp(trainer.network, args.pretrained_weights)
-    else:
-        maybe_load_checkpoint(trainer, args.c, args.val, args.pretrained_weights)
+    # -pretrained_weights goes through pretrained_loading.load_pretrained_weights (safe, the local device), which
+    # importing the trainer put in nnU-Net's place
+    maybe_load_checkpoint(trainer, args.c, args.val, args.pretrained_weights)
     if args.c and trainer.local_rank == 0:
         clear_marker(trainer.output_folder)
     if device.type == "cuda":
@@ -198,25 +196,6 @@ def train(args: argparse.Namespace, device: torch.device) -> int:
         trainer.load_checkpoint(join(trainer.output_folder, "checkpoint_best.pth"))
     trainer.perform_actual_validation(args.npz)
     return 0
-
-
-def load_pretrained_weights_under_ddp(network: torch.nn.Module, path: str) -> None:
-    """nnU-Net's -pretrained_weights rules (every tensor but the segmentation heads, by name, of the same shape;
-    refused where one is missing), the file read safely (checkpointing.read_checkpoint) onto the CPU and copied
-    to the network's device. nnU-Net's load_pretrained_weights maps it to cuda:<global rank> under DDP: no such
-    device past the first node, and none on the CPU."""
-    from nnunet_mim.architecture.network import unwrap_network
-    from nnunet_mim.checkpointing import read_checkpoint
-    saved = read_checkpoint(path)["network_weights"]
-    module = unwrap_network(network)
-    own = module.state_dict()
-    kept = {k: v for k, v in own.items() if ".seg_layers." not in k}
-    wrong = [k for k, v in kept.items() if k not in saved or saved[k].shape != v.shape]
-    if wrong:
-        raise RuntimeError(f"{path} does not fit this network: {len(wrong)} tensors missing or of another shape "
-                           f"(first: {wrong[0]}). Nothing was loaded.")
-    module.load_state_dict({**own, **{k: saved[k] for k in kept}})
-    print(f"pre-trained weights loaded from {path} on every rank ({len(kept)} tensors; segmentation heads kept)")
 
 
 def stop_data_loaders(trainer) -> None:

@@ -41,6 +41,12 @@ def write_inputs(folder) -> Dict[str, str]:
     save("nnssl", {"network_weights": {"encoder.stem.convs.0.conv.weight": torch.zeros(4, 1, 3, 3, 3)},
                    "nnssl_adaptation_plan": {"architecture_plans": {"arch_class_name": "PrimusM"}}})
     save("weights_not_a_dict", {"network_weights": [torch.zeros(3)]})
+    poisoned = pretraining_checkpoint()
+    poisoned["network_weights"]["encoder.stages.0.w"][1] = float("nan")
+    save("nan_weights", poisoned)
+    integers = pretraining_checkpoint()
+    integers["network_weights"]["encoder.stages.0.w"] = torch.zeros(4, dtype=torch.int64)
+    save("integer_weights", integers)
     crafted = pretraining_checkpoint()
     crafted["nnunet_mim"]["payload"] = WritesAMarker(folder / "marker")
     save("crafted", crafted)
@@ -91,6 +97,10 @@ ROWS = [
     Row("network_weights that are not a dict",
         lambda f, out: ADAPT + [f["weights_not_a_dict"], "--input-channels", "2", "-o", out], 1,
         "holds no dict of 'network_weights'"),
+    Row("weights holding NaN", lambda f, out: ADAPT + [f["nan_weights"], "--input-channels", "2", "-o", out], 1,
+        "holds weights no training can start from: encoder.stages.0.w holds 1 NaN or infinite values"),
+    Row("weights stored as integers", lambda f, out: ADAPT + [f["integer_weights"], "--input-channels", "2", "-o",
+                                                                out], 1, "encoder.stages.0.w is stored as int64"),
     Row("--input-channels 0", lambda f, out: ADAPT + [f["pretraining"], "--input-channels", "0", "-o", out], 2,
         "argument --input-channels: 0 is not a number of channels (give 1 or more)"),
     Row("--input-channels -3", lambda f, out: ADAPT + [f["pretraining"], "--input-channels", "-3", "-o", out], 2,

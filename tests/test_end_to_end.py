@@ -79,6 +79,7 @@ def test_pretraining_keeps_snapshots_a_probe_reads(nnunet_env, pretrained):
     for name, done in zip([*snapshots, "checkpoint_final.pth"], (0, 1, 2)):
         checkpoint = torch.load(os.path.join(folder, name), map_location="cpu", weights_only=False)
         assert pretraining_record_of(name, checkpoint).epochs == done, name
+        assert checkpoint["current_epoch"] == done, name  # what --c continues from: the epochs done
         weights[done] = checkpoint["network_weights"]["encoder.blocks.0.attn.qkv.weight"]
     assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
 
@@ -352,3 +353,105 @@ def test_the_finetuning_trainers_step_runs_under_autocast_on_the_cpu(nnunet_env)
     out = json.loads(printed.strip().splitlines()[-1])
     assert out["computed_in"] == ["torch.bfloat16"] and out["master_fp32"]
     assert all(0 < loss < 10 for loss in out["losses"]), out["losses"]
+
+
+def crafted_copy(pretrained, tmp_path, **changes):
+    """The real pre-training checkpoint plus a call that an unsafe load would run (it creates tmp_path/marker)."""
+    import torch
+    checkpoint = torch.load(pretrained, map_location="cpu", weights_only=False)
+    checkpoint["nnunet_mim"]["payload"] = WritesAMarker(tmp_path / "marker")
+    checkpoint.update(changes)
+    path = str(tmp_path / "crafted.pth")
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_no_route_runs_a_crafted_files_code(nnunet_env, pretrained, tmp_path):
+    """-pretrained_weights given to a pre-training trainer (nnU-Net's own loader read it unsafely), and --c on a
+    crafted checkpoint_latest.pth (this project's checkpointing read it unsafely): both refused, nothing runs."""
+    env = {k: v for k, v in nnunet_env.items() if k != "NNUNET_MIM_TRUST_CHECKPOINTS"}
+    crafted = crafted_copy(pretrained, tmp_path)
+    result = train(env, "nnUNetTrainerMAEPretrain_T_CPUsmoke", "-pretrained_weights", crafted, check=False)
+    assert result.returncode != 0 and "NNUNET_MIM_TRUST_CHECKPOINTS=1" in result.stderr, result.stderr[-2000:]
+    continued = "nnUNetTrainerMiMPretrain_T_CPUdemo"
+    os.makedirs(output_folder(nnunet_env, continued))
+    crafted_latest = crafted_copy(pretrained, tmp_path, trainer_name=continued)
+    shutil.copy(crafted_latest, os.path.join(output_folder(nnunet_env, continued), "checkpoint_latest.pth"))
+    result = train(env, continued, "--c", check=False)
+    assert result.returncode != 0 and "NNUNET_MIM_TRUST_CHECKPOINTS=1" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "marker").exists()
+
+
+# the fine-tuning trainer's inspection reads -pretrained_weights; then the file is replaced by a crafted one before
+# nnU-Net's load: the load must take the checkpoint that was checked, not read the file again
+SWAPPED_AFTER_THE_CHECK = """
+import json, shutil, sys, torch
+from nnunetv2.run.run_training import run_training_entry
+from nnunet_mim.variants import nnUNetTrainerMiMFinetune_T_CPUdemo as Trainer
+checked = torch.load(PATH, map_location="cpu", weights_only=False)["network_weights"]
+inspect = Trainer.initialize
+def initialize(self):
+    inspect(self)
+    shutil.copy(CRAFTED, PATH)
+Trainer.initialize = initialize
+loaded = {}
+Trainer.run_training = lambda self: loaded.update(self.network.state_dict())
+Trainer.perform_actual_validation = lambda self, *args: None
+sys.argv = ["nnUNetv2_train", "991", "3d_fullres", "all", "-tr", "nnUNetTrainerMiMFinetune_T_CPUdemo", "-device",
+            "cpu", "-pretrained_weights", PATH]
+run_training_entry()
+key = "encoder.stages.0.blocks.0.dw.weight"
+print(json.dumps({"loaded_the_checked": torch.equal(loaded[key], checked[key])}))
+"""
+
+
+def test_the_fine_tuning_trainer_loads_the_checkpoint_it_checked(nnunet_env, pretrained, tmp_path):
+    import torch
+    path = str(tmp_path / "weights.pth")
+    shutil.copy(pretrained, path)
+    crafted = crafted_copy(pretrained, tmp_path)
+    checkpoint = torch.load(crafted, map_location="cpu", weights_only=False)  # runs its payload: remove the marker
+    os.remove(tmp_path / "marker")
+    del checkpoint
+    env = {k: v for k, v in nnunet_env.items() if k != "NNUNET_MIM_TRUST_CHECKPOINTS"}
+    script = f"PATH, CRAFTED = {path!r}, {crafted!r}\n" + SWAPPED_AFTER_THE_CHECK
+    out = json.loads(python_in_process(script, env).stdout.strip().splitlines()[-1])
+    assert out["loaded_the_checked"] and not (tmp_path / "marker").exists()
+
+
+@pytest.mark.parametrize("poison, message", [("nan", "holds 1 NaN or infinite values"),
+                                             ("int", "is stored as int64")])
+def test_poisoned_weights_are_refused_by_name_before_training(nnunet_env, pretrained, tmp_path, poison, message):
+    import torch
+    checkpoint = torch.load(pretrained, map_location="cpu", weights_only=False)
+    key = "encoder.stages.0.blocks.0.dw.weight"
+    weights = checkpoint["network_weights"]
+    if poison == "nan":
+        weights[key].view(-1)[0] = float("nan")
+    else:
+        weights[key] = weights[key].round().to(torch.int64)
+    path = str(tmp_path / "poisoned.pth")
+    torch.save(checkpoint, path)
+    result = train(nnunet_env, "nnUNetTrainerMiMFinetune_T_CPUdemo", "-pretrained_weights", path, check=False)
+    assert result.returncode != 0 and f"{key} {message}" in result.stderr, result.stderr[-2000:]
+    assert not os.path.exists(os.path.join(output_folder(nnunet_env, "nnUNetTrainerMiMFinetune_T_CPUdemo"),
+                                           "checkpoint_final.pth"))
+
+
+DIVERGED = """
+import os, numpy as np, torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.paths import nnUNet_preprocessed
+from nnunet_mim.variants import nnUNetTrainerMiMScratch_T_CPUsmoke as Trainer
+folder = os.path.join(nnUNet_preprocessed, "Dataset991_E2E")
+t = Trainer(dict(load_json(os.path.join(folder, "nnUNetPlans.json")), continue_training=False), "3d_fullres", "all",
+            load_json(os.path.join(folder, "dataset.json")), torch.device("cpu"))
+t.initialize()
+t.on_train_epoch_end([{"loss": np.array(float("nan"))}] * 3)
+"""
+
+
+def test_a_fine_tuning_epoch_of_non_finite_losses_stops_the_run(nnunet_env):
+    result = python_in_process(DIVERGED, nnunet_env, check=False)
+    assert result.returncode != 0 and "fine-tuning diverged: the training loss of epoch 0 was not finite" in \
+        result.stderr

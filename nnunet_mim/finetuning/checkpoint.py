@@ -28,12 +28,15 @@ IN_PROJECTIONS = ("encoder.stem.0.weight", "encoder.stages.0.downsample.0.weight
 ENCODER_PREFIXES = ("encoder.", "decoder.encoder.")  # nnU-Net's decoders keep a reference to their encoder
 
 
-def load_checkpoint(filename: str) -> dict:
-    """A checkpoint the user gives, read without running code from it (checkpointing.read_checkpoint)."""
+def load_checkpoint(filename: str, for_loading: bool = False) -> dict:
+    """A checkpoint the user gives, read without running code from it (checkpointing.read_checkpoint). With
+    ``for_loading``, the read that nnU-Net's -pretrained_weights load then takes instead of reading the file
+    again (pretrained_loading.read_once)."""
+    from nnunet_mim.pretrained_loading import read_once
     if not os.path.isfile(filename):
         raise RuntimeError(f"{filename}: no such file (give the path of a checkpoint_final.pth)")
     try:
-        checkpoint = read_checkpoint(filename)
+        checkpoint = read_once(filename) if for_loading else read_checkpoint(filename)
     except UntrustedCheckpointError:
         raise
     except Exception as e:
@@ -108,8 +111,8 @@ def inspect_pretrained_checkpoint(filename: str, network_state: Dict[str, torch.
                                   preset: str) -> Tuple[List[str], dict]:
     """Raise a RuntimeError that says what to do when ``filename`` cannot load into the network;
     otherwise return the keys of its ``network_weights`` and what pre-training recorded about
-    itself (the checkpoint's ``nnunet_mim`` entry)."""
-    checkpoint = load_checkpoint(filename)
+    itself (the checkpoint's ``nnunet_mim`` entry). The checkpoint read here is the one the load takes."""
+    checkpoint = load_checkpoint(filename, for_loading=True)
     weights = checkpoint["network_weights"]
     record = pretraining_checkpoint_record(filename, checkpoint)
     if record.preset != preset:

@@ -11,6 +11,7 @@ What changes against ``nnUNetTrainer``:
                         (0 unless set, ``seeding.py``), as pre-training
   initialize            remembers the random initialisation, to tell later what was loaded
   on_train_start        load report; fails loudly if the pre-trained encoder did not load
+  on_train_epoch_end    stops a run whose training loss was not finite for a whole epoch
 """
 import warnings
 
@@ -27,6 +28,9 @@ from nnunet_mim.plans import adapt_plans
 from nnunet_mim.finetuning.param_groups import finetuning_param_groups
 from nnunet_mim.schedule import WarmupCosineLR
 from nnunet_mim.seeding import run_seed, seed_generators
+from nnunet_mim import pretrained_loading
+
+pretrained_loading.install()  # -pretrained_weights read once, without running code (pretrained_loading.py)
 
 
 class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
@@ -95,6 +99,15 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
         super().on_train_start()
         if not self.continued:  # a continued run (--c) reported when it started
             self.check_initial_weights()
+
+    def on_train_epoch_end(self, train_outputs):
+        super().on_train_epoch_end(train_outputs)
+        loss = self.logger.get_value("train_losses", -1)
+        if not np.isfinite(loss):  # every step of the epoch (nnU-Net's mean): the run learns nothing more
+            raise RuntimeError(
+                f"fine-tuning diverged: the training loss of epoch {self.current_epoch} was not finite ({loss}). "
+                "Nothing after this epoch would be a result; lower the learning rate (peak_lr) or check the input "
+                "images for NaN. The last checkpoint is kept.")
 
     def check_initial_weights(self) -> None:
         network = self.segmentation_network

@@ -65,6 +65,9 @@ from nnunet_mim.precision import autocast_dtype, describe  # noqa: E402
 from nnunet_mim.pretraining_record import PretrainingRecord  # noqa: E402
 from nnunet_mim.schedule import WarmupCosineLR, adamw_param_groups  # noqa: E402
 from nnunet_mim.seeding import run_seed, seed_generators  # noqa: E402
+from nnunet_mim import pretrained_loading  # noqa: E402
+
+pretrained_loading.install()  # -pretrained_weights read without running code (pretrained_loading.py)
 
 VALIDATION_SEED = 12345
 COLLAPSE_EPOCHS = 3  # consecutive epochs of proj_std under COLLAPSE_THRESHOLD that make the log warn
@@ -449,7 +452,11 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         """nnU-Net's checkpoint, written atomically; ``epochs_done`` defaults to the epoch being ended."""
         done = self.current_epoch + 1 if epochs_done is None else epochs_done
         self.pretrain_network.pretraining_record.copy_(self.pretraining_record(done).to_tensor())
-        super().save_checkpoint(filename)
+        epoch, self.current_epoch = self.current_epoch, done - 1  # nnU-Net records current_epoch + 1
+        try:
+            super().save_checkpoint(filename)
+        finally:
+            self.current_epoch = epoch
 
     def checkpoint_extras(self) -> dict:
         cm = self.configuration_manager

@@ -1,0 +1,76 @@
+"""``-pretrained_weights``, read once and without running code, by every route.
+
+nnU-Net's ``nnUNetv2_train -pretrained_weights FILE`` loads FILE with ``torch.load(weights_only=False)``, which
+runs any code the file names. Importing this project's trainers (which nnUNetv2_train does before it loads
+anything) puts ``load_pretrained_weights`` in the place of the loader nnU-Net's run_training calls: nnU-Net's
+rules (every tensor but the segmentation heads, by name, of the same shape, or nothing), the file read
+safely (checkpointing.read_checkpoint) and once per process. A trainer that inspects the file first (the
+fine-tuning trainer's load report) reads it through ``read_once``, and the load takes that same checkpoint:
+a file replaced between the check and the load is never read a second time. Weights that are not finite
+floating-point numbers are refused by name before anything is loaded.
+"""
+import os
+from typing import Dict
+
+import torch
+
+from nnunet_mim.checkpointing import read_checkpoint
+
+_checked: Dict[str, dict] = {}  # absolute path -> the checkpoint read from it, until a load takes it
+
+
+def read_once(path: str) -> dict:
+    """The checkpoint at ``path`` as this process first read it (safely)."""
+    key = os.path.abspath(path)
+    if key not in _checked:
+        _checked[key] = read_checkpoint(key)
+    return _checked[key]
+
+
+def unusable_weights(weights: Dict[str, torch.Tensor]) -> str:
+    """What makes a state dict unfit to train from (non-finite values, integer tensors where the network holds
+    floats), naming tensors; '' when it is fit."""
+    problems = []
+    for name, tensor in weights.items():
+        if not isinstance(tensor, torch.Tensor):
+            problems.append(f"{name} is a {type(tensor).__name__}, not a tensor")
+        elif not (tensor.is_floating_point() or name.endswith("num_batches_tracked") or
+                  name.endswith("pretraining_record")):
+            problems.append(f"{name} is stored as {str(tensor.dtype).removeprefix('torch.')}")
+        elif tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            problems.append(f"{name} holds {int((~torch.isfinite(tensor)).sum())} NaN or infinite values")
+    if not problems:
+        return ""
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
+
+
+def load_pretrained_weights(network: torch.nn.Module, path: str, verbose: bool = False) -> None:
+    """nnU-Net's -pretrained_weights rules, read safely and once, onto the network's device, under DDP and
+    torch.compile too (nnU-Net's own loader maps the file to cuda:<global rank>: no such device past the
+    first node, and none on the CPU)."""
+    from nnunet_mim.architecture.network import unwrap_network
+    checkpoint = read_once(path)
+    _checked.pop(os.path.abspath(path), None)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("network_weights"), dict):
+        raise RuntimeError(f"{path} is not an nnU-Net checkpoint (no dict of 'network_weights'). Nothing was loaded.")
+    saved = checkpoint["network_weights"]
+    module = unwrap_network(network)
+    own = module.state_dict()
+    kept = {k: v for k, v in own.items() if ".seg_layers." not in k}
+    wrong = [k for k, v in kept.items() if k not in saved or saved[k].shape != v.shape]
+    if wrong:
+        raise RuntimeError(f"{path} does not fit this network: {len(wrong)} tensors missing or of another shape "
+                           f"(first: {wrong[0]}). Nothing was loaded.")
+    problem = unusable_weights({k: saved[k] for k in kept})
+    if problem:
+        raise RuntimeError(f"{path} holds weights no training can start from: {problem}. Nothing was loaded.")
+    module.load_state_dict({**own, **{k: saved[k] for k in kept}})
+    print(f"pre-trained weights loaded from {path} ({len(kept)} tensors, read without running code; "
+          "segmentation heads kept)")
+
+
+def install() -> None:
+    """Make nnUNetv2_train's -pretrained_weights go through ``load_pretrained_weights``."""
+    from nnunetv2.run import run_training
+    run_training.load_pretrained_weights = load_pretrained_weights
