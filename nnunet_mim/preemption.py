@@ -10,12 +10,19 @@ logged curves stop at the last whole epoch, its weights and optimizer are those 
 that epoch again in full, so a preempted run trains at most one epoch's steps more than an uninterrupted
 one (250 of 250,000 in nnU-Net's 1000 epochs). Works with every nnU-Net trainer: it wraps the trainer's
 ``train_step`` and calls its ``save_checkpoint``.
+
+The handlers are installed before the trainer is built: a signal during start-up (reading the dataset,
+building the network, loading a checkpoint) ends the run once start-up is over, with the marker and no
+checkpoint. The marker says the exact command that continues the run (``continue_args``): with ``--c``
+and without ``-pretrained_weights`` (which nnU-Net refuses beside ``--c``) where a checkpoint exists, the
+original command where none does. Data-loading workers forked from the process inherit the handlers; in
+them a signal does what it would have done without (SIGTERM ends the worker), decided by process id.
 """
 import json
 import os
 import signal
 import time
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.distributed as dist
@@ -32,19 +39,50 @@ class Preempted(Exception):
     """Raised out of the training loop once the checkpoint is on disk."""
 
 
-class PreemptibleTraining:
-    """Context manager around ``trainer.run_training()`` (module docstring)."""
+def continue_args(argv: List[str], output_folder: str) -> List[str]:
+    """nnunet-mim train's arguments that continue the run ``argv`` started: ``--c``, without -pretrained_weights,
+    once a checkpoint exists; ``argv`` itself before (nothing was trained: start again)."""
+    from nnunet_mim.checkpointing import CHECKPOINTS
+    if not any(os.path.isfile(join(output_folder, name)) for name in CHECKPOINTS):
+        return list(argv)
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "-pretrained_weights":
+            skip = True
+        elif not arg.startswith("-pretrained_weights="):
+            args.append(arg)
+    return args if "--c" in args else [*args, "--c"]
 
-    def __init__(self, trainer):
-        self.trainer = trainer
+
+class PreemptibleTraining:
+    """Catches the stop signals from its creation; a context manager around ``trainer.run_training()``
+    (module docstring). ``argv``: the command's arguments, for the marker's ``continue_args``."""
+
+    def __init__(self, argv: List[str]):
+        self.argv = list(argv)
+        self.trainer = None
         self.received: Optional[int] = None
         self.steps_in_epoch = 0
         self._epoch = None
-        self._previous_handlers = {}
+        self._pid = os.getpid()
+        self._previous_handlers = {sig: signal.signal(sig, self._receive) for sig in STOP_SIGNALS}
+
+    def restore_handlers(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+
+    def stop_if_received_during_startup(self) -> None:
+        """After the trainer is built and its checkpoint loaded: a signal that came in the meantime ends the run
+        here, with the marker (nothing was trained, so no checkpoint is written)."""
+        if self._all_ranks_stop():
+            if self.trainer.local_rank == 0:
+                os.makedirs(self.trainer.output_folder, exist_ok=True)
+                self._write_marker("during start-up, before the first training step")
+            raise Preempted(f"stopped by {signal.Signals(self.received).name} during start-up")
 
     def __enter__(self):
-        for sig in STOP_SIGNALS:
-            self._previous_handlers[sig] = signal.signal(sig, self._receive)
         train_step = self.trainer.train_step
 
         def train_step_then_maybe_stop(batch):
@@ -61,11 +99,13 @@ class PreemptibleTraining:
 
     def __exit__(self, *exc):
         del self.trainer.train_step
-        for sig, handler in self._previous_handlers.items():
-            signal.signal(sig, handler)
         return False
 
     def _receive(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a forked data-loading worker: what the signal would have done
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         # only a flag: printing here could re-enter a print the signal interrupted (a RuntimeError)
         self.received = signum
 
@@ -90,10 +130,14 @@ class PreemptibleTraining:
                             "its final validation; run it with --c or --val")
 
     def _write_marker(self, where: str) -> None:
+        import shlex
+        args = continue_args(self.argv, self.trainer.output_folder)
         with open(join(self.trainer.output_folder, MARKER), "w") as f:
             json.dump({"signal": signal.Signals(self.received).name, "stopped": where,
                        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                       "continue_with": "the same command with --c (any number of nodes)"}, f, indent=1)
+                       "continue_with": shlex.join(["nnunet-mim", "train", *args]) + " (under torchrun as before, "
+                                        "on any number of nodes)",
+                       "continue_args": args}, f, indent=1)
 
     def _checkpoint_and_stop(self) -> None:
         trainer = self.trainer

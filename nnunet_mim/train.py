@@ -64,6 +64,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     process = TorchrunProcess.from_environment()
     if process is not None and args.num_gpus != 1:
@@ -97,7 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if process is not None:
         join_process_group(device)
     try:
-        return train(args, device)
+        return train(args, device, argv)
     finally:
         if process is not None:
             dist.destroy_process_group()
@@ -159,8 +160,20 @@ def join_process_group(device: torch.device) -> None:
     nnunet_trainer_module.DDP = ddp_on_local_device
 
 
-def train(args: argparse.Namespace, device: torch.device) -> int:
-    """nnU-Net's single-process path of run_training, with the trainer on ``device`` and preemptible."""
+def train(args: argparse.Namespace, device: torch.device, argv: List[str]) -> int:
+    """nnU-Net's single-process path of run_training, with the trainer on ``device`` and preemptible from its
+    start (a signal during start-up ends the run once start-up is over, with the marker)."""
+    preemption = PreemptibleTraining(argv)
+    try:
+        return _train(args, device, preemption)
+    except Preempted as stop:
+        print(f"{stop} (exit code {PREEMPTED_EXIT_CODE})", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    finally:
+        preemption.restore_handlers()
+
+
+def _train(args: argparse.Namespace, device: torch.device, preemption: PreemptibleTraining) -> int:
     from batchgenerators.utilities.file_and_folder_operations import join
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
     from torch.backends import cudnn
@@ -168,6 +181,7 @@ def train(args: argparse.Namespace, device: torch.device) -> int:
     fold = args.fold if args.fold == "all" else int(args.fold)
     trainer = get_trainer_from_args(args.dataset_name_or_id, args.configuration, fold, args.tr, args.p, args.c,
                                     device=device)
+    preemption.trainer = trainer
     if trainer.is_ddp:
         # nnU-Net's __init__ put every DDP rank on cuda:<global rank>; its gradient scaler exists for CUDA only
         trainer.device = device
@@ -183,15 +197,14 @@ def train(args: argparse.Namespace, device: torch.device) -> int:
         cudnn.deterministic = False
         cudnn.benchmark = True
     if not args.val:
-        training = PreemptibleTraining(trainer)
+        preemption.stop_if_received_during_startup()
         try:
-            with training:
+            with preemption:
                 trainer.run_training()
-            training.stop_if_received_after_training()
-        except Preempted as stop:
+            preemption.stop_if_received_after_training()
+        except Preempted:
             stop_data_loaders(trainer)
-            print(f"{stop} (exit code {PREEMPTED_EXIT_CODE})", file=sys.stderr)
-            return PREEMPTED_EXIT_CODE
+            raise
     if args.val_best:
         trainer.load_checkpoint(join(trainer.output_folder, "checkpoint_best.pth"))
     trainer.perform_actual_validation(args.npz)
