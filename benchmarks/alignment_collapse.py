@@ -1,13 +1,14 @@
-"""Does MiM's cross-level alignment collapse? proj_std of each form of the alignment heads, on the CPU.
+"""Does MiM's cross-level alignment collapse? The collapse monitor of each form of the alignment heads, on the CPU.
 
     python benchmarks/alignment_collapse.py -o OUT [--steps 300]
 
 Trains MiM (preset T, patch 32^3, crops 64^3 of the MNI152 template at 2 mm that nilearn ships; one
 head, so the figures say how the heads behave, not how well anything transfers) from the same seed
 with each form of the alignment heads, AdamW (0.9, 0.95) at lr 1e-3 and batch 2, and records per
-step the collapse monitor ``proj_std`` (the spread of the unit-length targets over the batch: about
-1/sqrt(256) = 0.0625 when healthy, 0 when every volume is projected to one vector), the alignment
-terms and the L1 reconstruction loss. Forms:
+step the collapse monitor ``feature_std`` (the spread over the batch of the unit-length pooled features
+the heads take in: 0 when the encoder maps every volume to one vector) and ``target_std`` (the same spread
+of the heads' targets, the only monitor until 2026-12-07, which batch-normalised heads hold up), the
+alignment terms and the L1 reconstruction loss. Forms:
 
     shared        one projector for child and parent, the target detached after projecting
                   (this project's form before the fix)
@@ -27,12 +28,12 @@ import torch
 from nnunet_mim.architecture import preset_kwargs
 from nnunet_mim.masking import LevelConfig, build_levels
 from nnunet_mim.pretraining.model import MiMPretrainNetwork, ProjectionMLP
-from nnunet_mim.pretraining.objective import COLLAPSE_THRESHOLD, mim_objective
+from nnunet_mim.pretraining.objective import COLLAPSE_THRESHOLDS, mim_objective
 from nnunet_mim.schedule import adamw_param_groups
 
 FORMS = {"shared": (False, False), "authors": (False, False), "authors+BN": (False, True),
          "BYOL-noBN": (True, False), "BYOL": (True, True)}  # (predictor, batch norm)
-TERMS = ("rec_l1", "align_l1_l2", "align_l2_l3", "proj_std")
+TERMS = ("rec_l1", "align_l1_l2", "align_l2_l3", "feature_std", "target_std")
 CROP = 64
 
 
@@ -59,7 +60,7 @@ def train(form: str, volume: torch.Tensor, steps: int) -> np.ndarray:
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
-        net.alignment.update_target()
+        net.alignment.update_target(0.99)
         record.append([terms[k].item() for k in TERMS])
     return np.array(record)
 
@@ -77,7 +78,7 @@ def main() -> None:
     os.makedirs(args.output, exist_ok=True)
     sixth = args.steps // 6
     lines = [f"MiM, preset T, patch 32^3, batch 2, lr 1e-3, {args.steps} steps, MNI152 crops; means over steps; "
-             f"collapse threshold {COLLAPSE_THRESHOLD}", "",
+             f"collapse thresholds {COLLAPSE_THRESHOLDS}", "",
              "| form | steps | " + " | ".join(TERMS) + " |", "|---|---|" + "---|" * len(TERMS)]
     curves = {}
     for form in args.forms:
@@ -86,6 +87,8 @@ def main() -> None:
             means = curves[form][start:start + sixth].mean(0)
             lines.append(f"| {form} | {start}-{start + sixth - 1} | " + " | ".join(f"{m:.4f}" for m in means) + " |")
         print("\n".join(lines[-6:]), flush=True)
+    lines.append("\nBefore any step (the first step's forward): feature_std "
+                 + ", ".join(f"{form} {curves[form][0, TERMS.index('feature_std')]:.4f}" for form in curves))
     with open(os.path.join(args.output, "alignment_collapse.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(curves, os.path.join(args.output, "alignment_collapse.png"))
@@ -96,15 +99,15 @@ def plot(curves, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4))
     for form, record in curves.items():
-        smooth = np.convolve(record[:, 3], np.ones(10) / 10, mode="valid")
-        axes[0].plot(smooth, label=form)
-        axes[1].plot(np.convolve(record[:, 1], np.ones(10) / 10, mode="valid"), label=form)
-    axes[0].axhline(COLLAPSE_THRESHOLD, color="k", ls=":", label="collapse threshold")
-    axes[0].axhline(1 / 16, color="g", ls=":", label="healthy (1/sqrt(256))")
-    axes[0].set_ylabel("proj_std (10-step mean)")
-    axes[1].set_ylabel("align_l1_l2 (10-step mean)")
+        for ax, name in zip(axes, COLLAPSE_THRESHOLDS):
+            ax.plot(np.convolve(record[:, TERMS.index(name)], np.ones(10) / 10, mode="valid"), label=form)
+        axes[2].plot(np.convolve(record[:, 1], np.ones(10) / 10, mode="valid"), label=form)
+    for ax, (name, threshold) in zip(axes, COLLAPSE_THRESHOLDS.items()):
+        ax.axhline(threshold, color="k", ls=":", label="collapse threshold")
+        ax.set_ylabel(f"{name} (10-step mean)")
+    axes[2].set_ylabel("align_l1_l2 (10-step mean)")
     for ax in axes:
         ax.set_xlabel("step")
         ax.legend()

@@ -14,6 +14,9 @@ effective batch and the lr differ. Arms:
     NAME=E:LR    any other effective batch E and lr LR (--arm, repeatable), e.g. hand-set=1:1e-3 for
                  what the CPU variants ran before the recipe existed (no accumulation, lr 1e-3)
 
+With ``--equal-steps N`` every arm makes N optimizer steps per epoch instead (N x its accumulation micro-steps):
+the arms then see different numbers of crops, the comparison per update rather than per crop.
+
 Every arm warms up as the trainer does (a tenth of the epochs, at least one: half of a 2-epoch run)
 and ends its cosine at its last optimizer step. Prints the training reconstruction loss of every
 epoch (mean of its micro-steps; every arm sees the same crops per epoch) and the validation loss at
@@ -51,7 +54,8 @@ def prepare(work: str) -> Dict[str, str]:
     return dict(env, nnUNet_n_proc_DA="0")
 
 
-def worker(method: str, arm: str, effective_batch: int, lr: float, epochs: int, iterations: int) -> dict:
+def worker(method: str, arm: str, effective_batch: int, lr: float, epochs: int, iterations: int,
+           equal_steps: int) -> dict:
     """One arm: the real trainer, its recipe replaced by (effective batch, lr), run in this process."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
@@ -71,7 +75,9 @@ def worker(method: str, arm: str, effective_batch: int, lr: float, epochs: int, 
     trainer_class = type(name, (base,), settings)
     # the same micro-steps for every arm: whole optimizer steps of this arm's accumulation
     recipe = PretrainingRecipe(plan_batch, trainer_class.effective_batch, trainer_class.base_lr)
-    if iterations % recipe.accumulation_steps:
+    if equal_steps:
+        iterations = equal_steps * recipe.accumulation_steps
+    elif iterations % recipe.accumulation_steps:
         raise SystemExit(f"--iterations {iterations} is not a multiple of arm {arm}'s {recipe.accumulation_steps} "
                          "accumulation steps: the arms would see different crops")
     trainer_class.iterations_per_epoch = iterations
@@ -100,6 +106,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=256, help="micro-steps per epoch, a multiple of every "
                         "arm's accumulation steps (the paper's: 256 at a plan batch of 2)")
+    parser.add_argument("--equal-steps", type=int, default=0, metavar="N", help="N optimizer steps per epoch for "
+                        "every arm (instead of the same micro-steps)")
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=E:LR")
     parser.add_argument("--skip", nargs="+", default=[], metavar="NAME", help="arms to leave out, e.g. paper")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
@@ -107,27 +115,31 @@ def main() -> None:
     work = os.path.abspath(args.work_folder)
     if args.worker:
         arm, batch, lr = args.worker
-        print(json.dumps(worker(args.method, arm, int(batch), float(lr), args.epochs, args.iterations)))
+        print(json.dumps(worker(args.method, arm, int(batch), float(lr), args.epochs, args.iterations,
+                                args.equal_steps)))
         return
     env = prepare(work)
     results = []
     arms = {name: value for name, value in parse_arms(args.arm).items() if name not in args.skip}
     for arm, (batch, lr) in arms.items():
         out = subprocess.run([sys.executable, __file__, "--work-folder", work, "--method", args.method, "--epochs",
-                              str(args.epochs), "--iterations", str(args.iterations), "--worker", arm, str(batch),
-                              str(lr)], env=env, capture_output=True, text=True)
+                              str(args.epochs), "--iterations", str(args.iterations), "--equal-steps",
+                              str(args.equal_steps), "--worker", arm, str(batch), str(lr)], env=env,
+                             capture_output=True, text=True)
         if out.returncode:
             raise SystemExit(f"arm {arm} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"{arm}: {results[-1]['recipe']}", flush=True)
-    per_epoch = results[0]["crops_per_epoch"]
-    lines = [f"{args.method}, preset T, {args.epochs} epochs of {args.iterations} micro-steps ({per_epoch} crops), "
-             "CPU; L1 reconstruction loss (normalised targets)", "",
-             "| arm | recipe | optimizer steps | train loss, epoch 1 .. last | val loss at end |",
-             "|---|---|---|---|---|"]
+    per_epoch = (f"{args.equal_steps} optimizer steps" if args.equal_steps else
+                 f"{args.iterations} micro-steps ({results[0]['crops_per_epoch']} crops)")
+    lines = [f"{args.method}, preset T, {args.epochs} epochs of {per_epoch}, CPU; L1 reconstruction loss "
+             "(normalised targets)", "",
+             "| arm | recipe | optimizer steps | crops | train loss, epoch 1 .. last | val loss at end |",
+             "|---|---|---|---|---|---|"]
     for r in results:
         curve = " ".join(f"{v:.3f}" for v in r["train"])
-        lines.append(f"| {r['arm']} | {r['recipe']} | {r['optimizer_steps']} | {curve} | {r['val'][-1]:.3f} |")
+        lines.append(f"| {r['arm']} | {r['recipe']} | {r['optimizer_steps']} | {r['crops_per_epoch'] * args.epochs} | "
+                     f"{curve} | {r['val'][-1]:.3f} |")
     table = "\n".join(lines)
     print(table)
     with open(os.path.join(work, "pretraining_recipe.md"), "w") as f:

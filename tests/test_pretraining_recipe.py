@@ -89,7 +89,48 @@ def test_default_trainer_lr_is_the_measured_one_not_the_papers_at_batch_2():
         assert PretrainingRecipe(2, trainer.effective_batch, trainer.base_lr).lr == pytest.approx(1e-3)
     paper = PretrainingRecipe(2, nnUNetTrainerMiMPretrain_PaperRecipe.effective_batch,
                               nnUNetTrainerMiMPretrain_PaperRecipe.base_lr)
-    assert (paper.accumulation_steps, paper.lr) == (256, pytest.approx(2e-4))
+    assert (paper.accumulation_steps, paper.effective_batch, paper.lr) == (64, 128, pytest.approx(2e-4))
+
+
+PAPER_LENGTH = """
+import json, os, torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.paths import nnUNet_preprocessed
+from nnunet_mim.variants import nnUNetTrainerMiMPretrain_PaperRecipe as Trainer
+folder = os.path.join(nnUNet_preprocessed, "Dataset991_E2E")
+t = Trainer(dict(load_json(os.path.join(folder, "nnUNetPlans.json")), continue_training=False), "3d_fullres", "all",
+            load_json(os.path.join(folder, "dataset.json")), torch.device("cpu"))
+cases = len(t.do_split()[0])
+t.initialize()
+print(json.dumps({"cases": cases, "epochs": t.num_epochs, "warmup": t.run_warmup_epochs,
+                  "steps_per_epoch": t.optimizer_steps_per_epoch, "effective": t.recipe.effective_batch,
+                  "lr": t.recipe.lr, "peak_lr": t.lr_scheduler.peak_lr,
+                  "scheduled_steps": t.lr_scheduler.max_epochs, "warmup_steps": t.lr_scheduler.warmup_epochs}))
+"""
+
+
+def test_the_paper_recipe_makes_the_papers_optimizer_steps_for_the_dataset(nnunet_env):
+    """800 passes over the training cases at 128 crops per optimizer step, 40 of them warm-up: the schedule
+    counts those optimizer steps, whatever nnU-Net calls an epoch."""
+    import json
+    out = json.loads(python_in_process(PAPER_LENGTH, nnunet_env).stdout.strip().splitlines()[-1])
+    steps = 800 * out["cases"] / 128
+    assert out["effective"] == 128 and out["lr"] == pytest.approx(2e-4) == out["peak_lr"]
+    assert out["scheduled_steps"] == out["epochs"] * out["steps_per_epoch"]
+    assert steps <= out["scheduled_steps"] < steps + out["steps_per_epoch"]  # whole epochs, nothing short
+    assert out["warmup_steps"] == pytest.approx(40 * out["cases"] / 128, abs=out["steps_per_epoch"])
+
+
+def test_the_target_momentum_follows_its_schedule():
+    from types import SimpleNamespace
+
+    from nnunet_mim.pretraining.trainer import nnUNetTrainerMiMPretrain
+    trainer = SimpleNamespace(num_epochs=10, optimizer_steps_per_epoch=5, alignment_target_momentum=(0.996, 1.0))
+    at = lambda step: nnUNetTrainerMiMPretrain.target_momentum(trainer, step)  # noqa: E731
+    assert at(0) == pytest.approx(0.996) and at(49) == pytest.approx(1.0)
+    assert at(0) < at(10) < at(25) < at(40) < at(49)  # BYOL's cosine rise
+    trainer.alignment_target_momentum = (0.99, 0.99)  # the default: constant
+    assert [at(step) for step in (0, 20, 49)] == pytest.approx([0.99] * 3)
 
 
 def test_a_non_finite_micro_step_discards_its_whole_accumulation(nnunet_env):

@@ -93,8 +93,7 @@ class AlignmentHeads(nn.Module):
     exponential moving average (``update_target``) instead of being trained. docs/method.md has the
     measurement that chose the default (BYOL's form with batch-normalised hidden layers)."""
 
-    def __init__(self, features: int, projector_features: int, num_pairs: int, predictor: bool, batch_norm: bool,
-                 target_momentum: float = 0.99):
+    def __init__(self, features: int, projector_features: int, num_pairs: int, predictor: bool, batch_norm: bool):
         super().__init__()
 
         def heads(in_features: int) -> nn.ModuleList:
@@ -102,7 +101,6 @@ class AlignmentHeads(nn.Module):
                                   for _ in range(num_pairs)])
         self.child, self.parent = heads(features), heads(features)
         self.predictor = heads(projector_features) if predictor else None
-        self.target_momentum = target_momentum
         self.apply(init_linear_weights)
         if predictor:  # BYOL's target network: starts as the online projector, never gets a gradient
             self.parent.load_state_dict(self.child.state_dict())
@@ -117,11 +115,12 @@ class AlignmentHeads(nn.Module):
         return self.predictor[pair](child), target.detach()
 
     @torch.no_grad()
-    def update_target(self) -> None:
-        """After each optimizer step, in the predictor form: parent projector <- EMA of the child one."""
+    def update_target(self, momentum: float) -> None:
+        """After each optimizer step, in the predictor form: parent projector <- EMA of the child one, keeping
+        ``momentum`` of itself (the trainer's ``alignment_target_momentum`` schedule)."""
         if self.predictor is not None:
             for target, online in zip(self.parent.parameters(), self.child.parameters()):
-                target.lerp_(online, 1 - self.target_momentum)
+                target.lerp_(online, 1 - momentum)
 
 
 class MiMPretrainNetwork(MiMHybridUNet):

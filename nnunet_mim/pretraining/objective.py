@@ -14,8 +14,16 @@ from nnunet_mim.masking import Level
 MaskedForward = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 # (pair index, pooled child features, pooled parent features) -> (child output, target)
 AlignmentHeads = Callable[[int, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
-# a run whose proj_std stays below this is collapsed: healthy is about 1/sqrt(projector dim), 1/16 at 256
-COLLAPSE_THRESHOLD = 0.01
+# the collapse monitors (logged, not optimised) and the spread under which each says "collapsed": the spread over
+# the batch of unit-length vectors, 0 when every volume gives one vector (docs/method.md, measured)
+COLLAPSE_THRESHOLDS = {
+    # the pooled features the heads take in: the encoder's collapse. Reads about 0.005-0.015 before training
+    # (every volume alike), 0.04-0.07 once the encoder tells volumes apart
+    "feature_std": 0.02,
+    # the heads' targets: the heads' collapse (the authors' form falls to 1e-3); batch-normalised heads (the
+    # default) hold it near 1/sqrt(width) whatever their inputs do, so it cannot see the encoder's
+    "target_std": 0.01,
+}
 
 
 def parent_features(features: torch.Tensor, child: Level) -> torch.Tensor:
@@ -25,11 +33,16 @@ def parent_features(features: torch.Tensor, child: Level) -> torch.Tensor:
     return (parents * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
 
 
+def spread(vectors: torch.Tensor) -> torch.Tensor:
+    """The spread over the batch of the unit-length ``vectors`` (N, d): mean over dimensions of the std."""
+    return torch.nn.functional.normalize(vectors.detach().float(), dim=-1).std(0).mean()
+
+
 def mim_objective(masked_forward: MaskedForward, alignment: Optional[AlignmentHeads],
                   levels: List[Level], token_size: int, reconstruction_weights: Sequence[float],
                   alignment_weight: float) -> Dict[str, torch.Tensor]:
     """Every loss term (``rec_l1``.., ``align_l1_l2``..), their weighted sum ``loss``, and with
-    alignment the collapse monitor ``proj_std``.
+    alignment the collapse monitors ``feature_std`` and ``target_std`` (``COLLAPSE_THRESHOLDS``).
 
     ``masked_forward(volumes, hidden) -> (prediction, token features)`` is the pre-training
     network (``MiMPretrainNetwork.__call__`` with a mask), ``alignment`` its ``AlignmentHeads``,
@@ -47,16 +60,17 @@ def mim_objective(masked_forward: MaskedForward, alignment: Optional[AlignmentHe
         terms[f"rec_l{i + 1}"] = reconstruction_loss(predictions[i], level.volumes, level.hidden, token_size)
         total = total + reconstruction_weights[i] * terms[f"rec_l{i + 1}"]
     if alignment_weight > 0:
-        spreads = []
+        features, targets = [], []
         for i in range(1, len(levels)):
-            child, target = alignment(i - 1, level_features[i].mean(1),
-                                      parent_features(level_features[i - 1], levels[i]))
+            pooled = level_features[i].mean(1)
+            child, target = alignment(i - 1, pooled, parent_features(level_features[i - 1], levels[i]))
             terms[f"align_l{i}_l{i + 1}"] = alignment_loss(child, target)
             total = total + alignment_weight * terms[f"align_l{i}_l{i + 1}"]
-            spreads.append(torch.nn.functional.normalize(target.detach().float(), dim=-1).std(0).mean())
-        # collapse monitor, not a loss (SimSiam's diagnostic): the spread of the unit-length targets
-        # over the batch, about 1/sqrt(projector dim) when healthy, 0 when every volume maps to one
-        # vector and the alignment loss is won trivially
-        terms["proj_std"] = torch.stack(spreads).mean()
+            features.append(spread(pooled))
+            targets.append(spread(target))
+        # SimSiam's diagnostic, where each collapse shows: the encoder's at the heads' inputs, the heads' at
+        # their targets (COLLAPSE_THRESHOLDS)
+        terms["feature_std"] = torch.stack(features).mean()
+        terms["target_std"] = torch.stack(targets).mean()
     terms["loss"] = total
     return terms

@@ -18,7 +18,7 @@ What changes against ``nnUNetTrainer`` (one hook each):
   validation_step        the same losses under fixed masks
   on_*_epoch_end         every loss term logged per epoch; best checkpoint by validation loss;
                          snapshots at 0, 25 and 50% of the run; a
-                         collapsed alignment (``proj_std``) or discarded steps said in the log
+                         collapse (``feature_std``, ``target_std``) or discarded steps said in the log
   perform_actual_validation  a reconstruction picture instead of segmentation metrics
 """
 import itertools
@@ -58,7 +58,7 @@ from nnunet_mim.pretraining.memory import (DoesNotFit, choose_micro_batch, devic
                                            requested_micro_batch)
 from nnunet_mim.pretraining.data import (ImagesOnlyDataset, check_images_fit, load_collection_manifest,  # noqa: E402
                                          sampling_probabilities)
-from nnunet_mim.pretraining.objective import COLLAPSE_THRESHOLD, mim_objective  # noqa: E402
+from nnunet_mim.pretraining.objective import COLLAPSE_THRESHOLDS, mim_objective  # noqa: E402
 from nnunet_mim.pretraining.preview import save_preview  # noqa: E402
 from nnunet_mim.pretraining.recipe import PretrainingRecipe  # noqa: E402
 from nnunet_mim.precision import autocast_dtype, describe  # noqa: E402
@@ -70,7 +70,7 @@ from nnunet_mim import pretrained_loading  # noqa: E402
 pretrained_loading.install()  # -pretrained_weights read without running code (pretrained_loading.py)
 
 VALIDATION_SEED = 12345
-COLLAPSE_EPOCHS = 3  # consecutive epochs of proj_std under COLLAPSE_THRESHOLD that make the log warn
+COLLAPSE_EPOCHS = 3  # consecutive epochs of a collapse monitor under its threshold that make the log warn
 AUGMENTATIONS = ("none", "intensity", "spatial+intensity")
 SPATIAL_TRANSFORMS = (SpatialTransform, MirrorTransform, Convert3DTo2DTransform, Convert2DTo3DTransform)
 
@@ -85,6 +85,10 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     # layers; the authors' form (both False) collapses (docs/method.md, measured)
     alignment_predictor = True
     alignment_batch_norm = True
+    # the moving-average target's momentum (predictor form), from the first to the last optimizer step along a
+    # cosine, as BYOL schedules it (BYOL: 0.996 -> 1.0); constant 0.99 by default, the value every measurement
+    # here ran with (docs/method.md)
+    alignment_target_momentum = (0.99, 0.99)
     epochs = 800
     warmup_epochs = 40
     iterations_per_epoch = 250
@@ -115,7 +119,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
             alignment_predictor=self.alignment_predictor, alignment_batch_norm=self.alignment_batch_norm)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.recipe = PretrainingRecipe(self.configuration_manager.batch_size, self.effective_batch, self.base_lr)
-        self.num_epochs = self.epochs
+        self.num_epochs, self.warmup_epochs_of_run = self.epochs, self.warmup_epochs  # run_length() decides
         # an epoch is whole optimizer steps, so that checkpoints fall on accumulation boundaries
         self.optimizer_steps_per_epoch = max(1, round(self.iterations_per_epoch / self.recipe.accumulation_steps))
         self.num_iterations_per_epoch = self.recipe.micro_steps(self.optimizer_steps_per_epoch)
@@ -139,7 +143,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         self.loss_terms = [f"rec_l{i + 1}" for i in range(self.levels.num_levels)]
         if self.alignment_weight > 0:
             self.loss_terms += [f"align_l{i}_l{i + 1}" for i in range(1, self.levels.num_levels)]
-            self.loss_terms.append("proj_std")  # logged and plotted with the losses, not part of them
+            self.loss_terms += list(COLLAPSE_THRESHOLDS)  # logged and plotted, not part of the loss
         logged = self.logger.local_logger.my_fantastic_logging
         for name in self.loss_terms:
             logged.setdefault(f"train_{name}", [])
@@ -147,7 +151,13 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         logged.setdefault("skipped_steps", [])
 
     # ---- optimisation -------------------------------------------------------------------
+    def run_length(self):
+        """(epochs, warm-up epochs) of the run: the class's ``epochs`` and ``warmup_epochs`` (set in __init__);
+        the paper's recipe counts them from the number of training cases (variants.PaperRecipe)."""
+        return self.num_epochs, self.warmup_epochs_of_run
+
     def configure_optimizers(self):
+        self.num_epochs, self.warmup_epochs_of_run = self.run_length()
         self.initial_lr = self.recipe.lr
         optimizer = torch.optim.AdamW(adamw_param_groups(self.network, self.weight_decay), lr=self.initial_lr,
                                       betas=(0.9, 0.95))
@@ -158,7 +168,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     @property
     def run_warmup_epochs(self) -> int:
         """``warmup_epochs``, at most a tenth of the run (at least one epoch)."""
-        return min(self.warmup_epochs, max(1, self.num_epochs // 10))
+        return min(self.warmup_epochs_of_run, max(1, self.num_epochs // 10))
 
     @property
     def optimizer_step(self) -> int:
@@ -361,8 +371,14 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         if not finite:
             self.skipped_steps += 1
         elif self.pretrain_network.alignment is not None:
-            self.pretrain_network.alignment.update_target()
+            self.pretrain_network.alignment.update_target(self.target_momentum(self.optimizer_step))
         return finite
+
+    def target_momentum(self, step: int) -> float:
+        """``alignment_target_momentum`` at optimizer step ``step`` of the run (cosine from start to end)."""
+        start, end = self.alignment_target_momentum
+        progress = min(1.0, step / max(1, self.num_epochs * self.optimizer_steps_per_epoch - 1))
+        return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
 
     def _finite_on_all_ranks(self, value: torch.Tensor) -> bool:
         finite = torch.isfinite(value).float()
@@ -428,18 +444,20 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         self.current_epoch += 1
 
     def warn_if_collapsed(self) -> None:
-        """Say so in the log while the alignment's collapse monitor has stayed low for several epochs."""
-        if "proj_std" not in self.loss_terms:
-            return
-        # after the warm-up: at initialisation the pooled token features of all volumes are nearly
-        # equal (proj_std ~1e-3), and a healthy run's spread grows from there
-        after_warmup = self.logger.get_value("train_proj_std", None)[self.run_warmup_epochs:]
-        recent = after_warmup[-COLLAPSE_EPOCHS:]
-        if len(recent) == COLLAPSE_EPOCHS and all(v < COLLAPSE_THRESHOLD for v in recent):
-            self.print_to_log_file(
-                f"WARNING: the alignment has collapsed: proj_std has been below {COLLAPSE_THRESHOLD} for "
-                f"{COLLAPSE_EPOCHS} epochs ({recent[-1]:.2g} now; about 1/16 is healthy), every volume is projected "
-                "to nearly one vector and the alignment terms teach the encoder nothing. See docs/method.md.")
+        """Say so in the log while a collapse monitor has stayed under its threshold for several epochs."""
+        what = {"feature_std": "the encoder maps every volume to nearly one vector",
+                "target_std": "the alignment heads map every volume to nearly one vector"}
+        for name, threshold in COLLAPSE_THRESHOLDS.items():
+            if name not in self.loss_terms:
+                continue
+            # after the warm-up: before training every volume's features are nearly alike (feature_std about
+            # 0.01), and a healthy run's spread grows from there
+            recent = self.logger.get_value(f"train_{name}", None)[self.run_warmup_epochs:][-COLLAPSE_EPOCHS:]
+            if len(recent) == COLLAPSE_EPOCHS and all(v < threshold for v in recent):
+                self.print_to_log_file(
+                    f"WARNING: the alignment has collapsed: {name} has been below {threshold} for {COLLAPSE_EPOCHS} "
+                    f"epochs ({recent[-1]:.2g} now): {what[name]}, and the alignment terms teach the encoder "
+                    "nothing. See docs/method.md.")
 
     # ---- outputs -------------------------------------------------------------------------
     def pretraining_record(self, epochs_done: int) -> PretrainingRecord:
@@ -505,7 +523,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         collapse monitor against its threshold; the recipe in the title."""
         get = lambda key: self.logger.get_value(key, None)  # noqa: E731
         epochs = range(len(get("val_losses")))
-        losses = [name for name in self.loss_terms if name != "proj_std"]
+        losses = [name for name in self.loss_terms if name not in COLLAPSE_THRESHOLDS]
         fig, axes = plt.subplots(1, 3, figsize=(17, 4))
         for split, ax in zip(["train", "val"], axes):
             ax.plot(epochs, get(f"{split}_losses")[:len(epochs)], "k-", lw=2, label="total")
@@ -517,11 +535,12 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         axes[2].plot(epochs, get("lrs")[:len(epochs)], "b-", label="learning rate")
         axes[2].set_xlabel("epoch")
         axes[2].set_ylabel("learning rate", color="b")
-        if "proj_std" in self.loss_terms:
+        if "feature_std" in self.loss_terms:
             spread = axes[2].twinx()
-            spread.plot(epochs, get("train_proj_std")[:len(epochs)], "r-", label="proj_std (train)")
-            spread.axhline(COLLAPSE_THRESHOLD, color="r", ls=":", label="collapse threshold")
-            spread.set_ylabel("proj_std", color="r")
+            for name, color in zip(COLLAPSE_THRESHOLDS, ("r", "m")):
+                spread.plot(epochs, get(f"train_{name}")[:len(epochs)], f"{color}-", label=f"{name} (train)")
+                spread.axhline(COLLAPSE_THRESHOLDS[name], color=color, ls=":", label=f"{name} collapse threshold")
+            spread.set_ylabel("spread over the batch")
             spread.set_ylim(bottom=0)
             spread.legend(loc="upper right")
         axes[2].set_title("learning rate and alignment spread")
