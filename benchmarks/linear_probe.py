@@ -19,7 +19,13 @@ minutes on a CPU: a cheap first look at a pre-training before fine-tuning runs a
         supervised=W/probe_control/supervised_encoder_fold_{fold}.pth --fraction 0.1 --seed 0 -o OUT
 
 An encoder is an nnunet-mim pre-training checkpoint (or one that `adapt-checkpoint --encoder-from`
-wrote); "{fold}" in a path names one file per fold. The reference is a random encoder of the same
+wrote); "{fold}" in a path names one file per fold. Two controls stand beside every encoder: a
+probe on ten trivial features per voxel (its position in the case, their squares and products, and its
+intensity: "position+intensity"), and each checkpoint's encoder with every tensor's entries shuffled
+("NAME shuffled": the same weight statistics, no learnt structure). An encoder has learnt something the
+probe can read only where it scores above both; the notes say so per encoder, and warn when position
+alone reaches most of the best encoder's score (a dataset whose classes position decides). The reference
+is a random encoder of the same
 preset (torch seed 0: the encoder the benchmark's scratch arm starts from); --random-seeds adds
 others, to show how much random encoders differ: with more than one, each table also compares every
 arm with their mean and says how many of them it is above. Two feature sets, one table each: every
@@ -53,6 +59,7 @@ WEIGHT_DECAY, ITERATIONS = 1e-4, 200  # chosen before the first run (docs/benchm
 MAX_FEATURE_BYTES = 4 * 2 ** 30  # of the stacked features of one forward (a whole case, or a window)
 MAX_FIT_BYTES = 2 * 2 ** 30  # of the features one fold's probe is fitted on
 REFERENCE = "random"
+POSITION = "position+intensity"
 
 
 def random_encoder(preset: str, input_channels: int, segmentation_heads: int, seed: int) -> HybridEncoder:
@@ -122,15 +129,51 @@ def region_features(encoder: HybridEncoder, image: np.ndarray,
         yield tuple(slice(low - b, high - b) for (low, high), b in zip(owned, before)), features.flatten(1).T
 
 
-def feature_bytes(encoder: HybridEncoder, voxels: int) -> int:
-    """Memory of region_features' float32 features for that many voxels."""
-    return 4 * sum(encoder.output_channels[1:]) * voxels
+@dataclass
+class Featurizer:
+    """What the probe reads: (image, window) -> (region, its (voxels, channels) features) region by region,
+    the feature sets as columns of those channels, and the float32 bytes per voxel."""
+    regions: Callable[[np.ndarray, Optional[Sequence[int]]], Iterator[Tuple[Tuple[slice, ...], torch.Tensor]]]
+    columns: Dict[str, slice]
+    channels: int
+
+    def bytes(self, voxels: int) -> int:
+        return 4 * self.channels * voxels
 
 
-def feature_columns(encoder: HybridEncoder) -> Dict[str, slice]:
-    """The feature sets, as columns of region_features' channels: every encoder output but the stem,
-    and the transformer's tokens alone."""
-    return {"all": slice(None), "tokens": slice(-encoder.output_channels[-1], None)}
+def encoder_featurizer(encoder: HybridEncoder) -> Featurizer:
+    """Every encoder output but the stem ("all"), and the transformer's tokens alone ("tokens")."""
+    return Featurizer(functools.partial(region_features, encoder),
+                      {"all": slice(None), "tokens": slice(-encoder.output_channels[-1], None)},
+                      sum(encoder.output_channels[1:]))
+
+
+def position_intensity_features(image: np.ndarray, window=None):
+    """The control that learns nothing: each voxel's position in the case (in [-1, 1] per axis), the squares
+    and pairwise products of those, and its intensity per channel, for the whole case in one region."""
+    shape = image.shape[1:]
+    z, y, x = torch.meshgrid(*[torch.linspace(-1, 1, s) for s in shape], indexing="ij")
+    columns = [z, y, x, z * z, y * y, x * x, z * y, z * x, y * x,
+               *torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))]
+    yield tuple(slice(0, s) for s in shape), torch.stack([c.flatten() for c in columns], dim=1)
+
+
+def position_featurizer(input_channels: int) -> Featurizer:
+    return Featurizer(position_intensity_features, {"all": slice(None), "tokens": slice(None)}, 9 + input_channels)
+
+
+def shuffled(encoder: HybridEncoder, seed: int) -> HybridEncoder:
+    """A copy of ``encoder`` with every tensor's entries in a random order: its weights' statistics, none of
+    their arrangement."""
+    import copy
+    generator = torch.Generator().manual_seed(seed)
+    copied = copy.deepcopy(encoder)
+    with torch.no_grad():
+        for tensor in copied.state_dict().values():
+            if tensor.is_floating_point() and tensor.numel() > 1:
+                flat = tensor.view(-1)
+                flat.copy_(flat[torch.randperm(flat.numel(), generator=generator)])
+    return copied
 
 
 @dataclass
@@ -180,20 +223,20 @@ def known_voxels(segmentation: np.ndarray, classes: Sequence[int]) -> np.ndarray
     return (segmentation == 0) | np.isin(segmentation, classes)
 
 
-def probe_fold(encoder: HybridEncoder, data: "ProbeDataset", split: dict,
+def probe_fold(featurizer: Featurizer, data: "ProbeDataset", split: dict,
                window: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
     """Fit on the split's labelled cases, label its validation cases: per feature set, Dice per
     class, mean over cases. Voxels of no class are neither learnt nor scored. Where the labelled
     voxels' features would exceed MAX_FIT_BYTES, each is kept with the same probability (a fixed
     seed), so the fit sees the classes in their proportions."""
-    columns = feature_columns(encoder)
+    columns = featurizer.columns
     labelled = sum(int(known_voxels(data.segmentations[case], data.classes).sum()) for case in split["train"])
-    share = min(1.0, MAX_FIT_BYTES / feature_bytes(encoder, labelled))
+    share = min(1.0, MAX_FIT_BYTES / featurizer.bytes(labelled))
     generator = torch.Generator().manual_seed(0)
     features, labels = [], []
     for case in split["train"]:
         segmentation = data.segmentations[case]
-        for region, x in region_features(encoder, data.images[case], window):
+        for region, x in featurizer.regions(data.images[case], window):
             target = torch.from_numpy(segmentation[region].ravel().astype(np.int64))
             keep = torch.from_numpy(known_voxels(segmentation[region], data.classes).ravel())
             if share < 1:
@@ -208,7 +251,7 @@ def probe_fold(encoder: HybridEncoder, data: "ProbeDataset", split: dict,
     for case in split["val"]:
         segmentation = data.segmentations[case]
         predictions = {name: np.zeros(segmentation.shape, np.int16) for name in columns}
-        for region, x in region_features(encoder, data.images[case], window):
+        for region, x in featurizer.regions(data.images[case], window):
             for name, cols in columns.items():
                 predictions[name][region] = probes[name].predict(x[:, cols]).reshape(segmentation[region].shape)
         known = known_voxels(segmentation, data.classes)
@@ -239,11 +282,33 @@ def against_random_encoders(rows: List[dict], random_arms: Sequence[str]) -> Lis
     return paragraphs(mean_dice_against(averaged + others, mean_arm), ["Mean Dice over the folds:"] + ranks)
 
 
+def against_controls(rows: List[dict], checkpoint_arms: Sequence[str]) -> List[str]:
+    """Markdown lines: each checkpoint's encoder against both controls (mean Dice over the folds), and a
+    warning where position and intensity alone reach most of the best encoder's score."""
+    def fold_mean(arm):
+        return float(np.mean([r["dice"] for r in rows if r["arm"] == arm and r["class"] == "mean"]))
+    position = fold_mean(POSITION)
+    lines = ["Against the controls (mean Dice over the folds; an encoder has learnt what the probe reads only "
+             f"above both): {POSITION} {position:.3f}"]
+    for arm in checkpoint_arms:
+        own, control = fold_mean(arm), fold_mean(f"{arm} shuffled")
+        verdict = "above both" if own > max(position, control) else "NOT above both"
+        lines.append(f"- {arm}: {own:.3f}, its shuffled encoder {control:.3f}: {verdict}")
+    encoder_arms = [arm for arm in dict.fromkeys(r["arm"] for r in rows) if arm != POSITION]
+    best = max(fold_mean(arm) for arm in encoder_arms)
+    if best > 0 and position > 0.5 * best:
+        lines.append(f"WARNING: {POSITION} alone reaches {position:.3f}, {position / best:.0%} of the best "
+                     f"encoder's {best:.3f}: on this dataset position decides most of the classes, and the "
+                     "probe says little about what the features hold.")
+    return lines
+
+
 def parse_encoders(specs: Sequence[Tuple[str, str]]) -> Dict[str, str]:
     encoders = {}
     for name, path in specs:
-        if name == REFERENCE or name.startswith(REFERENCE + " "):
-            raise SystemExit(f"{name!r} names the random reference encoder: call the checkpoint something else")
+        if name == REFERENCE or name.startswith(REFERENCE + " ") or name == POSITION or name.endswith(" shuffled"):
+            raise SystemExit(f"{name!r} names a control or the random reference encoder: call the checkpoint "
+                             "something else")
         encoders[name] = path
     return encoders
 
@@ -297,7 +362,7 @@ class ProbeDataset:
         return next(iter(self.images.values())).shape[0]
 
 
-def check_feature_memory(data: ProbeDataset, encoder: HybridEncoder, sliding_window: bool) -> None:
+def check_feature_memory(data: ProbeDataset, featurizer: Featurizer, sliding_window: bool) -> None:
     """Every voxel of a forward gets a feature vector: refuse, saying why, a forward whose features
     alone would take more than MAX_FEATURE_BYTES (a whole CT at full resolution)."""
     if sliding_window:
@@ -305,7 +370,7 @@ def check_feature_memory(data: ProbeDataset, encoder: HybridEncoder, sliding_win
     else:
         case, shape = max(((c, image.shape[1:]) for c, image in data.images.items()), key=lambda c: np.prod(c[1]))
         what = case
-    needed = feature_bytes(encoder, int(np.prod(shape)))
+    needed = featurizer.bytes(int(np.prod(shape)))
     if needed > MAX_FEATURE_BYTES:
         advice = ("probe a coarser configuration (-c 3d_lowres)" if sliding_window else
                   f"encode in windows of the network's patch ({'x'.join(map(str, data.patch_size))}) with "
@@ -314,19 +379,19 @@ def check_feature_memory(data: ProbeDataset, encoder: HybridEncoder, sliding_win
                          f"features: {advice}")
 
 
-def probe_arms(arms: Dict[str, Callable[[int], Tuple[str, HybridEncoder]]], data: ProbeDataset,
+def probe_arms(arms: Dict[str, Callable[[int], Tuple[str, Featurizer]]], data: ProbeDataset,
                folds: Sequence[int], fraction: float, window: Optional[Sequence[int]] = None) -> Dict[str, List[dict]]:
     """Per feature set, one row per arm, fold and class and one for the mean over classes. ``arms``:
-    arm -> (fold -> what the encoder is, the encoder). Every fold encodes its cases again: encoding
+    arm -> (fold -> what the features are, their featurizer). Every fold encodes its cases again: encoding
     takes a fraction of the fit's time, and nothing is held between folds."""
     from tqdm import tqdm
     rows: Dict[str, List[dict]] = {}  # feature set -> rows
     progress = tqdm(total=len(arms) * len(folds), desc="linear probe", unit="fold")
     for arm, encoder_for in arms.items():
         for fold in folds:
-            source, encoder = encoder_for(fold)
+            source, featurizer = encoder_for(fold)
             run = {"arm": arm, "fraction": fraction, "fold": fold, "encoder": source}
-            for feature_set, dice in probe_fold(encoder, data, data.splits[fold], window).items():
+            for feature_set, dice in probe_fold(featurizer, data, data.splits[fold], window).items():
                 per_class = [dict(run, **{"class": data.class_names[str(value)], "label": str(value), "dice": float(d)})
                              for value, d in zip(data.classes, dice)]
                 mean = dict(run, **{"class": "mean", "label": "", "dice": float(np.nanmean(dice))})
@@ -374,10 +439,16 @@ def main() -> int:
     def seeded(seed: int) -> HybridEncoder:
         return random_encoder(preset, data.input_channels, len(data.classes) + 1, seed)
     arms = {(REFERENCE if i == 0 else f"{REFERENCE} seed {seed}"):
-            (lambda fold, seed=seed: (f"random, {preset}, seed {seed}", seeded(seed)))
+            (lambda fold, seed=seed: (f"random, {preset}, seed {seed}", encoder_featurizer(seeded(seed))))
             for i, seed in enumerate(args.random_seeds)}
-    arms.update({name: (lambda fold, path=path: (path.format(fold=fold), from_checkpoint(path.format(fold=fold))))
-                 for name, path in checkpoints.items()})
+    arms[POSITION] = lambda fold: ("voxel position, its squares and products, intensity",
+                                   position_featurizer(data.input_channels))
+    for name, path in checkpoints.items():
+        arms[name] = lambda fold, path=path: (path.format(fold=fold),
+                                              encoder_featurizer(from_checkpoint(path.format(fold=fold))))
+        arms[f"{name} shuffled"] = lambda fold, path=path: (
+            f"{path.format(fold=fold)}, every tensor's entries shuffled",
+            encoder_featurizer(shuffled(from_checkpoint(path.format(fold=fold)), seed=0)))
     check_feature_memory(data, arms[REFERENCE](args.folds[0])[1], args.sliding_window)
     random_arms = [arm for arm in arms if arm.startswith(REFERENCE)]
     window = data.patch_size if args.sliding_window else None
@@ -386,7 +457,8 @@ def main() -> int:
         title = (f"Linear probe, {feature_set} encoder features: {data.name}, {args.fraction:.0%} labels "
                  f"(label draw {args.seed}), folds {args.folds}, {encoding}; logistic regression, "
                  f"L2 {WEIGHT_DECAY:g}, L-BFGS {ITERATIONS} iterations")
-        notes = against_random_encoders(rows, random_arms) if len(random_arms) > 1 else []
+        notes = paragraphs(against_random_encoders(rows, random_arms) if len(random_arms) > 1 else [],
+                           against_controls(rows, list(checkpoints)))
         print(write_outputs(rows, args.output_folder, title, reference=REFERENCE, name=f"linear_probe_{feature_set}",
                             notes=notes))
         print()

@@ -67,7 +67,8 @@ def test_a_checkpoint_of_a_random_encoder_scores_as_that_encoder(nnunet_env, tmp
         with open(out / f"linear_probe_{feature_set}_runs.csv") as f:
             rows = list(csv.DictReader(f))
         dice = {(r["arm"], r["fold"], r["class"]): float(r["dice"]) for r in rows}
-        assert {arm for arm, _, _ in dice} == {"random", "random seed 1", "same"}
+        assert {arm for arm, _, _ in dice} == {"random", "random seed 1", "same", "same shuffled",
+                                               "position+intensity"}
         assert {fold for _, fold, _ in dice} == {"1", "3"}
         same = {key[1:]: value for key, value in dice.items() if key[0] == "same"}
         assert same == {key[1:]: value for key, value in dice.items() if key[0] == "random seed 1"}
@@ -79,6 +80,28 @@ def test_a_checkpoint_of_a_random_encoder_scores_as_that_encoder(nnunet_env, tmp
         above_seed_0 = sum(dice["same", f, "mean"] - dice["random", f, "mean"] for f in ("1", "3")) > 0
         assert f"above {int(above_seed_0)} of the 2 random encoders" in table
     assert {r["encoder"] for r in rows if r["arm"] == "same"} == {f"{tmp_path}/encoder_fold_{k}.pth" for k in (1, 3)}
+    # the controls: "same" is a random encoder, so it is not above both, and the notes say so
+    assert "- same: " in table and "NOT above both" in table
+
+
+def test_the_controls_learn_nothing_and_keep_what_they_claim():
+    """The shuffled encoder keeps every tensor's values (sorted, they are equal) in another order; the position
+    control's features are the voxel's coordinates, their squares and products, and the intensity."""
+    probe = linear_probe_module()
+    encoder = probe.random_encoder("T", 1, 3, seed=0)
+    shuffled = probe.shuffled(encoder, seed=0).state_dict()
+    for key, tensor in encoder.state_dict().items():
+        assert torch.equal(tensor.flatten().sort().values, shuffled[key].flatten().sort().values), key
+    moved = [key for key, tensor in encoder.state_dict().items() if tensor.numel() > 8 and
+             not torch.equal(tensor, shuffled[key])]
+    assert len(moved) > 10
+    image = np.random.default_rng(0).normal(size=(1, 3, 4, 5)).astype(np.float32)
+    [(region, features)] = probe.position_intensity_features(image)
+    assert features.shape == (60, 10) and region == (slice(0, 3), slice(0, 4), slice(0, 5))
+    z, y, x = features[:, 0], features[:, 1], features[:, 2]
+    assert torch.equal(features[:, 3], z * z) and torch.equal(features[:, 8], y * x)
+    assert torch.equal(features[:, 9], torch.from_numpy(image[0]).flatten())
+    assert z.min() == -1 and z.max() == 1
 
 
 @pytest.mark.slow  # its windows are tested below without a dataset; this runs the script on one
@@ -96,7 +119,8 @@ def test_the_sliding_window_probe_encodes_in_windows_of_the_network_patch(nnunet
         assert f"windows of {window};" in (out / f"linear_probe_{feature_set}.md").read_text()
         with open(out / f"linear_probe_{feature_set}_runs.csv") as f:
             rows = list(csv.DictReader(f))
-        assert {(r["arm"], r["fold"]) for r in rows} == {("random", "1")} and len(rows) == 3  # 2 classes + mean
+        assert {(r["arm"], r["fold"]) for r in rows} == {("random", "1"), ("position+intensity", "1")}
+        assert len(rows) == 6  # 2 classes + mean, each
 
 
 SCRATCH_ENCODER_SCRIPT = """
@@ -140,12 +164,12 @@ def test_cases_whose_features_would_not_fit_in_memory_are_refused_before_encodin
     probe = linear_probe_module()
     data = probe.ProbeDataset("Dataset001_X", [1], {"1": "a"}, [], {"big": np.zeros((1, 32, 32, 32), np.float32)}, {},
                               [16, 16, 16])
-    encoder = probe.random_encoder("T", 1, 2, seed=0)
-    probe.check_feature_memory(data, encoder, sliding_window=False)  # 104 channels x 32^3 voxels x 4 bytes = 13.6 MB
+    features = probe.encoder_featurizer(probe.random_encoder("T", 1, 2, seed=0))
+    probe.check_feature_memory(data, features, sliding_window=False)  # 104 channels x 32^3 voxels x 4 bytes = 13.6 MB
     monkeypatch.setattr(probe, "MAX_FEATURE_BYTES", 10 * 2 ** 20)
     with pytest.raises(SystemExit, match="big .32x32x32 voxels. would need 0.0 GiB.*--sliding-window"):
-        probe.check_feature_memory(data, encoder, sliding_window=False)
-    probe.check_feature_memory(data, encoder, sliding_window=True)  # windows of 16^3: 1.7 MB
+        probe.check_feature_memory(data, features, sliding_window=False)
+    probe.check_feature_memory(data, features, sliding_window=True)  # windows of 16^3: 1.7 MB
 
 
 def test_windows_cover_every_voxel_once_and_each_region_is_its_window_encoded_alone():
@@ -191,9 +215,9 @@ def test_the_fit_keeps_a_share_of_the_labelled_voxels_when_they_would_not_fit(mo
     fit = probe.LinearProbe.fit
     monkeypatch.setattr(probe.LinearProbe, "fit", lambda x, y, n: fitted.append(len(y)) or fit(x, y, n))
     split = {"train": ["a"], "val": ["b"]}
-    dice = probe.probe_fold(encoder, data, split)
+    dice = probe.probe_fold(probe.encoder_featurizer(encoder), data, split)
     assert fitted == [15 * 16 * 16] * 2 and set(dice) == {"all", "tokens"}  # every known voxel, both feature sets
     monkeypatch.setattr(probe, "MAX_FIT_BYTES", 4 * 104 * 1000)  # room for 1000 voxels of 104 channels
     fitted.clear()
-    probe.probe_fold(encoder, data, split)
+    probe.probe_fold(probe.encoder_featurizer(encoder), data, split)
     assert 800 < fitted[0] < 1200 and fitted[0] == fitted[1]
