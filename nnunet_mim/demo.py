@@ -119,6 +119,9 @@ class Demo:
         epochs = {name: getattr(variants, self.trainers[name]).epochs for name in self.trainers}
         announce()
         pretrained = os.path.join(self.train(self.trainers["pretrain"], epochs["pretrain"]), "checkpoint_final.pth")
+        from nnunet_mim.pretraining.health import health_lines
+        for line in health_lines(pretrained):
+            print(f"      {line}")
         announce()
         self.train(self.trainers["finetune"], epochs["finetune"], pretrained)
         announce()

@@ -21,6 +21,9 @@ def test_the_demo_runs_the_whole_job_and_reports_dice(tmp_path):
             "--scratch-trainer", "nnUNetTrainerMiMScratch_T_CPUsmoke"]
     out = nnunet_mim_in_process(args, env).stdout
     assert "[7/7] predict held-out cases (scratch)" in out
+    # the pre-training's health: every level's loss, both collapse monitors against their thresholds
+    assert "reconstruction loss over 2 epochs (training, per level): L1 " in out and ", L3 " in out
+    assert "collapse monitors at the last epoch: feature_std" in out and "target_std" in out
     # the printed Dice are the ones nnU-Net's evaluation wrote for each arm's predictions
     printed = dict(re.findall(r"^\| (MiM pre-trained, fine-tuned|same network from scratch) \|.*\| ([\d.]+) \|$",
                               out, flags=re.M))

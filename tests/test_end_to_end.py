@@ -455,3 +455,15 @@ def test_a_fine_tuning_epoch_of_non_finite_losses_stops_the_run(nnunet_env):
     result = python_in_process(DIVERGED, nnunet_env, check=False)
     assert result.returncode != 0 and "fine-tuning diverged: the training loss of epoch 0 was not finite" in \
         result.stderr
+
+
+def test_the_pretraining_health_reads_the_runs_own_curves(pretrained):
+    from nnunet_mim.checkpointing import read_checkpoint
+    from nnunet_mim.pretraining.health import health_lines
+    logged = read_checkpoint(pretrained)["logging"]
+    falls, monitors = health_lines(pretrained)
+    first, last = logged["train_rec_l2"][0], logged["train_rec_l2"][-1]
+    assert f"L2 {first:.3f} -> {last:.3f}" in falls and falls.count(" -> ") == 3
+    value = logged["train_feature_std"][-1]
+    state = "above" if value >= 0.02 else "BELOW (collapsed)"
+    assert f"feature_std {value:.3f}, {state} its threshold 0.02" in monitors

@@ -184,3 +184,29 @@ def test_the_moving_average_target_moves_once_per_applied_optimizer_step(nnunet_
     out = json.loads(python_in_process(TARGET_SCRIPT, nnunet_env).stdout.strip().splitlines()[-1])
     assert out["skipped"] == 1 and out["unchanged_by_discard"]
     assert out["updates"] == [4] and out["moved"]  # after the 4th micro-step only: the one applied step
+
+
+@pytest.mark.slow  # 100 steps of two forms of the heads on the CPU, about 2 minutes
+def test_the_monitors_see_the_authors_form_collapse_and_read_healthy_on_the_default():
+    """benchmarks/alignment_collapse.py's training: the authors' form (no predictor, no batch norm) wins its
+    alignment by collapsing its heads, and target_std falls under its threshold; the default form keeps both
+    monitors above theirs once past the first steps."""
+    import importlib.util
+    import os
+
+    import numpy as np
+    from nilearn.datasets import load_mni152_template
+
+    from nnunet_mim.pretraining.objective import COLLAPSE_THRESHOLDS
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "alignment_collapse.py")
+    spec = importlib.util.spec_from_file_location("alignment_collapse", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    image = np.asarray(load_mni152_template(resolution=2).get_fdata(), dtype=np.float32)
+    volume = torch.from_numpy((image - image[image > 0].mean()) / image[image > 0].std())
+    column = {name: benchmark.TERMS.index(name) for name in COLLAPSE_THRESHOLDS}
+    authors = benchmark.train("authors", volume, 100)[50:]
+    default = benchmark.train("BYOL", volume, 100)[50:]
+    assert authors[:, column["target_std"]].mean() < COLLAPSE_THRESHOLDS["target_std"]
+    for name, threshold in COLLAPSE_THRESHOLDS.items():
+        assert default[:, column[name]].mean() > threshold, name

@@ -450,8 +450,8 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         for name, threshold in COLLAPSE_THRESHOLDS.items():
             if name not in self.loss_terms:
                 continue
-            # after the warm-up: before training every volume's features are nearly alike (feature_std about
-            # 0.01), and a healthy run's spread grows from there
+            # after the warm-up: a form that collapses does so in its first steps and may recover from there
+            # (docs/method.md: BYOL's form without batch norm, measured)
             recent = self.logger.get_value(f"train_{name}", None)[self.run_warmup_epochs:][-COLLAPSE_EPOCHS:]
             if len(recent) == COLLAPSE_EPOCHS and all(v < threshold for v in recent):
                 self.print_to_log_file(
