@@ -9,6 +9,7 @@ runs any code it names. ``read_checkpoint`` reads a file the user gives (``-pret
 random states our trainers keep), numpy scalars and their dtypes (nnU-Net's logged metrics). A file
 that needs any other is refused with the names, unless the user sets TRUST_CHECKPOINTS_VARIABLE=1.
 """
+import errno
 import importlib
 import os
 import pickle
@@ -46,7 +47,7 @@ def read_checkpoint(path: str, mmap: bool = False):
         try:
             named = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:  # not a checkpoint at all (corrupt, truncated): the caller says it cannot be read
-            raise error from None
+            raise pickle.UnpicklingError(f"not a checkpoint this can read ({unpickler_reason(error)})") from None
         allowed = {f"{g.__module__}.{g.__name__}" if not isinstance(g, tuple) else g[1] for g in CHECKPOINT_GLOBALS}
         offending = [g for g in named if g not in allowed]
         if not offending:
@@ -57,11 +58,28 @@ def read_checkpoint(path: str, mmap: bool = False):
             f"{TRUST_CHECKPOINTS_VARIABLE}=1 to load it as nnU-Net does.") from error
 
 
+def unpickler_reason(error: Exception) -> str:
+    """The reason in torch's weights-only error, without its advice to load the file unsafely."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
+            return lines[i + 1]
+    return lines[0] if lines else type(error).__name__
+
+
 def write_atomically(path: str, write) -> None:
     """``write`` a temporary file beside ``path``, then rename it over ``path``: a process killed
     while writing leaves the previous file (or none), never a truncated one."""
     partial = path + ".partial"  # never ends in .b2nd or .pth: nnU-Net must not take it for a case
-    write(partial)
+    try:
+        write(partial)
+    except OSError as error:
+        if os.path.exists(partial):
+            os.remove(partial)
+        if error.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"disk full while writing {path}: the previous file (if any) is kept and the "
+                                        "partial one removed; free space and run again") from None
+        raise
     os.replace(partial, path)
 
 

@@ -235,14 +235,29 @@ def adapt_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_adapt_checkpoint)
 
 
-def positive_int(text: str) -> int:
+def positive_int(text: str, what: str = "a number of channels") -> int:
     """The argparse type of a count that must be at least 1 (argparse names the option in its error)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a number of channels (give 1 or more)")
+        raise argparse.ArgumentTypeError(f"{value} is not {what} (give 1 or more)")
+    return value
+
+
+def batch_size(text: str) -> int:
+    return positive_int(text, "a batch size")
+
+
+def positive_mm(text: str) -> float:
+    """The argparse type of a spacing in mm: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of mm") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value:g} mm is not a spacing (give a positive number of mm)")
     return value
 
 
@@ -257,9 +272,12 @@ def name_and_value(text: str) -> Tuple[str, str]:
 def name_and_weight(text: str) -> Tuple[str, float]:
     name, value = name_and_value(text)
     try:
-        return name, float(value)
+        weight = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, got {text!r}") from None
+    if not 0 <= weight < float("inf"):
+        raise argparse.ArgumentTypeError(f"{name}'s weight {value} is not a share (give 0 or more)")
+    return name, weight
 
 
 class DistinctValues(argparse.Action):
@@ -341,7 +359,7 @@ def example_dataset_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="default: derived from the template")
     p.add_argument("--num-train", type=int, default=10)
     p.add_argument("--num-test", type=int, default=0, help="held-out cases (imagesTs + labelsTs)")
-    p.add_argument("--spacing", type=float, default=4.0, help="isotropic spacing in mm")
+    p.add_argument("--spacing", type=positive_mm, default=4.0, help="isotropic spacing in mm")
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=cmd_example_dataset)
 
@@ -358,7 +376,7 @@ def pretrain_dataset_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--modality", choices=["ct", "mr"], default="ct", help="ct: fixed intensity window; "
                    "mr: per-volume z-score. nnU-Net datasets contribute the channels of this modality")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="target spacing in mm, "
+    group.add_argument("--spacing", type=positive_mm, nargs=3, metavar=("Z", "Y", "X"), help="target spacing in mm, "
                        "array axis order as in nnU-Net plans (default: nnU-Net's rule on the images found)")
     group.add_argument("--like", metavar="DATASET", help="take spacing and patch size from this planned dataset's "
                        "3d_fullres plan (the fine-tuning target)")
@@ -373,7 +391,7 @@ def pretrain_dataset_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of one source for --sampling per_source (repeatable)")
     p.add_argument("--no-test-images", action="store_true", help="leave out imagesTs of nnU-Net datasets "
                    "(pre-training on the images you evaluate on is transductive)")
-    p.add_argument("--batch-size", type=int, default=2, help="the plan's batch size")
+    p.add_argument("--batch-size", type=batch_size, default=2, help="the plan's batch size")
     p.add_argument("-np", type=int, default=1, help="parallel processes")
     p.set_defaults(func=cmd_pretrain_dataset_create)
 

@@ -1,4 +1,6 @@
 """finetuning/checkpoint.py on small synthetic checkpoints (on real ones: tests/test_end_to_end.py)."""
+import os
+
 import pytest
 import torch
 
@@ -159,3 +161,34 @@ def test_adapt_checkpoint_refuses_what_it_cannot_adapt_before_printing_success(t
     out = capsys.readouterr()
     assert "does not exist; create it first" in out.err and out.out == ""
     assert not output.exists() and not missing.parent.exists()
+
+
+def test_a_full_disk_says_so_keeps_the_previous_file_and_leaves_no_partial(tmp_path):
+    import errno
+
+    from nnunet_mim.checkpointing import write_atomically
+    path = tmp_path / "checkpoint_latest.pth"
+    path.write_bytes(b"the previous checkpoint")
+
+    def write_until_full(partial):
+        with open(partial, "wb") as f:
+            f.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError, match="disk full while writing .*checkpoint_latest.pth: the previous file"):
+        write_atomically(str(path), write_until_full)
+    assert path.read_bytes() == b"the previous checkpoint" and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_a_dataset_given_by_its_folder_reports_the_channels_of_another_modality(tmp_path):
+    import json
+
+    from nnunet_mim.data.sources import find_images
+    folder = tmp_path / "Dataset777_PetCt"
+    (folder / "imagesTr").mkdir(parents=True)
+    for channel in ("0000", "0001"):
+        (folder / "imagesTr" / f"case_a_{channel}.nii.gz").write_bytes(b"")
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT", "1": "PET"}, "file_ending": ".nii.gz",
+                                                     "labels": {"background": 0}, "numTraining": 1}))
+    found = list(find_images([str(folder)], "ct"))
+    assert [(os.path.basename(i.files[0]), i.skip_reason) for i in found] == [
+        ("case_a_0000.nii.gz", ""), ("case_a_0001.nii.gz", "channel 1 (PET) is not CT, the collection's modality")]

@@ -63,9 +63,10 @@ def tree_digest(folder):
     for directory, _, files in sorted(os.walk(folder)):
         for name in sorted(files):
             path = os.path.join(directory, name)
-            digest.update(path.encode())
-            with open(path, "rb") as f:
-                digest.update(f.read())
+            digest.update(os.fsencode(path))
+            if os.path.isfile(path):  # not the FIFO, which would wait for a writer
+                with open(path, "rb") as f:
+                    digest.update(f.read())
     return digest.hexdigest()
 
 
@@ -104,6 +105,24 @@ def sources(tmp_path_factory, nnunet_env):
     os.makedirs(unlabeled / "dicom" / "corrupt")
     for z in range(3):
         (unlabeled / "dicom" / "corrupt" / f"bad{z:03d}.dcm").write_bytes(b"DICM" + bytes(200))
+    # the probe of issue 61: what hung, aborted or was kept wrongly
+    os.mkfifo(unlabeled / "scans" / "pipe.nii.gz")  # a FIFO: reading it waits forever
+    os.mkfifo(unlabeled / "dicom" / "series1" / "pipe")  # one beside a DICOM series, where GDCM would read it
+    write_image(ct_phantom((40, 40, 40), rng), (3.0, 3.0, 3.0), str(unlabeled / "scans" / "latin1.nii.gz"))
+    latin1_name = os.path.join(os.fsencode(unlabeled / "scans"), b"scan_\xe9.nii.gz")  # not UTF-8
+    os.rename(unlabeled / "scans" / "latin1.nii.gz", latin1_name)
+    write_image(np.full((40, 40, 40), -1000, np.int16), (3.0, 3.0, 3.0), str(unlabeled / "scans" / "blank.nii.gz"))
+    os.symlink(unlabeled / "scans" / "scan_a.nii.gz", unlabeled / "scans" / "zz_alias_of_a.nii.gz")
+    os.makedirs(unlabeled / "copied_dataset" / "labelsTr")
+    write_image((ct_phantom((40, 40, 40), rng) > 0).astype(np.uint8), (3.0, 3.0, 3.0),
+                str(unlabeled / "copied_dataset" / "labelsTr" / "case_000.nii.gz"))
+    gapped = ct_phantom((40, 44, 44), rng)
+    write_dicom_series(gapped, (3.0, 2.8, 2.8), str(unlabeled / "dicom" / "missing_slice"))
+    os.remove(unlabeled / "dicom" / "missing_slice" / "slice020.dcm")
+    write_image(ct_phantom((4, 4, 4), rng), (3.0, 3.0, 3.0), str(unlabeled / "scans" / "header_bomb.nii"))
+    bomb = bytearray((unlabeled / "scans" / "header_bomb.nii").read_bytes())
+    bomb[42:48] = np.array([2000, 2000, 2000], "<i2").tobytes()  # dim[1:4]: 8e9 voxels claimed by a 600-byte file
+    (unlabeled / "scans" / "header_bomb.nii").write_bytes(bytes(bomb))
     return {"unlabeled": str(unlabeled), "raw": raw}
 
 
@@ -116,7 +135,8 @@ def create(env, *extra):
 @pytest.fixture(scope="module")
 def collection(nnunet_env, sources):
     before = tree_digest(sources["unlabeled"]), tree_digest(sources["raw"])
-    first = create(nnunet_env, sources["unlabeled"])
+    # Dataset811 a second time, by its folder: the same images, skipped as such
+    first = create(nnunet_env, sources["unlabeled"], os.path.join(sources["raw"], "Dataset811_ChestA"))
     folder = os.path.join(nnunet_env["nnUNet_preprocessed"], f"Dataset{COLLECTION_ID}_{NAME}")
     after = tree_digest(sources["unlabeled"]), tree_digest(sources["raw"])
     return {"folder": folder, "stdout": first.stdout, "sources_unchanged": before == after}
@@ -160,6 +180,30 @@ def test_collection_reports_and_skips_bad_images(collection):
                     "pixdim0.nii", "bad000.dcm"):
         assert problem in collection["stdout"]
     assert collection["sources_unchanged"]
+
+
+def test_what_hung_aborted_or_was_kept_wrongly_is_skipped_with_its_reason(collection):
+    """Issue 61's probe: a FIFO (the build waited forever), a file name that is not UTF-8 (the build aborted), a
+    blank volume, one image reached twice (a link; a dataset given by ID and by folder), label maps in a folder,
+    a DICOM series with a missing slice, a header that claims billions of voxels: each one line of the manifest."""
+    manifest = manifest_of(collection["folder"])
+    by_file = {c["files"][0]: c for c in manifest["cases"] if len(c["files"]) == 1}
+    reason = {os.path.basename(path): c["reason"] for path, c in by_file.items() if c["status"] == "skipped"}
+    assert "not a regular file" in reason["pipe.nii.gz"] and "not a regular file" in reason["pipe"]
+    assert "not valid UTF-8" in reason["scan_\\xe9.nii.gz"]
+    assert "every voxel is -1000: a blank volume" in reason["blank.nii.gz"]
+    assert reason["zz_alias_of_a.nii.gz"].startswith("the same file(s) as unlabeled_ct__scans_scan_a")
+    assert "a label map (labelsTr of an nnU-Net dataset)" in reason["case_000.nii.gz"]
+    assert "claims 2000x2000x2000 voxels" in reason["header_bomb.nii"]
+    series = [c for c in manifest["cases"] if "missing_slice" in c["case_id"] or
+              (len(c["files"]) > 1 and "missing_slice" in c["files"][0])]
+    assert len(series) == 1 and series[0]["status"] == "skipped"
+    assert "not evenly spaced" in series[0]["reason"] and "missing or duplicated slice" in series[0]["reason"]
+    by_folder = [c for c in manifest["cases"] if c["files"][0].startswith(os.path.join(
+        os.path.dirname(os.path.dirname(c["files"][0])), "imagesTr")) and c["source"] == "Dataset811_ChestA"]
+    assert by_folder and all(c["status"] in ("done", "skipped") for c in by_folder)
+    chest = [c for c in manifest["cases"] if c["source"] == "Dataset811_ChestA"]
+    assert sum(c["status"] == "done" for c in chest) == 3 and len(chest) == 6  # given twice, kept once
 
 
 def test_collection_is_an_images_only_nnunet_dataset(collection):

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from nnunet_mim.architecture.encoder import TOKEN_SIZE
 from nnunet_mim.checkpointing import write_atomically
-from nnunet_mim.data.sources import SourceImage, UnusableImage, find_images, read_header, read_volume
+from nnunet_mim.data.sources import SourceImage, UnusableImage, find_images, printable, read_header, read_volume
 from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans, round_patch_size
 from nnunet_mim.pretraining.data import COLLECTION_MANIFEST as MANIFEST
 from nnunet_mim.pretraining.data import ImagesOnlyDataset, fills_half_the_patch, load_collection_manifest
@@ -64,13 +64,21 @@ class CollectionSettings:
 # ---- scan ----------------------------------------------------------------------------------
 def scan(images: Sequence[SourceImage]) -> List[dict]:
     """One manifest entry per image: usable ("pending") with shape and spacing, or "skipped"."""
-    entries, seen = [], set()
+    entries, seen, files_seen = [], set(), {}
     for image in tqdm(images, desc="reading headers", unit="image"):
-        entry = {"case_id": image.case_id, "source": image.source, "files": list(image.files)}
+        entry = {"case_id": image.case_id, "source": image.source, "files": [printable(f) for f in image.files]}
+        if image.skip_reason:
+            entries.append({**entry, "status": "skipped", "reason": image.skip_reason})
+            continue
         if image.case_id in seen:
             entries.append({**entry, "status": "skipped", "reason": "duplicate case id (same file given twice?)"})
             continue
         seen.add(image.case_id)
+        real = tuple(os.path.realpath(f) for f in image.files)
+        if real in files_seen:  # a folder given twice, or reached again through a link
+            entries.append({**entry, "status": "skipped", "reason": f"the same file(s) as {files_seen[real]}"})
+            continue
+        files_seen[real] = image.case_id
         header, reason = read_header(image.files)
         if header is None:
             entries.append({**entry, "status": "skipped", "reason": reason})
@@ -276,7 +284,7 @@ def dataset_folder(dataset_id: int, name: str) -> str:
     if not nnUNet_preprocessed:
         raise RuntimeError("nnUNet_preprocessed is not set: the collection is written there")
     dataset_name = f"Dataset{dataset_id:03d}_{name}"
-    others = [c for c in find_candidate_datasets(dataset_id) if c != dataset_name]
+    others = [str(c) for c in find_candidate_datasets(dataset_id) if c != dataset_name]
     if others:
         raise FileExistsError(f"dataset ID {dataset_id} is taken by {others}; choose another ID")
     folder = os.path.join(nnUNet_preprocessed, dataset_name)
@@ -315,7 +323,9 @@ def create(dataset_id: int, name: str, inputs: Sequence[str], settings: Collecti
     """Build (or complete) the collection; returns the summary also stored in the manifest. A second run
     on the same collection while one is building it refuses (the lock file beside the folder)."""
     folder = dataset_folder(dataset_id, name)
-    with exclusive_run(os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}.lock"), folder):
+    # locked per ID, not per name: two runs given one ID and two names must not both create a dataset
+    with exclusive_run(os.path.join(os.path.dirname(folder), f".Dataset{dataset_id:03d}.lock"), folder):
+        dataset_folder(dataset_id, name)  # again, under the lock: the other run may have taken the ID meanwhile
         return build(folder, inputs, settings, num_processes)
 
 
@@ -352,7 +362,7 @@ def build(folder: str, inputs: Sequence[str], settings: CollectionSettings, num_
     already = {e["case_id"] for e in pending} - {e["case_id"] for e in todo}
     results = {r["case_id"]: r for r in tqdm(preprocess_all(todo, plans, dataset_json, images_folder, num_processes),
                                              total=len(todo), desc="preprocessing", unit="image")}
-    for e in entries:
+    for e in (e for e in entries if e["status"] == "pending"):  # not a skipped duplicate of the same case id
         if e["case_id"] in results:
             e.update(results[e["case_id"]])
         elif e["case_id"] in already:

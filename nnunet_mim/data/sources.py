@@ -15,7 +15,9 @@ truncated file (SimpleITK fills the missing voxels with zeros) or non-finite vox
 import gzip
 import os
 import re
+import stat
 import struct
+import tempfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -27,6 +29,10 @@ import SimpleITK as sitk
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_ENDINGS = (".dcm", ".ima", "")  # DICOM files often have no extension at all
 SPACING_RANGE_MM = (0.05, 20.0)  # outside it a header is wrong, not a scan
+MAX_VOXELS = 2 ** 31  # a header claiming more is corrupt or crafted (a 512 x 512 x 2000 CT is 2 ** 29)
+# folders of label maps, never images: nnU-Net raw datasets' and preprocessed datasets' (given as folders)
+LABEL_FOLDERS = ("labelsTr", "labelsTs", "gt_segmentations")
+SLICE_GAP_TOLERANCE = 0.5  # a DICOM slice gap off the median by more than this share: a missing or doubled slice
 
 
 class UnusableImage(ValueError):
@@ -38,6 +44,28 @@ class SourceImage:
     source: str               # the dataset or folder it came from (sampling weights are per source)
     case_id: str              # unique, file-name safe identifier in the collection
     files: Tuple[str, ...]    # one image file, or the slice files of one DICOM series
+    skip_reason: str = ""     # found, but not an image to use: why (reported in the manifest, never read)
+
+
+def printable(path: str) -> str:
+    """``path`` as text that prints and serialises: a name that is not UTF-8 shows its bytes escaped."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def not_a_file_to_read(path: str) -> str:
+    """Why ``path`` cannot be read as an image file, or "": a FIFO, socket or device (reading one would wait
+    forever), a name that is not UTF-8, or a file this user may not read."""
+    if printable(path) != path:
+        return "its name is not valid UTF-8 (rename the file)"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        return f"cannot be examined: {error.strerror}"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device: reading it could wait forever)"
+    if not os.access(path, os.R_OK):
+        return "no permission to read it"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -64,14 +92,18 @@ def case_id(source: str, relative: str) -> str:
 
 
 def nnunet_dataset_images(dataset: str, modality: str, test_images: bool = True) -> Iterator[SourceImage]:
-    """imagesTr (and imagesTs unless ``test_images`` is False) of an nnU-Net raw dataset (labels
-    are not read)."""
+    """imagesTr (and imagesTs unless ``test_images`` is False) of an nnU-Net raw dataset, an ID or name in
+    nnUNet_raw or the dataset's folder (labels are not read). A channel of another modality is reported."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.utils import get_identifiers_from_splitted_dataset_folder
-    name = maybe_convert_to_dataset_name(dataset)
-    folder = os.path.join(nnUNet_raw or "", name)
+    if os.path.isdir(dataset):
+        folder = os.path.abspath(dataset)
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(folder))
+    else:
+        name = maybe_convert_to_dataset_name(dataset)
+        folder = os.path.join(nnUNet_raw or "", name)
     if not os.path.isfile(os.path.join(folder, "dataset.json")):
         raise FileNotFoundError(f"{folder}/dataset.json not found: is nnUNet_raw set and {name} a raw dataset?")
     meta = load_json(os.path.join(folder, "dataset.json"))
@@ -82,10 +114,12 @@ def nnunet_dataset_images(dataset: str, modality: str, test_images: bool = True)
         if not os.path.isdir(images):
             continue
         for case in get_identifiers_from_splitted_dataset_folder(images, ending):
-            for c in wanted:
+            for c in sorted(int(c) for c in channels):
                 suffix = f"_{c:04d}" if len(channels) > 1 else ""
-                yield SourceImage(name, case_id(name, case + suffix),
-                                  (os.path.join(images, f"{case}_{c:04d}{ending}"),))
+                other = "" if c in wanted else (f"channel {c} ({channels[str(c)]}) is not {modality.upper()}, the "
+                                                "collection's modality")
+                path = os.path.join(images, f"{case}_{c:04d}{ending}")
+                yield SourceImage(name, case_id(name, case + suffix), (path,), other)
 
 
 def folder_images(folder: str, source: str) -> Iterator[SourceImage]:
@@ -94,20 +128,38 @@ def folder_images(folder: str, source: str) -> Iterator[SourceImage]:
         subdirs.sort()
         relative_dir = os.path.relpath(directory, folder)
         images = [n for n in sorted(files) if not n.startswith(".") and n.lower().endswith(IMAGE_ENDINGS)]
+        label_folder = os.path.basename(directory) in LABEL_FOLDERS
         stems = Counter(file_stem(n) for n in images)
         for name in images:
             # scan_1.nii.gz and scan_1.mha are two images: the ending keeps their case ids apart
             unique = name if stems[file_stem(name)] == 1 else name.replace(".", "_")
-            yield SourceImage(source, case_id(source, os.path.normpath(os.path.join(relative_dir, unique))),
-                              (os.path.join(directory, name),))
+            path = os.path.join(directory, name)
+            reason = (f"a label map ({os.path.basename(directory)} of an nnU-Net dataset), not an image"
+                      if label_folder else not_a_file_to_read(path))
+            yield SourceImage(source, case_id(source, printable(os.path.normpath(os.path.join(relative_dir, unique)))),
+                              (path,), reason)
+        if label_folder:
+            continue
         dicom_candidates = [n for n in sorted(files) if not n.startswith(".") and not n.lower().endswith(IMAGE_ENDINGS)
                             and os.path.splitext(n)[1].lower() in DICOM_ENDINGS]
+        unreadable = [n for n in dicom_candidates if not_a_file_to_read(os.path.join(directory, n))]
+        for name in unreadable:  # never handed to GDCM, which would wait on a FIFO or fail on the name
+            path = os.path.join(directory, name)
+            yield SourceImage(source, case_id(source, printable(os.path.normpath(os.path.join(relative_dir, name)))),
+                              (path,), not_a_file_to_read(path))
+        dicom_candidates = [n for n in dicom_candidates if n not in unreadable]
         if dicom_candidates:
             in_series = set()
-            for series in sitk.ImageSeriesReader.GetGDCMSeriesIDs(directory):
-                slices = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory, series))
-                in_series.update(os.path.basename(f) for f in slices)
-                yield SourceImage(source, case_id(source, os.path.join(relative_dir, series)), slices)
+            # GDCM reads every file of the folder it is given: it gets a folder of links to the candidates only,
+            # so that a FIFO or an image file beside them is never opened by it
+            with tempfile.TemporaryDirectory(prefix="nnunet_mim_dicom_") as links:
+                for name in dicom_candidates:
+                    os.symlink(os.path.join(directory, name), os.path.join(links, name))
+                for series in sitk.ImageSeriesReader.GetGDCMSeriesIDs(links):
+                    slices = tuple(os.path.join(directory, os.path.basename(f))
+                                   for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(links, series))
+                    in_series.update(os.path.basename(f) for f in slices)
+                    yield SourceImage(source, case_id(source, os.path.join(relative_dir, series)), slices)
             # files GDCM put in no series (corrupt, or not DICOM): reported with a reason, not dropped unseen
             for name in (n for n in dicom_candidates if n not in in_series):
                 yield SourceImage(source, case_id(source, os.path.normpath(os.path.join(relative_dir, name))),
@@ -118,7 +170,10 @@ def find_images(inputs: Sequence[str], modality: str, test_images: bool = True) 
     """Each input: an nnU-Net dataset ID or name, or a folder (its name becomes the source name)."""
     seen_sources = set()
     for item in inputs:
-        if os.path.isdir(item):
+        if os.path.isdir(item) and os.path.isfile(os.path.join(item, "dataset.json")) and \
+                os.path.isdir(os.path.join(item, "imagesTr")):  # an nnU-Net raw dataset given by its folder
+            yield from nnunet_dataset_images(item, modality, test_images)
+        elif os.path.isdir(item):
             source = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(os.path.normpath(item)))
             while source in seen_sources:  # two folders with the same name stay two sources
                 source += "_"
@@ -162,22 +217,46 @@ def read_header(files: Sequence[str]) -> Tuple[Optional[Header], str]:
     if len(files) > 1:  # a DICOM series: one file per slice, slice spacing from the slice positions
         if reader.GetDimension() != 3 or size[2] != 1:
             return None, f"DICOM series whose files are not single slices (size {size})"
-        second = sitk.ImageFileReader()
-        second.SetFileName(files[1])
-        try:
-            second.ReadImageInformation()
-        except RuntimeError as error:
-            return None, f"unreadable slice {files[1]}: {str(error).strip().splitlines()[-1][:200]}"
         size[2] = len(files)
-        spacing[2] = float(np.linalg.norm(np.subtract(second.GetOrigin(), reader.GetOrigin())))
+        gaps, problem = slice_gaps(files, reader)
+        if problem:
+            return None, problem
+        spacing[2] = float(np.median(gaps))
     if reader.GetDimension() == 2 or (len(size) == 3 and min(size) == 1):
         return None, f"2D image (size {size})"
     if len(size) != 3:
         return None, f"{len(size)}D image (size {size}); only 3D volumes are used"
+    if np.prod(size, dtype=np.float64) > MAX_VOXELS:
+        return None, (f"its header claims {'x'.join(map(str, size))} voxels ({np.prod(size, dtype=np.float64):.3g}), "
+                      f"more than any scan ({MAX_VOXELS:.3g}): a corrupt or crafted header; nothing was read")
     low, high = SPACING_RANGE_MM
     if not all(np.isfinite(s) and low <= s <= high for s in spacing):
         return None, f"absurd spacing {[round(s, 4) for s in spacing]} mm (expected {low} to {high} mm)"
     return Header(tuple(size[::-1]), tuple(float(s) for s in spacing[::-1])), ""
+
+
+def slice_gaps(files: Sequence[str], first: "sitk.ImageFileReader") -> Tuple[np.ndarray, str]:
+    """(distances between consecutive slices along the slice normal, "") of a DICOM series in GDCM's order, or
+    (_, reason) where they are not even: a slice missing (a gap of twice the others) or doubled (a gap of 0)."""
+    direction = np.array(first.GetDirection()).reshape(3, 3)
+    normal = direction[:, 2]
+    positions = []
+    for path in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as error:
+            return np.array([]), f"unreadable slice {path}: {str(error).strip().splitlines()[-1][:200]}"
+        positions.append(float(np.dot(reader.GetOrigin(), normal)))
+    gaps = np.abs(np.diff(positions))
+    median = float(np.median(gaps))
+    odd = np.flatnonzero(np.abs(gaps - median) > SLICE_GAP_TOLERANCE * median)
+    if median <= 0 or len(odd):
+        where = ", ".join(f"{gaps[i]:.3g} mm after slice {i + 1}" for i in odd[:3])
+        return gaps, (f"its slices are not evenly spaced (median gap {median:.3g} mm; {where}): a missing or "
+                      "duplicated slice would collapse or double the geometry")
+    return gaps, ""
 
 
 def nifti_voxels_as_stored(path: str) -> np.ndarray:
@@ -206,5 +285,7 @@ def read_volume(files: Sequence[str]) -> Tuple[np.ndarray, dict]:
     non_finite = int(checked.size - np.count_nonzero(np.isfinite(checked))) if checked.dtype.kind == "f" else 0
     if non_finite:
         raise UnusableImage(f"{non_finite} of {checked.size} voxels are NaN or infinite")
+    if data.size and data.min() == data.max():
+        raise UnusableImage(f"every voxel is {float(data.flat[0]):g}: a blank volume has nothing to reconstruct")
     return data, properties
 
