@@ -36,13 +36,52 @@ class UntrustedCheckpointError(RuntimeError):
     """A checkpoint that would run code, or build objects, beyond what nnU-Net checkpoints hold."""
 
 
+def archive_problem(path: str) -> str:
+    """Why a checkpoint's zip archive must not be unpacked, or "": torch.save stores its members uncompressed,
+    so members that inflate (a zip bomb: a few MB of file, gigabytes of output) are not a checkpoint of torch's."""
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        return ""  # torch's legacy format, or not a checkpoint: the load says which
+    with zipfile.ZipFile(path) as archive:
+        claimed = sum(member.file_size for member in archive.infolist())
+        compressed = [m.filename for m in archive.infolist() if m.compress_type != zipfile.ZIP_STORED]
+    size = os.path.getsize(path)
+    if compressed and claimed > 4 * size + 2 ** 20:
+        return (f"its archive inflates {size / 2 ** 20:.1f} MB to {claimed / 2 ** 20:.0f} MB ({compressed[0]}, ...): "
+                "torch.save never compresses, so this is not a checkpoint torch wrote")
+    return ""
+
+
+def view_problem(checkpoint) -> str:
+    """Why a loaded checkpoint's tensors must not be used, or "": a tensor that claims more elements than its
+    storage holds (a stride-0 view of a few bytes that any copy turns into gigabytes)."""
+    stack = [checkpoint]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, torch.Tensor) and item.numel() > 1 and 0 in item.stride():
+            return (f"a tensor of shape {list(item.shape)} is a stride-0 view of {item.untyped_storage().nbytes()} "
+                    "bytes: no nnU-Net checkpoint holds one")
+    return ""
+
+
 def read_checkpoint(path: str, mmap: bool = False):
     """``torch.load`` of a file the user gives, without running code from it (module docstring)."""
     if os.environ.get(TRUST_CHECKPOINTS_VARIABLE) == "1":
         return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    problem = archive_problem(path)
+    if problem:
+        raise UntrustedCheckpointError(f"{path} was not loaded: {problem}")
     try:
         with torch.serialization.safe_globals(CHECKPOINT_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        problem = view_problem(checkpoint)
+        if problem:
+            raise UntrustedCheckpointError(f"{path} was not used: {problem}")
+        return checkpoint
     except pickle.UnpicklingError as error:
         try:
             named = torch.serialization.get_unsafe_globals_in_checkpoint(path)

@@ -192,3 +192,26 @@ def test_a_dataset_given_by_its_folder_reports_the_channels_of_another_modality(
     found = list(find_images([str(folder)], "ct"))
     assert [(os.path.basename(i.files[0]), i.skip_reason) for i in found] == [
         ("case_a_0000.nii.gz", ""), ("case_a_0001.nii.gz", "channel 1 (PET) is not CT, the collection's modality")]
+
+
+def test_a_zip_bomb_and_a_stride_0_tensor_are_refused_before_they_take_memory(tmp_path, monkeypatch):
+    """The probe's memory bombs through allowed globals: a compressed archive that inflates to gigabytes, and a
+    tensor that views a few bytes as billions of elements (any copy of it takes the gigabytes)."""
+    import zipfile
+
+    from nnunet_mim.checkpointing import TRUST_CHECKPOINTS_VARIABLE, UntrustedCheckpointError, read_checkpoint
+    monkeypatch.delenv(TRUST_CHECKPOINTS_VARIABLE, raising=False)
+    plain = tmp_path / "plain.pth"
+    torch.save({"network_weights": {"w": torch.zeros(1000, 1000)}}, plain)  # 4 MB of zeros, stored
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as target:
+        for member in source.infolist():
+            target.writestr(member.filename, source.read(member))  # the same members, deflated: 4 MB -> 4 KB
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(UntrustedCheckpointError, match="torch.save never compresses"):
+        read_checkpoint(str(bomb))
+    viewed = tmp_path / "viewed.pth"
+    torch.save({"network_weights": {"w": torch.zeros(1).expand(10 ** 8)}}, viewed)
+    with pytest.raises(UntrustedCheckpointError, match="stride-0 view"):
+        read_checkpoint(str(viewed))
+    assert read_checkpoint(str(plain))["network_weights"]["w"].shape == (1000, 1000)

@@ -210,3 +210,16 @@ def test_the_monitors_see_the_authors_form_collapse_and_read_healthy_on_the_defa
     assert authors[:, column["target_std"]].mean() < COLLAPSE_THRESHOLDS["target_std"]
     for name, threshold in COLLAPSE_THRESHOLDS.items():
         assert default[:, column[name]].mean() > threshold, name
+
+
+def test_in_the_default_form_the_child_is_predicted_onto_the_target():
+    """BYOL's form: the child's projection goes through the predictor before it meets the moving-average
+    target; without the predictor the two sides are the same network and nothing keeps them from collapsing."""
+    from nnunet_mim.pretraining.model import AlignmentHeads
+    torch.manual_seed(0)
+    heads = AlignmentHeads(6, 16, 1, predictor=True, batch_norm=True)
+    child_features, parent_features = torch.randn(8, 6), torch.randn(8, 6)
+    child, target = heads(0, child_features, parent_features)
+    assert torch.allclose(child, heads.predictor[0](heads.child[0](child_features)))
+    assert not torch.allclose(child, heads.child[0](child_features))
+    assert torch.allclose(target, heads.parent[0](parent_features)) and not target.requires_grad
