@@ -77,9 +77,9 @@ CATALOGUE: List[Mutation] = [
              "nnunet_mim/pretraining/trainer.py", "alignment_weight = 0.1", "alignment_weight = 1e-3", TRAINER),
     Mutation("reconstruction-1-0-0", "reconstruction weights (1, 0, 0) (review)", "nnunet_mim/pretraining/trainer.py",
              "reconstruction_weights = (1.0, 1.0, 1.0)", "reconstruction_weights = (1.0, 0.0, 0.0)", TRAINER),
-    Mutation("monitor-on-targets", "the collapse monitor on the heads' batch-normalised targets (review)",
-             "nnunet_mim/pretraining/objective.py", "normalize(pooled.detach().float()",
-             "normalize(target.detach().float()", LOSSES),
+    Mutation("monitor-on-targets", "the encoder's collapse monitor read on the heads' batch-normalised targets "
+             "(review)", "nnunet_mim/pretraining/objective.py", "features.append(spread(pooled))",
+             "features.append(spread(target))", LOSSES),
     # ---- network ----
     Mutation("mask-gate-removed", "the conv blocks' depthwise branch not gated by the mask",
              "nnunet_mim/architecture/blocks.py", "            y = y * visible", "            y = y",
