@@ -93,6 +93,8 @@ class Demo:
 
     def __call__(self) -> Dict[str, Dict[str, float]]:
         from nnunet_mim import variants
+        if os.path.exists(self.work) and not os.path.isdir(self.work):
+            raise FileExistsError(f"{self.work} is a file, not a folder; choose another --work-folder")
         if os.path.exists(self.work) and os.listdir(self.work):
             raise FileExistsError(f"{self.work} is not empty; choose another --work-folder or delete it")
         os.makedirs(self.work, exist_ok=True)

@@ -17,6 +17,7 @@ run flattens at its end; only a longer budget says whether it had converged.
 """
 import csv
 import os
+import sys
 import textwrap
 from typing import List, Sequence
 
@@ -35,7 +36,12 @@ def curve_rows(run_folder: str, arm: str, fraction: float, fold: int, init_seed:
     if not os.path.isfile(checkpoint):
         return []
     # mmap: only the logger's lists are read, not the weights and optimizer state (GBs at the GPU budget)
-    logged = read_checkpoint(checkpoint, mmap=True)["logging"]
+    try:
+        logged = read_checkpoint(checkpoint, mmap=True)["logging"]
+    except Exception as error:  # a corrupt or foreign file: the run's Dice still counts, its curve is left out
+        print(f"warning: no learning curve for {run_folder}: {checkpoint} cannot be read "
+              f"({str(error).splitlines()[0][:200]})", file=sys.stderr)
+        return []
     return [{"arm": arm, "fraction": fraction, "fold": fold, "init_seed": init_seed, "epoch": epoch,
              "pseudo_dice": float(raw), "ema_pseudo_dice": float(ema)}
             for epoch, (raw, ema) in enumerate(zip(logged["mean_fg_dice"], logged["ema_fg_dice"]))]

@@ -23,6 +23,9 @@ class FolderInUse(RuntimeError):
 def exclusive_run(lock_file: str, folder: str) -> Iterator[None]:
     """Hold ``lock_file`` for the duration, or raise FolderInUse naming the process that holds it."""
     os.makedirs(os.path.dirname(os.path.abspath(lock_file)), exist_ok=True)
+    if os.path.isdir(lock_file):
+        raise FolderInUse(f"the lock file {lock_file} of {folder} is a folder: remove it (nothing holds a lock in a "
+                          "folder), then run again; nothing was changed")
     with open(lock_file, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -143,6 +143,8 @@ ROWS = [
         "argument --spacing: 0 mm is not a spacing"),
     Row("an example dataset's spacing of 0", lambda f, out: ["example-dataset", "995", "--spacing", "0"], 2,
         "argument --spacing: 0 mm is not a spacing"),
+    Row("a demo --work-folder that is a file", lambda f, out: ["demo", "--work-folder", f["existing_output"]], 1,
+        "is a file, not a folder; choose another --work-folder"),
     Row("an unknown example template", lambda f, out: ["example-dataset", "995", "--template", "brain"], 2,
         "argument --template: invalid choice: 'brain'"),
 ]

@@ -54,7 +54,22 @@ def test_a_second_collection_build_refuses_before_any_work(tmp_path, holder, mon
     folder = tmp_path / "Dataset801_PretrainCT"
     monkeypatch.setattr(collection, "dataset_folder", lambda dataset_id, name: str(folder))
     monkeypatch.setattr(collection, "build", lambda *args: pytest.fail("built while another run held the folder"))
-    first = holder(str(tmp_path / ".Dataset801_PretrainCT.lock"))
+    first = holder(str(tmp_path / ".Dataset801.lock"))  # one lock per dataset ID, whatever the name
     with pytest.raises(FolderInUse, match=f"process {first.pid}"):
         collection.create(801, "PretrainCT", [str(tmp_path)], collection.CollectionSettings())
     assert not folder.exists()
+
+
+def test_a_lock_path_that_is_a_folder_is_explained(tmp_path):
+    from nnunet_mim.run_lock import FolderInUse, exclusive_run
+    (tmp_path / "lock").mkdir()
+    with pytest.raises(FolderInUse, match="is a folder: remove it"):
+        with exclusive_run(str(tmp_path / "lock"), str(tmp_path)):
+            pass
+
+
+def test_a_corrupt_checkpoint_leaves_its_run_out_of_the_curves_with_a_warning(tmp_path, capsys):
+    from nnunet_mim.learning_curves import curve_rows
+    (tmp_path / "checkpoint_final.pth").write_bytes(b"not a checkpoint")
+    assert curve_rows(str(tmp_path), "MiM", 0.1, 0) == []
+    assert "no learning curve for" in capsys.readouterr().err
