@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from nnunet_mim.architecture.encoder import TOKEN_SIZE, HybridEncoder
+from nnunet_mim.architecture.encoder import HybridEncoder
+from nnunet_mim.geometry import TOKEN_SIZE
 from nnunet_mim.architecture.network import MiMHybridUNet
 from nnunet_mim.architecture.presets import preset_kwargs
 from nnunet_mim.benchmark import (BenchmarkError, class_names, cross_validation_splits, label_fraction_splits,

@@ -16,8 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from nnunet_mim.architecture.encoder import TOKEN_SIZE
-from nnunet_mim.architecture.network import check_patch_size
+from nnunet_mim.geometry import TOKEN_SIZE, check_patch_size
 
 
 @dataclass(frozen=True)

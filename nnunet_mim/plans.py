@@ -16,7 +16,7 @@ the architecture entry, the patch size and the pooling description change:
 from copy import deepcopy
 from typing import List, Sequence
 
-from nnunet_mim.architecture.encoder import STRIDES
+from nnunet_mim.geometry import STRIDES
 from nnunet_mim.architecture.presets import preset_kwargs
 
 NETWORK_CLASS = "nnunet_mim.architecture.network.MiMHybridUNet"

@@ -22,9 +22,21 @@ from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMFinetune, nnUNetTraine
 from nnunet_mim.pretraining.trainer import nnUNetTrainerMAEPretrain, nnUNetTrainerMiMPretrain
 
 
+# what a trainer's method decides and a settings class shared by several methods must not override: MiM's levels
+# given to MAE crash it, and a method name changed records another method in the checkpoint
+OWNED_BY_THE_METHOD = ("levels", "method", "reconstruction_weights")
+
+
 def add_variants(bases: Sequence[type], settings: Dict[str, type]) -> List[type]:
-    """``<base>_<suffix>`` for every base and every ``suffix: settings class`` pair; returns them."""
+    """``<base>_<suffix>`` for every base and every ``suffix: settings class`` pair; returns them. A settings
+    class may not set what the base's method owns (``OWNED_BY_THE_METHOD``)."""
     made = []
+    for suffix, setting in settings.items():
+        owned = [name for name in OWNED_BY_THE_METHOD if name in vars(setting)]
+        if owned:
+            raise TypeError(f"settings {setting.__name__} (variant _{suffix}) sets {', '.join(owned)}, which each "
+                            f"method owns ({', '.join(b.__name__ for b in bases)}): change them in a subclass of the "
+                            "one method's trainer instead")
     for base in bases:
         for suffix, setting in settings.items():
             name = f"{base.__name__}_{suffix}"

@@ -2,7 +2,7 @@
 start keeps the pre-trained encoder still, a frozen encoder never moves, and the defaults change nothing."""
 import torch
 
-from nnunet_mim.architecture.encoder import STRIDES
+from nnunet_mim.geometry import STRIDES
 from nnunet_mim.architecture.network import MiMHybridUNet
 from nnunet_mim.architecture.presets import preset_kwargs
 from nnunet_mim.finetuning.param_groups import NEW_PREFIXES, encoder_depth, finetuning_param_groups

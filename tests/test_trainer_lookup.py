@@ -85,3 +85,17 @@ def test_every_finetuning_variant_has_a_matched_scratch_twin():
         finetune = getattr(variants, name)
         assert issubclass(twin, nnUNetTrainerMiMScratch)
         assert {k: getattr(twin, k) for k in settings} == {k: getattr(finetune, k) for k in settings}, name
+
+
+def test_a_settings_class_may_not_set_what_each_method_owns():
+    """The trap of issue 62: levels set in a variant shared by MiM and MAE crashed MAE with a bare IndexError."""
+    import pytest
+
+    from nnunet_mim.masking import LevelConfig
+    from nnunet_mim.pretraining.trainer import nnUNetTrainerMAEPretrain, nnUNetTrainerMiMPretrain
+    from nnunet_mim.variants import add_variants
+
+    class FourLevels:
+        levels = LevelConfig(l3_per_l2=2)
+    with pytest.raises(TypeError, match="settings FourLevels .variant _L. sets levels, which each method owns"):
+        add_variants([nnUNetTrainerMiMPretrain, nnUNetTrainerMAEPretrain], {"L": FourLevels})

@@ -22,9 +22,8 @@ from timm.models.eva import EvaBlock
 from torch import nn
 
 from nnunet_mim.architecture.blocks import ConvStage
+from nnunet_mim.geometry import STRIDES, TOKEN_SIZE
 
-TOKEN_SIZE = 16  # four stride-2 downsamplings
-STRIDES = [[1, 1, 1]] + [[2, 2, 2]] * 4  # stem, stages 1-3, tokens
 
 
 class EncodedTokens(NamedTuple):

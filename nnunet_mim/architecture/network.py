@@ -18,18 +18,9 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from timm.layers import trunc_normal_
 from torch import nn
 
-from nnunet_mim.architecture.encoder import STRIDES, TOKEN_SIZE, HybridEncoder
+from nnunet_mim.architecture.encoder import HybridEncoder
+from nnunet_mim.geometry import STRIDES, check_patch_size
 from nnunet_mim.pretraining_record import RECORD_LENGTH, PretrainingRecord
-
-
-def check_patch_size(patch_size: Sequence[int], multiple: int = TOKEN_SIZE) -> None:
-    """Raise a ValueError naming the nearest valid sizes when an axis is not a multiple."""
-    bad = [s for s in patch_size if s % multiple or s <= 0]
-    if bad:
-        down = [max(multiple, s // multiple * multiple) for s in patch_size]
-        up = [-(-s // multiple) * multiple for s in patch_size]
-        raise ValueError(f"patch size {list(patch_size)} is not a multiple of {multiple} on every axis; "
-                         f"nearest valid sizes: {down} or {up}")
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:

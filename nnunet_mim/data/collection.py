@@ -30,7 +30,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from nnunet_mim.architecture.encoder import TOKEN_SIZE
+from nnunet_mim.geometry import TOKEN_SIZE
 from nnunet_mim.checkpointing import write_atomically
 from nnunet_mim.data.sources import SourceImage, UnusableImage, find_images, printable, read_header, read_volume
 from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans, round_patch_size

@@ -36,7 +36,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from nnunet_mim.architecture.encoder import TOKEN_SIZE
+from nnunet_mim.geometry import TOKEN_SIZE
 from nnunet_mim.masking import LevelConfig
 
 RESERVE_BYTES = 1.5 * 2 ** 30   # CUDA context, cuDNN / cuBLAS workspaces

@@ -25,7 +25,8 @@ from timm.layers import RotaryEmbeddingCat, trunc_normal_
 from timm.models.eva import EvaBlock
 from torch import nn
 
-from nnunet_mim.architecture.encoder import TOKEN_SIZE, EncodedTokens
+from nnunet_mim.architecture.encoder import EncodedTokens
+from nnunet_mim.geometry import TOKEN_SIZE
 from nnunet_mim.architecture.network import MiMHybridUNet, init_linear_weights
 
 
