@@ -11,11 +11,11 @@ from typing import Optional, Tuple
 
 import torch
 
+from nnunet_mim.methods import RECORD_CODES, record_code
+
 RECORD_LENGTH = 16
 FORMAT_VERSION = 1.0
-# "supervised": an encoder trained with labels put into a pre-training checkpoint
-# (finetuning/checkpoint.py, transplant_encoder), the frozen-encoder probe's positive control
-METHODS = {1.0: "MiM", 2.0: "MAE", 3.0: "supervised"}
+METHODS = {code: name for name, code in RECORD_CODES.items()}  # code -> method (nnunet_mim/methods.py)
 PRESET_CODES = {"T": 1.0, "S": 2.0, "B": 3.0}
 
 
@@ -30,7 +30,7 @@ class PretrainingRecord:
     epochs: int
 
     def to_tensor(self) -> torch.Tensor:
-        method = {v: k for k, v in METHODS.items()}[self.method]
+        method = record_code(self.method)
         values = [FORMAT_VERSION, method, PRESET_CODES[self.preset], float(self.decoder_pretrained),
                   float(self.input_channels), *map(float, self.patch_size), *map(float, self.spacing),
                   float(self.epochs)]

@@ -19,7 +19,8 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch
-from nnunet_mim.pretraining.trainer import nnUNetTrainerMAEPretrain, nnUNetTrainerMiMPretrain
+from nnunet_mim.methods import METHODS, trainer_class
+from nnunet_mim.pretraining.trainer import nnUNetTrainerMiMPretrain
 
 
 # what a trainer's method decides and a settings class shared by several methods must not override: MiM's levels
@@ -47,11 +48,6 @@ def add_variants(bases: Sequence[type], settings: Dict[str, type]) -> List[type]
 
 def by_name(trainers: Sequence[type]) -> Dict[str, type]:
     return {trainer.__name__: trainer for trainer in trainers}
-
-
-class nnUNetTrainerMiMPretrainNoAlign(nnUNetTrainerMiMPretrain):
-    """Ablation: MiM's three levels without the cross-level alignment loss."""
-    alignment_weight = 0.0
 
 
 class PresetS:
@@ -111,7 +107,8 @@ class PretrainCPUBench25Budget(PretrainCPUBenchBudget):
     epochs, warmup_epochs = 25, 3
 
 
-PRETRAINING_TRAINERS = (nnUNetTrainerMiMPretrain, nnUNetTrainerMAEPretrain, nnUNetTrainerMiMPretrainNoAlign)
+PRETRAINING_TRAINERS = tuple(trainer_class(m) for m in METHODS.values())  # the registry's (nnunet_mim/methods.py)
+globals().update(by_name(PRETRAINING_TRAINERS))  # beside their variants, as nnU-Net's search finds them
 PRETRAINING_USER = [*PRETRAINING_TRAINERS, *add_variants(PRETRAINING_TRAINERS, {
     "100ep": Pretrain100Epochs, "S": PresetS, "PaperRecipe": PaperRecipe})]
 PRETRAINING_CPU_BUDGETS = add_variants(PRETRAINING_TRAINERS, {

@@ -99,3 +99,20 @@ def test_a_settings_class_may_not_set_what_each_method_owns():
         levels = LevelConfig(l3_per_l2=2)
     with pytest.raises(TypeError, match="settings FourLevels .variant _L. sets levels, which each method owns"):
         add_variants([nnUNetTrainerMiMPretrain, nnUNetTrainerMAEPretrain], {"L": FourLevels})
+
+
+def test_the_method_registry_names_what_it_knows_when_asked_for_what_it_does_not():
+    import pytest
+
+    from nnunet_mim.benchmark import ARMS, BUDGETS
+    from nnunet_mim.methods import METHODS, method, trainer_class
+    from nnunet_mim.pretraining_record import PretrainingRecord
+    from nnunet_mim.variants import USER_TRAINERS
+    with pytest.raises(ValueError, match="unknown pre-training method 'BYOL'; known: MAE, MiM, MiM-noalign"):
+        method("BYOL")
+    with pytest.raises(ValueError, match="no checkpoint record code for method 'BYOL'.*add one to RECORD_CODES"):
+        PretrainingRecord("BYOL", "T", False, 1, (32, 32, 32), (1.0, 1.0, 1.0), 1).to_tensor()
+    # every registered method is a benchmark arm, at every budget, and a trainer users can run
+    for m in METHODS.values():
+        assert m.name in ARMS and all(budget.pretrain[m.name].startswith(m.trainer) for budget in BUDGETS.values())
+        assert trainer_class(m).__name__ == m.trainer and m.trainer in USER_TRAINERS

@@ -7,6 +7,7 @@ from typing import Dict, Sequence, Tuple
 
 from nnunet_mim.benchmark.plan import BenchmarkError
 from nnunet_mim.finetuning.checkpoint import load_checkpoint, pretraining_checkpoint_record
+from nnunet_mim.methods import METHODS
 
 
 @dataclass(frozen=True)
@@ -21,9 +22,9 @@ class Budget:
 
 
 def pretraining_trainers(variant: str) -> Dict[str, str]:
-    """method -> pre-training trainer of one variant suffix (nnunet_mim/variants.py), e.g. "_100ep"."""
-    return {"MAE": f"nnUNetTrainerMAEPretrain{variant}", "MiM": f"nnUNetTrainerMiMPretrain{variant}",
-            "MiM-noalign": f"nnUNetTrainerMiMPretrainNoAlign{variant}"}
+    """method -> pre-training trainer of one variant suffix (nnunet_mim/variants.py), e.g. "_100ep", for every
+    method of the registry (nnunet_mim/methods.py)."""
+    return {m.name: m.trainer + variant for m in METHODS.values()}
 
 
 def cpu_finetuning_trainers(variant: str) -> Tuple[str, str, str]:
@@ -49,7 +50,7 @@ BUDGETS = {
     "gpu": Budget("nnUNetTrainer_250epochs", "nnUNetTrainerMiMScratch_250ep", "nnUNetTrainerMiMFinetune_250ep",
                   pretraining_trainers("_100ep")),
 }
-ARMS = ["nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"]  # the arms run unless --arms says otherwise
+ARMS = ["nnU-Net", "scratch", *METHODS]  # the arms run unless --arms says otherwise
 # Scratch at the default fine-tuning schedule whatever --schedule says. A schedule made for
 # pre-trained weights (decoder-first freezes the encoder at first) can cost a random network
 # (docs/experiments/20-the-default-schedule-at-1200-steps.md). This arm puts scratch at its own

@@ -566,3 +566,8 @@ class nnUNetTrainerMAEPretrain(nnUNetTrainerMiMPretrain):
     levels = LevelConfig(num_levels=1, l1_mask_ratio=0.75)
     reconstruction_weights = (1.0,)
     alignment_weight = 0.0
+
+
+class nnUNetTrainerMiMPretrainNoAlign(nnUNetTrainerMiMPretrain):
+    """Ablation: MiM's three levels without the cross-level alignment loss."""
+    alignment_weight = 0.0
