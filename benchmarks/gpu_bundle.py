@@ -34,10 +34,9 @@ from packaging.requirements import Requirement
 ROOTS = ["nnunetv2", "dynamic-network-architectures", "batchgenerators", "batchgeneratorsv2", "acvl-utils",
          "blosc2", "nibabel", "tqdm"]
 IMAGE = ["torch", "torchvision", "timm", "numpy", "scipy", "scikit-image", "scikit-learn", "pandas", "matplotlib"]
-# declared by nnU-Net and its helpers, never imported on the check's paths; blosc2's remote-array client
-# (httpx, pydantic, rich) is imported by nothing the check reads
-NEVER_IMPORTED = {"graphviz", "imagecodecs", "seaborn", "tifffile", "yacs", "requests", "unittest2", "future",
-                  "httpx", "pydantic", "rich"}
+# declared by nnU-Net and its helpers, never imported on the check's paths. Not these, found by the dry run from
+# the bundle: blosc2's httpx (nnUNetv2_plan_and_preprocess), pydantic and rich, nnU-Net's seaborn (nnUNetv2_train)
+NEVER_IMPORTED = {"graphviz", "imagecodecs", "tifffile", "yacs", "requests", "unittest2", "future"}
 READ_ONLY_BY_THE_COMMANDS = ["SimpleITK", "connected-components-3d"]  # nnU-Net imports them on every command
 LIMIT_MIB = 60
 # members of the large wheels that nothing reads at run time: static libraries, C headers, the test suites and
