@@ -133,7 +133,7 @@ DEVICE_README = """# GPU check bundle ({python})
 
 {size}
 
-The device command (carry `.gpu_bundle`; about 12 minutes, every part):
+The device command (carry `.gpu_bundle`; about 10 minutes: 9 of parts, 1 to unpack and install):
 
     mkdir -p /tmp/wheels && tar -xJf .gpu_bundle/{archive} -C /tmp/wheels && \\
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/wheels/*.whl && \\
