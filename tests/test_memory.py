@@ -204,3 +204,16 @@ def test_pretrain_plan_answers_without_a_gpu(nnunet_env):
                 ["991", "--trainers", "nnUNetTrainer"], ["999"]):
         result = nnunet_mim_in_process(["pretrain-plan", *bad], nnunet_env, check=False)
         assert result.returncode == 2 and result.stderr.strip(), (bad, result.stderr)
+
+
+def test_pretrain_plan_reads_an_inherited_configuration(tmp_path, monkeypatch):
+    from nnunet_mim.pretraining.fit import plans_patch_and_batch
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    (tmp_path / "Dataset123_X").mkdir()
+    (tmp_path / "Dataset123_X" / "nnUNetPlans.json").write_text(json.dumps({"configurations": {
+        "3d_fullres": {"patch_size": [96, 96, 96], "batch_size": 2},
+        "3d_child": {"inherits_from": "3d_fullres", "batch_size": 4},
+        "3d_loop": {"inherits_from": "3d_loop"}}}))
+    assert plans_patch_and_batch("Dataset123_X", "nnUNetPlans", "3d_child") == ("Dataset123_X", [96, 96, 96], 4)
+    with pytest.raises(ValueError, match="inherits from '3d_loop', which it cannot"):
+        plans_patch_and_batch("Dataset123_X", "nnUNetPlans", "3d_loop")

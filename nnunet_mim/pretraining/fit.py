@@ -25,10 +25,16 @@ def plans_patch_and_batch(dataset: str, plans: str, configuration: str) -> Tuple
         config = json.load(f)["configurations"]
     if configuration not in config:
         raise ValueError(f"configuration {configuration!r} is not in {path} (it has {sorted(config)})")
-    entry = config[configuration]
-    while "patch_size" not in entry and "inherits_from" in entry:
-        entry = {**config[entry["inherits_from"]], **entry, "inherits_from": None} if entry["inherits_from"] else entry
-    return name, list(entry["patch_size"]), int(entry.get("batch_size") or config[entry["inherits_from"]]["batch_size"])
+    entry, seen = dict(config[configuration]), {configuration}
+    while entry.get("inherits_from"):  # nnU-Net's inherited configurations: the parent's values, then its own
+        parent = entry.pop("inherits_from")
+        if parent in seen or parent not in config:
+            raise ValueError(f"configuration {configuration!r} of {path} inherits from {parent!r}, which it cannot")
+        seen.add(parent)
+        entry = {**config[parent], **entry}
+    if "patch_size" not in entry or "batch_size" not in entry:
+        raise ValueError(f"configuration {configuration!r} of {path} has no patch_size and batch_size")
+    return name, list(entry["patch_size"]), int(entry["batch_size"])
 
 
 def fit_rows(trainers: Sequence[type], planned_patch: Sequence[int], plan_batch: int, memories_gib: Sequence[float],
