@@ -105,10 +105,11 @@ class Report:
         self.add("", f"({time.time() - start:.0f} s)")
 
 
-def python(args: List[str], timeout: float, env: dict = None) -> str:
-    """A Python child in a process group of its own: at the time limit the whole group is killed (inductor's
-    compile workers, nnU-Net's data-loading workers), not only the child."""
-    process = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def run_in_group(argv: List[str], timeout: float, env: dict = None) -> str:
+    """A child in a process group of its own: at the time limit the whole group is killed (inductor's compile
+    workers, nnU-Net's data-loading workers), not only the child. Its stdout; a RuntimeError with the last line
+    it printed where it failed."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True, env=env)
     try:
         out, err = process.communicate(timeout=max(1.0, timeout))
@@ -119,6 +120,10 @@ def python(args: List[str], timeout: float, env: dict = None) -> str:
     if process.returncode != 0:
         raise RuntimeError(last_line(err) or last_line(out) or f"exit code {process.returncode}, no output")
     return out
+
+
+def python(args: List[str], timeout: float) -> str:
+    return run_in_group([sys.executable, *args], timeout)
 
 
 def last_json(text: str) -> dict:
@@ -209,18 +214,10 @@ def commands(args, limit: float, emit) -> None:
     training = {"nnUNet_n_proc_DA": "0" if args.device == "cpu" else env.get("nnUNet_n_proc_DA", "8")}
 
     def command(*argv, **variables):
-        process = subprocess.Popen([nnunet_command(argv[0]), *argv[1:]], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env={**env, **variables},
-                                   start_new_session=True)
         try:
-            out, err = process.communicate(timeout=max(1.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            raise
-        if process.returncode != 0:
-            raise RuntimeError(f"{argv[0]}: {last_line(err) or last_line(out) or 'no output'}")
-        return out
+            return run_in_group([nnunet_command(argv[0]), *argv[1:]], deadline - time.time(), {**env, **variables})
+        except RuntimeError as error:
+            raise RuntimeError(f"{argv[0]}: {error}") from None
 
     start = time.time()
     command("nnunet-mim", "example-dataset", "990", "--template", "ct-phantom", "--name", "GPUCheck",

@@ -10,7 +10,7 @@ a file replaced between the check and the load is never read a second time. Weig
 floating-point numbers are refused by name before anything is loaded.
 """
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -27,15 +27,15 @@ def read_once(path: str) -> dict:
     return _checked[key]
 
 
-def unusable_weights(weights: Dict[str, torch.Tensor]) -> str:
-    """What makes a state dict unfit to train from (non-finite values, integer tensors where the network holds
-    floats), naming tensors; '' when it is fit."""
+def unusable_weights(weights: Dict[str, torch.Tensor], network_state: Optional[Dict[str, torch.Tensor]] = None) -> str:
+    """What makes a state dict unfit to train from, naming tensors; '' when it is fit: non-finite values, and
+    tensors that are not floating point where the network's are (every tensor, without ``network_state``)."""
     problems = []
     for name, tensor in weights.items():
+        should_float = network_state is None or network_state[name].is_floating_point()
         if not isinstance(tensor, torch.Tensor):
             problems.append(f"{name} is a {type(tensor).__name__}, not a tensor")
-        elif not (tensor.is_floating_point() or name.endswith("num_batches_tracked") or
-                  name.endswith("pretraining_record")):
+        elif should_float and not tensor.is_floating_point():
             problems.append(f"{name} is stored as {str(tensor.dtype).removeprefix('torch.')}")
         elif tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             problems.append(f"{name} holds {int((~torch.isfinite(tensor)).sum())} NaN or infinite values")
@@ -62,7 +62,7 @@ def load_pretrained_weights(network: torch.nn.Module, path: str, verbose: bool =
     if wrong:
         raise RuntimeError(f"{path} does not fit this network: {len(wrong)} tensors missing or of another shape "
                            f"(first: {wrong[0]}). Nothing was loaded.")
-    problem = unusable_weights({k: saved[k] for k in kept})
+    problem = unusable_weights({k: saved[k] for k in kept}, kept)
     if problem:
         raise RuntimeError(f"{path} holds weights no training can start from: {problem}. Nothing was loaded.")
     module.load_state_dict({**own, **{k: saved[k] for k in kept}})

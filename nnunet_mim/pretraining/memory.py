@@ -129,12 +129,6 @@ def visible_tokens(levels: LevelConfig, grid: Sequence[int]) -> int:
     return max(n - h for h in hidden[:levels.num_levels])
 
 
-def _network(network_kwargs: dict, input_channels: int, alignment_pairs: int):
-    from nnunet_mim.pretraining.model import MiMPretrainNetwork
-    kwargs = {k: v for k, v in network_kwargs.items() if k not in ("alignment_pairs",)}
-    return MiMPretrainNetwork(input_channels, 2, alignment_pairs=alignment_pairs, **kwargs)
-
-
 def _saved_bytes(network, volume: torch.Tensor, hidden: torch.Tensor, dtype: Optional[torch.dtype]):
     """(total, conv blocks, conv block inputs, largest block, largest tensor of a block) saved by one masked
     forward and its reconstruction loss."""
@@ -178,16 +172,18 @@ def _saved_bytes(network, volume: torch.Tensor, hidden: torch.Tensor, dtype: Opt
 
 
 @functools.lru_cache(maxsize=16)
-def _measure(network_json: str, input_channels: int, dtype_name: Optional[str]) -> VolumeCost:
+def _measure(network_json: str, input_channels: int, dtype_name: Optional[str]) -> Tuple[VolumeCost, int, int]:
+    """(saved bytes of one volume, trainable and frozen parameters) of the pre-training network as configured.
+    Its alignment heads, if any, are built and counted; the masked forward never reaches them."""
+    from nnunet_mim.pretraining.model import MiMPretrainNetwork
     dtype = getattr(torch, dtype_name) if dtype_name else None
     torch.manual_seed(0)
-    network = _network(json.loads(network_json), input_channels, 0)
-    token = TOKEN_SIZE
+    network = MiMPretrainNetwork(input_channels, 2, **json.loads(network_json))
     rows = []  # (voxels, visible tokens, measured parts)
     with torch.random.fork_rng():
         for patch, visible_share in ((REFERENCE_PATCHES[0], 1.0), (REFERENCE_PATCHES[0], 0.5),
                                      (REFERENCE_PATCHES[1], 1.0)):
-            grid = [p // token for p in patch]
+            grid = [p // TOKEN_SIZE for p in patch]
             n = math.prod(grid)
             hidden = torch.zeros(1, n, dtype=torch.bool)
             hidden[:, :n - round(visible_share * n)] = True
@@ -199,30 +195,34 @@ def _measure(network_json: str, input_channels: int, dtype_name: Optional[str]) 
     per_voxel = (c[0] - a[0] - per_token * (k3 - k1)) / (v3 - v1)
     per_forward = a[0] - per_voxel * v1 - per_token * k1
     # the conv blocks see every voxel, masked or not: their bytes follow the voxels alone
-    return VolumeCost(per_forward=per_forward, per_voxel=per_voxel, per_visible_token=per_token,
+    cost = VolumeCost(per_forward=per_forward, per_voxel=per_voxel, per_visible_token=per_token,
                       conv_blocks_per_voxel=c[1] / v3, conv_inputs_per_voxel=c[2] / v3,
                       largest_block_per_voxel=c[3] / v3, largest_tensor_per_voxel=c[4] / v3)
+    trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
+    return cost, trainable, sum(p.numel() for p in network.parameters()) - trainable
+
+
+def _measured(network_kwargs: dict, levels: Optional[LevelConfig], input_channels: int,
+              dtype: Optional[torch.dtype]) -> Tuple[VolumeCost, int, int]:
+    """``_measure`` of the network ``network_kwargs`` configure; where they do not say how many alignment head
+    pairs it has (a preset's keywords alone), one per adjacent pair of ``levels``."""
+    if "alignment_pairs" not in network_kwargs and levels is not None:
+        network_kwargs = {**network_kwargs, "alignment_pairs": levels.num_levels - 1}
+    return _measure(json.dumps(network_kwargs, sort_keys=True), input_channels,
+                    str(dtype).removeprefix("torch.") if dtype is not None else None)
 
 
 def measure_volume_cost(network_kwargs: dict, input_channels: int = 1,
                         dtype: Optional[torch.dtype] = torch.bfloat16) -> VolumeCost:
     """The saved bytes of one volume, measured on the CPU (cached per network and precision)."""
-    return _measure(json.dumps(network_kwargs, sort_keys=True), input_channels,
-                    str(dtype).removeprefix("torch.") if dtype is not None else None)
-
-
-@functools.lru_cache(maxsize=16)
-def _parameter_counts(network_json: str, input_channels: int, alignment_pairs: int) -> Tuple[int, int]:
-    network = _network(json.loads(network_json), input_channels, alignment_pairs)
-    trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in network.parameters()) - trainable
+    return _measured(network_kwargs, None, input_channels, dtype)[0]
 
 
 def predict_step(network_kwargs: dict, levels: LevelConfig, patch_size: Sequence[int], micro_batch: int,
                  input_channels: int = 1, dtype: Optional[torch.dtype] = torch.bfloat16,
                  checkpointing: bool = False) -> StepMemory:
     """Peak memory of one pre-training step of ``micro_batch`` samples at ``patch_size``."""
-    cost = measure_volume_cost(network_kwargs, input_channels, dtype)
+    cost, trainable, frozen = _measured(network_kwargs, levels, input_channels, dtype)
     grid = [p // levels.token_size for p in patch_size]
     voxels = math.prod(patch_size)
     volumes = volumes_per_sample(levels) * micro_batch
@@ -231,8 +231,6 @@ def predict_step(network_kwargs: dict, levels: LevelConfig, patch_size: Sequence
     if checkpointing:
         per_volume += (cost.conv_inputs_per_voxel - cost.conv_blocks_per_voxel) * voxels
         transient += cost.largest_block_per_voxel * voxels * volumes
-    trainable, frozen = _parameter_counts(json.dumps(network_kwargs, sort_keys=True), input_channels,
-                                          levels.num_levels - 1 if levels.num_levels > 1 else 0)
     return StepMemory(micro_batch=micro_batch, checkpointing=checkpointing, static=16 * trainable + 4 * frozen,
                       saved=cost.per_forward + per_volume * volumes, transient=transient, volumes=volumes)
 
