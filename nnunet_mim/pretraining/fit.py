@@ -46,7 +46,7 @@ def fit_rows(trainers: Sequence[type], planned_patch: Sequence[int], plan_batch:
     for trainer in trainers:
         levels = trainer.levels
         patch = round_patch_size(planned_patch, levels.patch_multiple)
-        network = preset_kwargs(trainer.encoder_preset)
+        network = {**preset_kwargs(trainer.encoder_preset), **trainer.alignment_kwargs()}  # as the trainer builds it
         effective = PretrainingRecipe(plan_batch, trainer.effective_batch, trainer.base_lr).effective_batch
         for gib in memories_gib:
             label = (f"| {trainer.__name__} | {'x'.join(map(str, patch))} | {volumes_per_sample(levels)} | "

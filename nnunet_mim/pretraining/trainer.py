@@ -114,9 +114,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         plans = adapt_plans(plans, configuration, self.encoder_preset, self.levels.patch_multiple,
                             PRETRAIN_NETWORK_CLASS)
-        plans["configurations"][configuration]["architecture"]["arch_kwargs"].update(
-            alignment_pairs=self.levels.num_levels - 1 if self.alignment_weight > 0 else 0,
-            alignment_predictor=self.alignment_predictor, alignment_batch_norm=self.alignment_batch_norm)
+        plans["configurations"][configuration]["architecture"]["arch_kwargs"].update(self.alignment_kwargs())
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.recipe = PretrainingRecipe(self.configuration_manager.batch_size, self.effective_batch, self.base_lr)
         self.num_epochs, self.warmup_epochs_of_run = self.epochs, self.warmup_epochs  # run_length() decides
@@ -149,6 +147,13 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
             logged.setdefault(f"train_{name}", [])
             logged.setdefault(f"val_{name}", [])
         logged.setdefault("skipped_steps", [])
+
+    @classmethod
+    def alignment_kwargs(cls) -> dict:
+        """The network keywords of this trainer's alignment heads (none for MAE and the ablation without
+        alignment): what the network it trains and the memory it is predicted to take are built from."""
+        return dict(alignment_pairs=cls.levels.num_levels - 1 if cls.alignment_weight > 0 else 0,
+                    alignment_predictor=cls.alignment_predictor, alignment_batch_norm=cls.alignment_batch_norm)
 
     # ---- optimisation -------------------------------------------------------------------
     def run_length(self):
