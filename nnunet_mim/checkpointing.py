@@ -8,11 +8,14 @@ runs any code it names. ``read_checkpoint`` reads a file the user gives (``-pret
 ``weights_only=True`` and only the globals an nnU-Net 2.8 checkpoint holds allowed: numpy arrays (the
 random states our trainers keep), numpy scalars and their dtypes (nnU-Net's logged metrics). A file
 that needs any other is refused with the names, unless the user sets TRUST_CHECKPOINTS_VARIABLE=1.
+``read_properties`` unpickles a case's ``.pkl`` properties (read by pre-training) under the same allow-list.
 """
 import errno
 import importlib
 import os
 import pickle
+import shutil
+import stat
 
 import numpy as np
 import torch
@@ -30,6 +33,8 @@ CHECKPOINT_GLOBALS = [
     *[type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.uint32, np.uint8,
                                   np.bool_)],
 ]
+
+ALLOWED_GLOBAL_NAMES = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__name__}" for g in CHECKPOINT_GLOBALS}
 
 
 class UntrustedCheckpointError(RuntimeError):
@@ -54,10 +59,14 @@ def archive_problem(path: str) -> str:
 
 def view_problem(checkpoint) -> str:
     """Why a loaded checkpoint's tensors must not be used, or "": a tensor that claims more elements than its
-    storage holds (a stride-0 view of a few bytes that any copy turns into gigabytes)."""
-    stack = [checkpoint]
+    storage holds (a stride-0 view of a few bytes that any copy turns into gigabytes). Each object is visited
+    once: a pickle's references let a 2 KB file hold lists nested 2^30 paths deep."""
+    stack, seen = [checkpoint], set()
     while stack:
         item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
         if isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
@@ -87,14 +96,32 @@ def read_checkpoint(path: str, mmap: bool = False):
             named = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:  # not a checkpoint at all (corrupt, truncated): the caller says it cannot be read
             raise pickle.UnpicklingError(f"not a checkpoint this can read ({unpickler_reason(error)})") from None
-        allowed = {f"{g.__module__}.{g.__name__}" if not isinstance(g, tuple) else g[1] for g in CHECKPOINT_GLOBALS}
-        offending = [g for g in named if g not in allowed]
-        if not offending:
-            raise
+        offending = [g for g in named if g not in ALLOWED_GLOBAL_NAMES]
+        if not offending:  # an allowed global asked to build what it may not (a numpy object array, say)
+            raise pickle.UnpicklingError(f"not a checkpoint this can read ({unpickler_reason(error)})") from None
         raise UntrustedCheckpointError(
             f"{path} was not loaded: unpickling it would call {', '.join(offending)}, which no nnU-Net checkpoint "
             f"holds, and a checkpoint can run code that way. If you trust the file (you wrote it), set "
             f"{TRUST_CHECKPOINTS_VARIABLE}=1 to load it as nnU-Net does.") from error
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if f"{module}.{name}" not in ALLOWED_GLOBAL_NAMES:
+            raise UntrustedCheckpointError(f"{self.path} was not read: unpickling it would call {module}.{name}, which "
+                                           "no nnU-Net case properties hold, and a pickle can run code that way. "
+                                           "Preprocess the images again (nnUNetv2_plan_and_preprocess, or nnunet-mim "
+                                           "pretrain-dataset create) instead of using a folder someone gave you")
+        return super().find_class(module, name)
+
+
+def read_properties(path: str):
+    """A case's ``.pkl`` properties, as nnU-Net's preprocessing writes them (Python values, numpy arrays and
+    scalars), unpickled with the checkpoints' allow-list: a crafted file cannot run code."""
+    with open(path, "rb") as f:
+        unpickler = _AllowListUnpickler(f)
+        unpickler.path = path
+        return unpickler.load()
 
 
 def unpickler_reason(error: Exception) -> str:
@@ -106,16 +133,41 @@ def unpickler_reason(error: Exception) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def unreadable(path: str) -> str:
+    """Why the file ``path`` cannot be read, or "": missing, a folder, or not permitted (told apart, as "does not
+    exist" would send the user looking for a file that is there)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as error:
+        return f"cannot be reached: {error.strerror}"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    if not os.access(path, os.R_OK):
+        return "no permission to read it"
+    return ""
+
+
+def shown(value, limit: int = 120) -> str:
+    """A value read from a file, as it may be printed: control characters escaped (a crafted name cannot move
+    the cursor or fake a line of output), and cut at ``limit`` characters."""
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(value))
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def write_atomically(path: str, write) -> None:
     """``write`` a temporary file beside ``path``, then rename it over ``path``: a process killed
     while writing leaves the previous file (or none), never a truncated one."""
     partial = path + ".partial"  # never ends in .b2nd or .pth: nnU-Net must not take it for a case
     try:
         write(partial)
-    except OSError as error:
+    except BaseException as error:
         if os.path.exists(partial):
             os.remove(partial)
-        if error.errno == errno.ENOSPC:
+        # torch and blosc2 do not always pass the OSError on: a failed write with the disk full is taken as one
+        if getattr(error, "errno", None) == errno.ENOSPC or shutil.disk_usage(os.path.dirname(partial) or ".").free \
+                < 2 ** 20:
             raise OSError(errno.ENOSPC, f"disk full while writing {path}: the previous file (if any) is kept and the "
                                         "partial one removed; free space and run again") from None
         raise
@@ -182,7 +234,7 @@ class AtomicCheckpointMixin:
                                    "truncated; delete it to start over, or restore a copy") from e
             trainer = checkpoint.get("trainer_name")
             if trainer != self.__class__.__name__:
-                raise RuntimeError(f"{filename_or_checkpoint} was written by trainer {ascii(trainer)}, not "
+                raise RuntimeError(f"{filename_or_checkpoint} was written by trainer {shown(trainer)!r}, not "
                                    f"{self.__class__.__name__!r}: --c only continues a run of the same trainer. "
                                    "Nothing was overwritten.")
         self.restore_checkpoint_extras(checkpoint.get("nnunet_mim", {}))

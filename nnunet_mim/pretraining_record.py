@@ -43,8 +43,13 @@ class PretrainingRecord:
         v = tensor.detach().cpu().double().tolist()
         if v[0] == 0.0:
             return None
+        if v[0] > FORMAT_VERSION or (v[0] == FORMAT_VERSION and v[1] > max(METHODS)):
+            raise ValueError(f"its pretraining record (format {v[0]:g}, method code {v[1]:g}) was written by a newer "
+                             f"nnunet-mim than this one (format {FORMAT_VERSION:g}, method codes up to "
+                             f"{max(METHODS):g}): upgrade nnunet-mim to read it")
         if v[0] != FORMAT_VERSION or v[1] not in METHODS:
-            raise ValueError(f"unreadable pretraining record {v[:4]}: checkpoint written by another version?")
+            raise ValueError(f"its pretraining record {v[:4]} is not one nnunet-mim writes (a tensor of that name "
+                             "from another tool?)")
         preset = {c: n for n, c in PRESET_CODES.items()}.get(v[2], "custom")
         return cls(method=METHODS[v[1]], preset=preset, decoder_pretrained=bool(v[3]),
                    input_channels=int(v[4]), patch_size=tuple(int(i) for i in v[5:8]),

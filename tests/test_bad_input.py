@@ -10,9 +10,11 @@ tests/test_run_lock.py: two runs on one folder).
 """
 import hashlib
 import os
+import signal
 from dataclasses import dataclass
 from typing import Callable, Dict, List
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,6 +49,15 @@ def write_inputs(folder) -> Dict[str, str]:
     integers = pretraining_checkpoint()
     integers["network_weights"]["encoder.stages.0.w"] = torch.zeros(4, dtype=torch.int64)
     save("integer_weights", integers)
+    object_array = pretraining_checkpoint()
+    object_array["nnunet_mim"]["rng"] = np.array([1, "a", None], dtype=object)
+    save("object_array", object_array)
+    newer = pretraining_checkpoint()
+    newer["network_weights"]["pretraining_record"][0] = 2.0
+    save("newer_record", newer)
+    faked = segmentation_checkpoint()
+    faked["trainer_name"] = "X\x1b[2K\rwrote out.pth; all weights loaded"  # erases its line, prints a fake one
+    save("escape_sequences", faked)
     crafted = pretraining_checkpoint()
     crafted["nnunet_mim"]["payload"] = WritesAMarker(folder / "marker")
     save("crafted", crafted)
@@ -86,6 +97,17 @@ ROWS = [
     Row("a text file as a checkpoint: one reason, not torch's advice to load it unsafely",
         lambda f, out: ADAPT + [f["not_a_checkpoint"], "--input-channels", "2", "-o", out], 1,
         "not a checkpoint this can read (Unsupported operand"),
+    Row("a numpy object array (the route of a 2 KB file to gigabytes)",
+        lambda f, out: ADAPT + [f["object_array"], "--input-channels", "2", "-o", out], 1,
+        "not a checkpoint this can read (Can only build Tensor"),
+    Row("a pretraining record of a newer format",
+        lambda f, out: ADAPT + [f["newer_record"], "--input-channels", "2", "-o", out], 1,
+        "was written by a newer nnunet-mim than this one (format 1, method codes up to 3): upgrade"),
+    Row("a trainer name of terminal escape sequences, printed escaped",
+        lambda f, out: ADAPT + [f["escape_sequences"], "--input-channels", "2", "-o", out], 1,
+        r"segmentation run (X\x1b[2K\rwrote out.pth; all weights loaded, trained with labels"),
+    Row("a folder as a checkpoint", lambda f, out: ADAPT + [os.path.dirname(f["missing"]), "--input-channels", "2",
+                                                            "-o", out], 1, "is a folder, not a file"),
     Row("a checkpoint that does not exist", lambda f, out: ADAPT + [f["missing"], "--input-channels", "2", "-o", out],
         1, "no such file (give the path of a checkpoint_final.pth)"),
     Row("stock nnU-Net's checkpoint", lambda f, out: ADAPT + [f["stock_nnunet"], "--input-channels", "2", "-o", out],
@@ -150,6 +172,9 @@ ROWS = [
 ]
 
 
+HANG_SECONDS = 60  # a row that has not answered by then hangs (each answers in well under a second)
+
+
 def digest(folder) -> Dict[str, str]:
     return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in sorted(os.listdir(folder))}
 
@@ -163,14 +188,23 @@ def test_bad_input_ends_in_one_clear_message_and_changes_nothing(row, tmp_path, 
     files = write_inputs(inputs)
     before = digest(inputs)
     out = str(tmp_path / "out")
+    def hung(*_):
+        raise TimeoutError(f"{row.name}: no answer in {HANG_SECONDS} s")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(HANG_SECONDS)
     try:
         status = main(row.argv(files, out))
     except SystemExit as stop:  # argparse
         status = stop.code
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     printed = capsys.readouterr()
     assert status == row.status, printed.err
     assert row.message in printed.err, printed.err
     assert "Traceback" not in printed.err + printed.out
+    assert "weights_only` set to `False`" not in printed.err  # never torch's advice to load the file unsafely
+    assert "\x1b" not in printed.err + printed.out  # nothing read from a file reaches the terminal raw
     assert not (inputs / "marker").exists()  # no code ran from a checkpoint
     assert digest(inputs) == before  # every input byte-identical, the user's existing output included
     assert sorted(os.listdir(tmp_path)) == ["inputs"]  # nothing written beside them, not even a partial file

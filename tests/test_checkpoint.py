@@ -1,9 +1,11 @@
 """finetuning/checkpoint.py on small synthetic checkpoints (on real ones: tests/test_end_to_end.py)."""
 import os
+import signal
 
 import pytest
 import torch
 
+from nnunet_mim.checkpointing import read_checkpoint
 from nnunet_mim.finetuning.checkpoint import transplant_encoder
 from nnunet_mim.pretraining_record import PretrainingRecord
 
@@ -163,8 +165,9 @@ def test_adapt_checkpoint_refuses_what_it_cannot_adapt_before_printing_success(t
     assert not output.exists() and not missing.parent.exists()
 
 
-def test_a_full_disk_says_so_keeps_the_previous_file_and_leaves_no_partial(tmp_path):
+def test_a_full_disk_says_so_keeps_the_previous_file_and_leaves_no_partial(tmp_path, monkeypatch):
     import errno
+    import shutil
 
     from nnunet_mim.checkpointing import write_atomically
     path = tmp_path / "checkpoint_latest.pth"
@@ -176,6 +179,18 @@ def test_a_full_disk_says_so_keeps_the_previous_file_and_leaves_no_partial(tmp_p
         raise OSError(errno.ENOSPC, "No space left on device")
     with pytest.raises(OSError, match="disk full while writing .*checkpoint_latest.pth: the previous file"):
         write_atomically(str(path), write_until_full)
+    assert path.read_bytes() == b"the previous checkpoint" and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+    def blosc2_style(partial):  # a library's own error, the errno lost on the way
+        with open(partial, "wb") as f:
+            f.write(b"half")
+        raise RuntimeError("Could not write the chunk")
+    with monkeypatch.context() as patched:
+        patched.setattr("shutil.disk_usage", lambda folder: shutil._ntuple_diskusage(100, 100, 0))
+        with pytest.raises(OSError, match="disk full while writing"):
+            write_atomically(str(path), blosc2_style)
+    with pytest.raises(RuntimeError, match="Could not write the chunk"):  # with room left: the error as it came
+        write_atomically(str(path), blosc2_style)
     assert path.read_bytes() == b"the previous checkpoint" and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
@@ -215,3 +230,43 @@ def test_a_zip_bomb_and_a_stride_0_tensor_are_refused_before_they_take_memory(tm
     with pytest.raises(UntrustedCheckpointError, match="stride-0 view"):
         read_checkpoint(str(viewed))
     assert read_checkpoint(str(plain))["network_weights"]["w"].shape == (1000, 1000)
+
+
+def test_a_checkpoint_of_shared_references_is_read_in_one_pass(tmp_path):
+    """Lists nested 64 deep, each holding the one below twice: 65 objects in a file of 2 KB, 2^64 paths to walk for a
+    check that follows every reference (the stride-0 check once did, and never finished)."""
+    nested = [torch.zeros(2)]
+    for _ in range(64):
+        nested = [nested, nested]
+    torch.save({"network_weights": {}, "logging": nested}, tmp_path / "shared.pth")
+    assert os.path.getsize(tmp_path / "shared.pth") < 4096
+
+    def hung(*_):
+        raise TimeoutError("the read did not end in 30 s")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    try:
+        checkpoint = read_checkpoint(str(tmp_path / "shared.pth"))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(checkpoint["logging"]) == 2
+
+
+def test_a_crafted_case_properties_file_is_refused_by_the_pretraining_loader(tmp_path):
+    """A preprocessed folder someone gave you: each case's .pkl is unpickled when pre-training reads the case."""
+    import numpy as np
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+    from nnunet_mim.checkpointing import UntrustedCheckpointError
+    from nnunet_mim.pretraining.data import ImagesOnlyDataset
+    image = np.zeros((1, 8, 8, 8), dtype=np.float32)
+    properties = {"spacing": [1.0, 1.0, 1.0], "class_locations": {1: np.zeros((0, 4), dtype=np.int64)}}
+    nnUNetDatasetBlosc2.save_case(image, np.zeros((1, 8, 8, 8), dtype=np.int8), properties, str(tmp_path / "good"))
+    nnUNetDatasetBlosc2.save_case(image, np.zeros((1, 8, 8, 8), dtype=np.int8),
+                                  {**properties, "payload": WritesAMarker(tmp_path / "marker")}, str(tmp_path / "bad"))
+    dataset = ImagesOnlyDataset(str(tmp_path))
+    assert dataset.load_case("good")[3]["spacing"] == [1.0, 1.0, 1.0]
+    with pytest.raises(UntrustedCheckpointError, match=r"bad.pkl was not read: unpickling it would call .*open"):
+        dataset.load_case("bad")
+    assert not (tmp_path / "marker").exists()

@@ -257,6 +257,32 @@ def test_an_interrupted_collection_is_continued(nnunet_env, sources, collection)
     assert os.path.isfile(os.path.join(images, victim))
 
 
+def test_a_manifest_of_a_newer_format_is_refused_and_kept(nnunet_env, collection):
+    path = os.path.join(collection["folder"], "pretraining_collection.json")
+    original = manifest_of(collection["folder"])
+    assert original["format"] == 1
+    newer = dict(original, format=2, settings={**original["settings"], "a_later_setting": True})
+    with open(path, "w") as f:
+        json.dump(newer, f)
+    try:
+        result = nnunet_mim_in_process(["pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME, "-i",
+                                        "811"], nnunet_env, check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "is a manifest of format 2; this nnunet-mim reads format 1: upgrade nnunet-mim" in result.stderr
+        assert manifest_of(collection["folder"]) == newer
+    finally:
+        with open(path, "w") as f:
+            json.dump(original, f)
+
+
+def test_a_taken_dataset_id_is_refused_naming_the_dataset_plainly(nnunet_env, sources):
+    result = nnunet_mim_in_process(["pretrain-dataset", "create", "-d", "811", "-n", "Other", "-i",
+                                    sources["unlabeled"]], nnunet_env, check=False)
+    assert result.returncode == 1 and "dataset ID 811 is taken by ['Dataset811_ChestA']" in result.stderr, \
+        result.stderr  # not [np.str_('Dataset811_ChestA')]
+    assert not os.path.exists(os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset811_Other"))
+
+
 def test_rerun_without_an_earlier_input_is_refused(nnunet_env, collection):
     result = nnunet_mim_in_process(["pretrain-dataset", "create", "-d", str(COLLECTION_ID), "-n", NAME, "-i", "811"],
                  nnunet_env, check=False)

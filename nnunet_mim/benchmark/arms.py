@@ -82,8 +82,6 @@ def given_pretrained_weights(arm: str, path: str, arms: Sequence[str], budget: B
                              f"(those are {', '.join(budget.pretrain)})")
     if arm not in arms:
         raise BenchmarkError(f"--pretrained-weights {arm}=...: the arm {arm} is not run (add it to --arms)")
-    if not os.path.isfile(path):
-        raise BenchmarkError(f"--pretrained-weights {arm}={path}: no such file")
     try:
         checkpoint = load_checkpoint(path)
         record = pretraining_checkpoint_record(path, checkpoint)

@@ -35,7 +35,8 @@ from nnunet_mim.checkpointing import write_atomically
 from nnunet_mim.data.sources import SourceImage, UnusableImage, find_images, printable, read_header, read_volume
 from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans, round_patch_size
 from nnunet_mim.pretraining.data import COLLECTION_MANIFEST as MANIFEST
-from nnunet_mim.pretraining.data import ImagesOnlyDataset, fills_half_the_patch, load_collection_manifest
+from nnunet_mim.pretraining.data import (MANIFEST_FORMAT, ImagesOnlyDataset, fills_half_the_patch,
+                                         load_collection_manifest)
 from nnunet_mim.run_lock import exclusive_run
 
 CONFIGURATION = "3d_fullres"
@@ -300,6 +301,12 @@ def save_json(obj, path: str) -> None:
     write_atomically(path, write)
 
 
+def save_manifest(folder: str, settings: CollectionSettings, inputs: Sequence[str], summary: Optional[dict],
+                  entries: List[dict]) -> None:
+    save_json({"format": MANIFEST_FORMAT, "settings": asdict(settings), "inputs": list(inputs), "summary": summary,
+               "cases": entries}, os.path.join(folder, MANIFEST))
+
+
 def resumed_settings(folder: str, settings: CollectionSettings) -> CollectionSettings:
     """A rerun keeps the first run's plan; options that contradict it are an error."""
     stored = CollectionSettings(**load_collection_manifest(folder)["settings"])
@@ -355,8 +362,7 @@ def build(folder: str, inputs: Sequence[str], settings: CollectionSettings, num_
     save_json(plans, os.path.join(folder, "nnUNetPlans.json"))
 
     # the manifest exists before any work, so that a run killed now is continued, not refused
-    save_json({"settings": asdict(settings), "inputs": list(inputs), "summary": None, "cases": entries},
-              os.path.join(folder, MANIFEST))
+    save_manifest(folder, settings, inputs, None, entries)
     pending = [e for e in entries if e["status"] == "pending"]
     todo = [e for e in pending if not is_done(images_folder, e["case_id"])]
     already = {e["case_id"] for e in pending} - {e["case_id"] for e in todo}
@@ -375,8 +381,7 @@ def build(folder: str, inputs: Sequence[str], settings: CollectionSettings, num_
                "bytes_total": int(sum(e.get("bytes", 0) for e in done)),
                "seconds": round(time.time() - started, 1), "processes": num_processes,
                "sources": {s: sum(e["source"] == s for e in done) for s in sorted({e["source"] for e in entries})}}
-    save_json({"settings": asdict(settings), "inputs": list(inputs), "summary": summary, "cases": entries},
-              os.path.join(folder, MANIFEST))
+    save_manifest(folder, settings, inputs, summary, entries)
     dataset_json["numTraining"] = len(done)
     save_json(dataset_json, os.path.join(folder, "dataset.json"))
     summary["folder"] = folder

@@ -15,13 +15,12 @@ labels into a pre-training checkpoint, recorded as "supervised" pre-training: fi
 result, a run differs from one fine-tuned from the untouched checkpoint only in its encoder (the
 frozen-encoder probe's positive control, docs/benchmarks.md).
 """
-import os
 from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from nnunet_mim.checkpointing import UntrustedCheckpointError, read_checkpoint
+from nnunet_mim.checkpointing import UntrustedCheckpointError, read_checkpoint, shown, unreadable
 from nnunet_mim.pretraining_record import PretrainingRecord
 
 IN_PROJECTIONS = ("encoder.stem.0.weight", "encoder.stages.0.downsample.0.weight")
@@ -33,8 +32,9 @@ def load_checkpoint(filename: str, for_loading: bool = False) -> dict:
     ``for_loading``, the read that nnU-Net's -pretrained_weights load then takes instead of reading the file
     again (pretrained_loading.read_once)."""
     from nnunet_mim.pretrained_loading import read_once
-    if not os.path.isfile(filename):
-        raise RuntimeError(f"{filename}: no such file (give the path of a checkpoint_final.pth)")
+    problem = unreadable(filename)
+    if problem:
+        raise RuntimeError(f"{filename}: {problem} (give the path of a checkpoint_final.pth)")
     try:
         checkpoint = read_once(filename) if for_loading else read_checkpoint(filename)
     except UntrustedCheckpointError:
@@ -71,7 +71,8 @@ def pretraining_record_of(filename: str, checkpoint: dict) -> Optional[Pretraini
     not one of an nnunet-mim network at all (an nnssl checkpoint in particular)."""
     nnssl_plan = checkpoint.get("nnssl_adaptation_plan")
     if isinstance(nnssl_plan, dict):  # e.g. the OpenMind models: a ResEnc or Primus encoder, not ours
-        architecture = (nnssl_plan.get("architecture_plans") or {}).get("arch_class_name", "unknown architecture")
+        architecture = shown((nnssl_plan.get("architecture_plans") or {}).get("arch_class_name",
+                                                                               "unknown architecture"))
         raise RuntimeError(f"{filename} is an nnssl checkpoint ({architecture}), whose encoder is not this hybrid "
                            "network's. Fine-tune it with nnU-Net's own nnssl route (nnU-Net after 2.8.1: "
                            "nnUNetv2_preprocess_like_nnssl, then nnUNetv2_train_pretrained -tr PretrainedTrainer), "
@@ -80,7 +81,10 @@ def pretraining_record_of(filename: str, checkpoint: dict) -> Optional[Pretraini
         raise RuntimeError(f"{filename} is not an nnunet-mim pre-training checkpoint (written by "
                            "nnUNetTrainerMiMPretrain / nnUNetTrainerMAEPretrain); its network has no "
                            "pretraining_record")
-    return PretrainingRecord.from_tensor(checkpoint["network_weights"]["pretraining_record"])
+    try:
+        return PretrainingRecord.from_tensor(checkpoint["network_weights"]["pretraining_record"])
+    except ValueError as error:
+        raise RuntimeError(f"{filename}: {error}") from None
 
 
 def pretraining_checkpoint_record(filename: str, checkpoint: dict) -> PretrainingRecord:
@@ -91,7 +95,7 @@ def pretraining_checkpoint_record(filename: str, checkpoint: dict) -> Pretrainin
     if written_by_pretraining and record is not None:
         return record
     if "init_args" in checkpoint and not written_by_pretraining:
-        trainer = checkpoint.get("trainer_name", "an unknown trainer")
+        trainer = shown(checkpoint.get("trainer_name", "an unknown trainer"))
         origin = "from random weights" if record is None else f"from {record.method} pre-training"
         raise RuntimeError(f"{filename} is the checkpoint of a segmentation run ({trainer}, trained with labels "
                            f"{origin}), not of pre-training: give the checkpoint_final.pth of an "
@@ -174,7 +178,7 @@ def transplant_encoder(checkpoint: dict, source: dict) -> List[str]:
     plan and epochs of that run. The decoder and reconstruction head stay the checkpoint's. Returns
     the keys replaced."""
     weights, donor = checkpoint["network_weights"], source["network_weights"]
-    record = PretrainingRecord.from_tensor(weights["pretraining_record"]) if "pretraining_record" in weights else None
+    record = pretraining_record_of("the checkpoint to transplant into", checkpoint)
     if record is None:
         raise RuntimeError("the checkpoint to transplant into is not an nnunet-mim pre-training checkpoint")
     if "method" in source.get("nnunet_mim", {}) or "init_args" not in source:  # what pre-training writes

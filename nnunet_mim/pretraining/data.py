@@ -15,10 +15,13 @@ from typing import Optional, Sequence
 
 import blosc2
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import load_json, load_pickle
+from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetBaseDataset, nnUNetDatasetBlosc2
 
+from nnunet_mim.checkpointing import read_properties
+
 COLLECTION_MANIFEST = "pretraining_collection.json"
+MANIFEST_FORMAT = 1  # raised when the manifest's fields change meaning; older manifests have no "format" (1)
 
 
 class ImagesOnlyDataset(nnUNetDatasetBlosc2):
@@ -29,7 +32,7 @@ class ImagesOnlyDataset(nnUNetDatasetBlosc2):
 
     def load_case(self, identifier):
         data = self.open_image(identifier)
-        properties = load_pickle(os.path.join(self.source_folder, identifier + ".pkl"))
+        properties = read_properties(os.path.join(self.source_folder, identifier + ".pkl"))  # never runs its code
         no_labels = np.broadcast_to(np.zeros((), dtype=np.int8), (1, *data.shape[1:]))
         return data, no_labels, None, properties
 
@@ -59,7 +62,14 @@ def check_images_fit(dataset: nnUNetBaseDataset, patch_size: Sequence[int]) -> N
 def load_collection_manifest(preprocessed_dataset_folder: str) -> Optional[dict]:
     """The collection's manifest, or None for an ordinary nnU-Net dataset."""
     path = os.path.join(preprocessed_dataset_folder, COLLECTION_MANIFEST)
-    return load_json(path) if os.path.isfile(path) else None
+    if not os.path.isfile(path):
+        return None
+    manifest = load_json(path)
+    written = manifest.get("format", 1) if isinstance(manifest, dict) else None
+    if not isinstance(written, int) or written > MANIFEST_FORMAT or not isinstance(manifest.get("settings"), dict):
+        raise ValueError(f"{path} is a manifest of format {written!r}; this nnunet-mim reads format "
+                         f"{MANIFEST_FORMAT}: upgrade nnunet-mim, or build the collection again with this one")
+    return manifest
 
 
 def sampling_probabilities(identifiers: Sequence[str], manifest: Optional[dict]) -> Optional[np.ndarray]:
