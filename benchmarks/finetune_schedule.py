@@ -20,7 +20,7 @@ import argparse
 import os
 import sys
 
-from nnunet_mim.benchmark import BUDGETS, SCHEDULES, DownstreamBenchmark, write_outputs
+from nnunet_mim.benchmark import BUDGETS, SCHEDULES, BenchmarkSpec, DownstreamBenchmark, write_outputs
 
 
 def main() -> int:
@@ -37,8 +37,8 @@ def main() -> int:
     parser.add_argument("--note", default="")
     args = parser.parse_args()
 
-    bench = DownstreamBenchmark(args.dataset, "3d_fullres", args.folds, args.fractions, args.budget,
-                                args.work_folder, args.seed, ["MiM"], args.device)
+    bench = DownstreamBenchmark(BenchmarkSpec(args.dataset, "3d_fullres", args.folds, args.fractions, args.budget,
+                                              args.work_folder, args.seed, ["MiM"], args.device))
     checkpoint = bench.pretrain("MiM")
     base = BUDGETS[args.budget].finetune
     rows = []
@@ -47,11 +47,12 @@ def main() -> int:
             for schedule in dict.fromkeys(["default", *args.schedules]):
                 trainer = base + SCHEDULES[schedule]
                 # the benchmark's MiM arm folder: its runs with the same trainer are reused
-                folder = bench.train(bench.fraction_env(fraction, "MiM"), trainer, fold, checkpoint)
+                folder = bench.train(bench.folders.fraction_env(fraction, "MiM"), trainer, fold, checkpoint)
                 rows += bench.scores(folder, {"arm": schedule, "fraction": fraction, "fold": fold, "trainer": trainer})
-    title = (f"Fine-tuning schedules after MiM pre-training: {bench.dataset_name}, budget '{args.budget}', "
+    title = (f"Fine-tuning schedules after MiM pre-training: {bench.inputs.dataset_name}, budget '{args.budget}', "
              f"folds {args.folds}" + (f"; {args.note}" if args.note else ""))
-    print(write_outputs(rows, os.path.join(bench.work, "results"), title, reference="default", name="schedules"))
+    print(write_outputs(rows, os.path.join(bench.folders.work, "results"), title, reference="default",
+                        name="schedules"))
     return 0
 
 

@@ -21,7 +21,7 @@ import argparse
 import os
 import sys
 
-from nnunet_mim.benchmark import BUDGETS, DownstreamBenchmark, write_outputs
+from nnunet_mim.benchmark import BUDGETS, BenchmarkSpec, DownstreamBenchmark, write_outputs
 from nnunet_mim.checkpointing import save_checkpoint_file
 from nnunet_mim.finetuning.checkpoint import load_checkpoint, transplant_encoder
 
@@ -32,9 +32,9 @@ HOST = "MAE"  # the control's encoder goes into this arm's pre-training checkpoi
 
 def supervised_checkpoint(bench: DownstreamBenchmark, fold: int, host: str) -> str:
     """``host`` (the MAE pre-training checkpoint) with the encoder of the fold's scratch run on all labels."""
-    path = os.path.join(bench.work, "probe_control", f"supervised_encoder_fold_{fold}.pth")
+    path = os.path.join(bench.folders.work, "probe_control", f"supervised_encoder_fold_{fold}.pth")
     if not os.path.isfile(path):
-        labelled = bench.train(bench.fraction_env(1.0, "scratch"), bench.budget.scratch, fold)
+        labelled = bench.train(bench.folders.fraction_env(1.0, "scratch"), bench.budget.scratch, fold)
         checkpoint = load_checkpoint(host)
         transplant_encoder(checkpoint, load_checkpoint(os.path.join(labelled, "checkpoint_final.pth")))
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -62,8 +62,9 @@ def main() -> int:
         parser.error(f"--arms must include {HOST}: the control's encoder is put into {HOST}'s pre-training checkpoint")
     probed = ["scratch"] + [arm for arm in PRETRAINED_ARMS if arm in args.arms]  # scratch: the random encoder
 
-    bench = DownstreamBenchmark(args.dataset, "3d_fullres", args.folds, [args.fraction], args.budget,
-                                args.work_folder, args.seed, probed, args.device, schedule="frozen-encoder")
+    bench = DownstreamBenchmark(BenchmarkSpec(args.dataset, "3d_fullres", args.folds, [args.fraction], args.budget,
+                                              args.work_folder, args.seed, probed, args.device,
+                                              schedule="frozen-encoder"))
     checkpoints = {method: bench.pretrain(method) for method in bench.pretrained_methods}
     rows = []
     for fold in args.folds:
@@ -71,12 +72,12 @@ def main() -> int:
             pretrained = supervised_checkpoint(bench, fold, checkpoints[HOST]) if arm == CONTROL \
                 else checkpoints.get(arm)
             trainer = bench.trainer(HOST if arm == CONTROL else arm)
-            folder = bench.train(bench.fraction_env(args.fraction, arm), trainer, fold, pretrained)
+            folder = bench.train(bench.folders.fraction_env(args.fraction, arm), trainer, fold, pretrained)
             rows += bench.scores(folder, {"arm": arm, "fraction": args.fraction, "fold": fold, "trainer": trainer})
-    title = (f"Frozen-encoder probe with a supervised encoder as positive control: {bench.dataset_name}, budget "
+    title = (f"Frozen-encoder probe with a supervised encoder as positive control: {bench.inputs.dataset_name}, budget "
              f"'{args.budget}', {args.fraction:.0%} labels, folds {args.folds}, seed {args.seed}"
              + (f"; {args.note}" if args.note else ""))
-    print(write_outputs(rows, os.path.join(bench.work, "results"), title, name="probe_control"))
+    print(write_outputs(rows, os.path.join(bench.folders.work, "results"), title, name="probe_control"))
     return 0
 
 

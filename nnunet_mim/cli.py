@@ -110,26 +110,22 @@ def cmd_benchmark(args) -> int:
 
 
 def run_benchmark(args, given: dict) -> int:
-    from nnunet_mim.benchmark import (RESULTS_NAME, SCRATCH_DEFAULT, DownstreamBenchmark, mean_dice_against,
-                                      paragraphs, write_outputs)
+    from nnunet_mim.benchmark import (RESULTS_NAME, SCRATCH_DEFAULT, BenchmarkSpec, DownstreamBenchmark,
+                                      mean_dice_against, paragraphs, write_outputs)
     from nnunet_mim.learning_curves import end_of_training_table, write_curves
-    bench = DownstreamBenchmark(args.dataset, args.configuration, args.folds, args.fractions, args.budget,
-                                args.work_folder, args.seed, args.arms, args.device, args.pretrain_dataset,
-                                args.schedule, args.plans, args.pretrain_plans, args.report_only, args.init_seed,
-                                given)
+    spec = BenchmarkSpec(dataset=args.dataset, configuration=args.configuration, folds=args.folds,
+                         fractions=args.fractions, budget=args.budget, work_folder=args.work_folder, seed=args.seed,
+                         arms=args.arms, device=args.device, pretrain_dataset=args.pretrain_dataset,
+                         schedule=args.schedule, plans=args.plans, pretrain_plans=args.pretrain_plans,
+                         report_only=args.report_only, init_seeds=args.init_seed, pretrained_weights=given,
+                         note=args.note, results_folder=args.results_folder)
+    bench = DownstreamBenchmark(spec)
     rows, curves = bench.run()
-    pretraining = "" if bench.pretrain_dataset_name == bench.dataset_name or not bench.pretrained_methods else \
-        f", pre-trained on {bench.pretrain_dataset_name} ({bench.pretrain_plans})"
-    seeds = " ".join(map(str, args.init_seed))
-    init = "" if args.init_seed == [0] else f", init seed{'s' if len(args.init_seed) > 1 else ''} {seeds}"
-    title = (f"{bench.dataset_name}, {args.plans} {args.configuration}, budget '{args.budget}', "
-             f"schedule {args.schedule}, "
-             f"folds {args.folds}, seed {args.seed}{init}{pretraining}" + (f"; {args.note}" if args.note else ""))
-    results = args.results_folder or bench.work + "/results"
-    write_curves(curves, results, title, RESULTS_NAME)
-    notes = paragraphs(mean_dice_against(rows, SCRATCH_DEFAULT) if SCRATCH_DEFAULT in bench.arms else [],
+    results = spec.results_folder or bench.folders.work + "/results"
+    write_curves(curves, results, bench.title(), RESULTS_NAME)
+    notes = paragraphs(mean_dice_against(rows, SCRATCH_DEFAULT) if SCRATCH_DEFAULT in spec.arms else [],
                        bench.table_notes(), end_of_training_table(curves, RESULTS_NAME))
-    print(write_outputs(rows, results, title, notes=notes))
+    print(write_outputs(rows, results, bench.title(), notes=notes))
     return 0
 
 

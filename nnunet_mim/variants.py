@@ -15,12 +15,12 @@ the pipeline works, not what the method can do.
 import math
 from typing import Dict, List, Sequence
 
-import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch
 from nnunet_mim.methods import METHODS, trainer_class
 from nnunet_mim.pretraining.trainer import nnUNetTrainerMiMPretrain
+from nnunet_mim.run_length import RunLengthFromClassAttributes
 
 
 # what a trainer's method decides and a settings class shared by several methods must not override: MiM's levels
@@ -200,25 +200,9 @@ FINETUNING_CPU_BUDGETS += add_variants(list(FINETUNING_CPU_BUDGETS), FINETUNING_
 
 
 # ---- stock nnU-Net CNN at the same CPU budgets (the reference arm of the benchmark) ---------------
-class nnUNetTrainerStockCNN(nnUNetTrainer):
+class nnUNetTrainerStockCNN(RunLengthFromClassAttributes, nnUNetTrainer):
     """nnU-Net's own trainer, its length set by the class attributes the hybrid trainers use, so that
     a CPU fine-tuning budget applies to it unchanged. The defaults are nnU-Net's."""
-    epochs, iterations_per_epoch, val_iterations_per_epoch, checkpoint_every = 1000, 250, 50, 50
-    test_time_mirroring = True
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = self.epochs
-        self.num_iterations_per_epoch = self.iterations_per_epoch
-        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
-        self.save_every = self.checkpoint_every
-
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        if not self.test_time_mirroring:
-            self.inference_allowed_mirroring_axes = None  # as the budget's hybrid trainers
-        return out
 
 
 # the budgets' encoder preset and lr are the hybrid network's; nnU-Net's CNN keeps its own

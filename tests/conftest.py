@@ -1,5 +1,4 @@
 import os
-import subprocess
 
 # Two workers, each of whose nnU-Net runs takes both cores (nnUNetv2_train sets as many torch threads as
 # cores): OpenMP threads that wait sleep instead of spinning on a core the other worker needs. Set before
@@ -8,6 +7,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 
+from helpers import run
 from nnunet_mim.demo import nnunet_command
 from nnunet_mim.environment import ext_trainer_value
 
@@ -24,69 +24,6 @@ def pytest_collection_modifyitems(config, items):
         name = item.path.name
         return LONGEST_FILES_FIRST.index(name) if name in LONGEST_FILES_FIRST else len(LONGEST_FILES_FIRST)
     items.sort(key=rank)  # stable: the tests of a file keep their order
-
-
-def checked(result: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
-    """``result``, or an AssertionError with the end of its output where ``check`` and it failed."""
-    if check and result.returncode:
-        raise AssertionError(f"{result.args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def run(args, env, check=True):
-    return checked(subprocess.run(args, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace"),
-                   check)
-
-
-def run_in_process(entry, program, args, env):
-    """``program ARGS`` with environment ``env``, through ``entry``, the function its console script calls,
-    in this process: the same code path without the seconds a new interpreter spends importing torch and
-    nnU-Net. Returns what ``run`` returns: ``entry``'s return value or SystemExit code as the exit code, an
-    exception as a traceback on stderr and exit code 1, as the console script would end."""
-    import contextlib
-    import io
-    import sys
-    import traceback
-
-    import torch
-    saved_env, saved_argv, threads = dict(os.environ), sys.argv, torch.get_num_threads()
-    out, err = io.StringIO(), io.StringIO()
-    os.environ.clear()
-    os.environ.update(env)
-    sys.argv = [program, *args]  # the fine-tuning trainer reads -pretrained_weights there
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = entry() or 0
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else 1
-            except Exception:
-                traceback.print_exc()
-                code = 1
-    finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
-        sys.argv = saved_argv
-        torch.set_num_threads(threads)  # nnUNetv2_train takes every core
-    return subprocess.CompletedProcess([program, *args], code, out.getvalue(), err.getvalue())
-
-
-def python_in_process(script, env, check=True):
-    """``python -c SCRIPT`` in this process (see run_in_process), in a namespace of its own."""
-    return checked(run_in_process(lambda: exec(compile(script, "<test script>", "exec"), {"__name__": "__main__"}),
-                                  "python", [], env), check)
-
-
-def nnunet_train_in_process(args, env, check=True):
-    """``nnUNetv2_train ARGS`` in this process (see run_in_process)."""
-    from nnunetv2.run.run_training import run_training_entry
-    return checked(run_in_process(run_training_entry, "nnUNetv2_train", args, env), check)
-
-
-def nnunet_mim_in_process(args, env, check=True):
-    """``nnunet-mim ARGS`` in this process (see run_in_process)."""
-    from nnunet_mim.cli import main
-    return checked(run_in_process(main, "nnunet-mim", args, env), check)
 
 
 @pytest.fixture(scope="session")

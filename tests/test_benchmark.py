@@ -7,8 +7,15 @@ import sys
 
 import pytest
 
-from conftest import run
+from helpers import run
 from nnunet_mim.benchmark import ARMS, class_names, data_loading_note, label_fraction_splits, summarise
+from nnunet_mim.benchmark.notes import schedule_note
+
+
+def benchmark(*fields, **named):
+    """The benchmark of a spec made of ``fields`` (in BenchmarkSpec's order) and ``named``."""
+    from nnunet_mim.benchmark import BenchmarkSpec, DownstreamBenchmark
+    return DownstreamBenchmark(BenchmarkSpec(*fields, **named))
 
 
 @pytest.fixture
@@ -59,7 +66,6 @@ def said_before_the_runs(bench, monkeypatch, capsys) -> str:
 def test_the_benchmark_says_when_arms_will_not_see_the_same_data(benchmark_env, tmp_path, monkeypatch, capsys):
     """nnU-Net's background loaders are unseeded: only single-process loading gives every arm the same
     crops, so the benchmark says so before its runs (not before a report, which trains nothing)."""
-    from nnunet_mim.benchmark import DownstreamBenchmark
     assert data_loading_note({"nnUNet_n_proc_DA": "0"}) is None
     assert "nnUNet_n_proc_DA=0" in data_loading_note({"nnUNet_n_proc_DA": "4"})
     for n_proc, report_only, said in ((None, False, True), ("0", False, False), (None, True, False)):
@@ -67,7 +73,7 @@ def test_the_benchmark_says_when_arms_will_not_see_the_same_data(benchmark_env, 
             monkeypatch.delenv("nnUNet_n_proc_DA", raising=False)
         else:
             monkeypatch.setenv("nnUNet_n_proc_DA", n_proc)
-        bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
+        bench = benchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
                                     arms=["scratch"], device="cpu", report_only=report_only)
         assert ("NOTE: nnUNet_n_proc_DA is not 0" in said_before_the_runs(bench, monkeypatch, capsys)) == said
 
@@ -77,19 +83,19 @@ def test_a_shared_non_default_schedule_is_said_before_the_runs_and_under_the_tab
     """Decoder-first (or layer decay) fine-tunes scratch too: the match is exact, but the table then
     compares every arm at the pre-trained arms' schedule, so the benchmark says how to add scratch at
     its own schedule; nothing is said where no pre-trained arm shares it."""
-    from nnunet_mim.benchmark import DownstreamBenchmark
 
     def bench(schedule, arms):
-        return DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "cpu", str(tmp_path / "w"),
+        return benchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "cpu", str(tmp_path / "w"),
                                    arms=arms, device="cpu", schedule=schedule)
     for schedule, arms in (("default", ["scratch", "MiM"]), ("decoder-first", ["MiM"]),
                            ("decoder-first", ["scratch", "nnU-Net"])):
         unshared = bench(schedule, arms)
         unshared.log.close()
-        assert unshared.schedule_note() is None
+        assert schedule_note(unshared.spec, unshared.pretrained_methods) is None
     shared = bench("decoder-first", ["scratch", "MiM"])
-    assert "--schedule decoder-first fine-tunes scratch" in shared.schedule_note()
-    assert shared.schedule_note() in shared.table_notes()  # written under the results table
+    assert "--schedule decoder-first fine-tunes scratch" in schedule_note(shared.spec, shared.pretrained_methods)
+    # written under the results table
+    assert schedule_note(shared.spec, shared.pretrained_methods) in shared.table_notes()
     assert "NOTE: --schedule decoder-first" in said_before_the_runs(shared, monkeypatch, capsys)
 
 
@@ -103,15 +109,17 @@ def test_scratch_default_puts_scratch_at_its_own_schedule_beside_the_matched_one
     work = str(tmp_path / "w")
 
     def bench(schedule, arms):
-        made = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "cpu", work, arms=arms,
+        made = benchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "cpu", work, arms=arms,
                                    device="cpu", schedule=schedule)
         made.log.close()
         return made
     default, scheduled = bench("default", ["scratch"]), bench("decoder-first", ["scratch", "scratch-default", "MiM"])
     assert scheduled.trainer("scratch-default") == default.trainer("scratch") != scheduled.trainer("scratch")
     assert scheduled.trainer("scratch").endswith("_DecoderFirst")
-    assert scheduled.fraction_env(1.0, "scratch-default") == default.fraction_env(1.0, "scratch")  # runs shared
-    assert scheduled.schedule_note() is None  # the table holds scratch at both schedules
+    # runs shared
+    assert scheduled.folders.fraction_env(1.0, "scratch-default") == default.folders.fraction_env(1.0, "scratch")
+    # the table holds scratch at both schedules
+    assert schedule_note(scheduled.spec, scheduled.pretrained_methods) is None
     with pytest.raises(BenchmarkError, match="scratch-default is scratch at the default schedule"):
         bench("default", ["scratch", "scratch-default", "MiM"])
 
@@ -157,19 +165,18 @@ def test_pretraining_on_another_dataset(benchmark_env, tmp_path, monkeypatch):
     """--pretrain-dataset: refused with the missing plan named until that dataset is planned; then
     the pre-training runs on it."""
     import shutil
-    from nnunet_mim.benchmark import DownstreamBenchmark
     with pytest.raises(RuntimeError, match="Dataset995_Pre/nnUNetPlans.json not found"):
-        DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
+        benchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
                             pretrain_dataset="Dataset995_Pre")
     with pytest.raises(RuntimeError, match="Dataset991_E2E/nnUNetResEncUNetMPlans.json not found.*with -p"):
-        DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
+        benchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
                             plans="nnUNetResEncUNetMPlans")
     preprocessed = tmp_path / "pre"
     shutil.copytree(benchmark_env["nnUNet_preprocessed"], preprocessed, symlinks=True)
     (preprocessed / "Dataset995_Pre").mkdir()
     shutil.copy(preprocessed / "Dataset991_E2E" / "nnUNetPlans.json", preprocessed / "Dataset995_Pre")
     monkeypatch.setenv("nnUNet_preprocessed", str(preprocessed))
-    bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
+    bench = benchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
                                 arms=["MiM"], pretrain_dataset="Dataset995_Pre")
     calls = []
     monkeypatch.setattr(bench, "train", lambda env, trainer, fold, pretrained=None, dataset=None, plans=None:
@@ -178,8 +185,8 @@ def test_pretraining_on_another_dataset(benchmark_env, tmp_path, monkeypatch):
     assert calls == [("nnUNetTrainerMiMPretrain_T_CPUsmoke", "all", "Dataset995_Pre", "nnUNetPlans")]
     # in one work folder, fine-tuned runs of the two pre-trainings never share a results folder;
     # scratch runs, which do not depend on pre-training, are shared
-    own = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"))
-    results = {name: {arm: b.fraction_env(1.0, arm)["nnUNet_results"] for arm in ("scratch", "MiM")}
+    own = benchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"))
+    results = {name: {arm: b.folders.fraction_env(1.0, arm)["nnUNet_results"] for arm in ("scratch", "MiM")}
                for name, b in (("own", own), ("other", bench))}
     assert results["own"]["scratch"] == results["other"]["scratch"]
     assert results["own"]["MiM"] != results["other"]["MiM"]
@@ -202,13 +209,12 @@ def test_given_pretrained_weights_replace_that_arms_pretraining(benchmark_env, t
     own MAE pre-training, never reuse them), and the table notes name the file and what it holds."""
     import torch
     from dataclasses import asdict
-    from nnunet_mim.benchmark import DownstreamBenchmark
     from nnunet_mim.masking import LevelConfig
     weights = save_pretraining_checkpoint(tmp_path / "mae60.pth", "MAE", alignment_weight=0.0,
                                           levels=asdict(LevelConfig(num_levels=1, l1_mask_ratio=0.6)))
     settings = dict(dataset="Dataset991_E2E", configuration="3d_fullres", folds=[0], fractions=[1.0],
                     budget="smoke", work_folder=str(tmp_path / "w"), arms=["scratch", "MAE", "MiM"], device="cpu")
-    given = DownstreamBenchmark(**settings, pretrained_weights={"MAE": weights})
+    given = benchmark(**settings, pretrained_weights={"MAE": weights})
     assert given.pretrained_methods == ["MiM"]
     calls = []
     monkeypatch.setattr(given, "train", lambda env, trainer, fold, pretrained=None, dataset=None, plans=None:
@@ -222,12 +228,12 @@ def test_given_pretrained_weights_replace_that_arms_pretraining(benchmark_env, t
                      (given.trainer("MiM"), 0, mim_pretraining)]
     note = given.table_notes()[0]
     assert note.startswith(f"MAE: fine-tuned from {weights} (MAE pre-training") and "mask ratio 0.6" in note
-    own = DownstreamBenchmark(**settings)
+    own = benchmark(**settings)
     other_bytes = torch.load(weights, weights_only=False)
     other_bytes["nnunet_mim"]["note"] = "another file"
     torch.save(other_bytes, tmp_path / "other.pth")
-    other = DownstreamBenchmark(**settings, pretrained_weights={"MAE": str(tmp_path / "other.pth")})
-    folders = {arm: [b.fraction_env(1.0, arm)["nnUNet_results"] for b in (given, own, other)]
+    other = benchmark(**settings, pretrained_weights={"MAE": str(tmp_path / "other.pth")})
+    folders = {arm: [b.folders.fraction_env(1.0, arm)["nnUNet_results"] for b in (given, own, other)]
                for arm in ("scratch", "MAE", "MiM")}
     assert len(set(folders["MAE"])) == 3
     assert len(set(folders["scratch"])) == 1 and len(set(folders["MiM"])) == 1
@@ -235,7 +241,7 @@ def test_given_pretrained_weights_replace_that_arms_pretraining(benchmark_env, t
 
 def test_given_pretrained_weights_that_do_not_belong_to_the_arm_are_refused(benchmark_env, tmp_path):
     import torch
-    from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
+    from nnunet_mim.benchmark import BenchmarkError
     mae = save_pretraining_checkpoint(tmp_path / "mae.pth", "MAE", alignment_weight=0.0)
     mim = save_pretraining_checkpoint(tmp_path / "mim.pth", "MiM", alignment_weight=0.1)
     old_mim = save_pretraining_checkpoint(tmp_path / "old_mim.pth", "MiM")  # before the alignment weight was kept
@@ -258,12 +264,12 @@ def test_given_pretrained_weights_that_do_not_belong_to_the_arm_are_refused(benc
         arms = ["scratch", "MAE", "MiM"] + (["MiM-noalign"] if "MiM-noalign" in given and "not run" not in message
                                              else [])
         with pytest.raises(BenchmarkError, match=message):
-            DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"), arms=arms,
+            benchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"), arms=arms,
                                 pretrained_weights=given)
     from nnunet_mim.cli import main
     assert main(["benchmark", "991", "--arms", "MAE", "--pretrained-weights", f"MAE={mae}", f"MAE={mae}"]) == 2
     for arm in ("MiM", "MiM-noalign"):  # an older MiM checkpoint does not say whether it aligned
-        DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"), arms=[arm],
+        benchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"), arms=[arm],
                             pretrained_weights={arm: old_mim}).log.close()
 
 
@@ -275,13 +281,13 @@ def test_another_pretraining_length_never_reuses_the_other_ones_runs(benchmark_e
     their own results folders and pre-training runs, while scratch and the stock runs, which do not
     depend on pre-training, are shared."""
     from nnunet_mim import variants
-    from nnunet_mim.benchmark import BUDGETS, DownstreamBenchmark
-    long, other_length = (DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], budget,
+    from nnunet_mim.benchmark import BUDGETS
+    long, other_length = (benchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], budget,
                                               str(tmp_path / "w")) for budget in (base, other))
     for arm in ("nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"):
         assert long.trainer(arm) == other_length.trainer(arm)
-        same_folder = (long.fraction_env(1.0, arm)["nnUNet_results"]
-                       == other_length.fraction_env(1.0, arm)["nnUNet_results"])
+        same_folder = (long.folders.fraction_env(1.0, arm)["nnUNet_results"]
+                       == other_length.folders.fraction_env(1.0, arm)["nnUNet_results"])
         assert same_folder == (arm not in BUDGETS[base].pretrain), arm
     for method, trainer in BUDGETS[other].pretrain.items():
         assert trainer != BUDGETS[base].pretrain[method]
@@ -293,11 +299,11 @@ def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(benchmark_e
     differ only in their initial weights), the stock arm keeps nnU-Net's own; every schedule exists
     at the cpu, cpu-long, cpu-xlong, cpu-xxlong and gpu budgets, and a budget without one is refused by name."""
     from nnunet_mim import variants
-    from nnunet_mim.benchmark import BUDGETS, SCHEDULES, Budget, BenchmarkError, DownstreamBenchmark
+    from nnunet_mim.benchmark import BUDGETS, SCHEDULES, Budget, BenchmarkError
     from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMScratch
     for budget in ("cpu", "cpu-long", "cpu-xlong", "cpu-xxlong", "gpu"):
         for schedule in SCHEDULES:
-            bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], budget, str(tmp_path / "w"),
+            bench = benchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], budget, str(tmp_path / "w"),
                                         schedule=schedule)
             assert bench.trainer("MAE") == bench.trainer("MiM-noalign") == bench.trainer("MiM")
             assert bench.trainer("nnU-Net") == BUDGETS[budget].stock
@@ -315,7 +321,7 @@ def test_a_schedule_applies_to_scratch_and_the_pretrained_arms_alike(benchmark_e
     monkeypatch.setitem(BUDGETS, "plain", Budget("nnUNetTrainer", "MyScratchTrainer", "MyFinetuneTrainer",
                                                   BUDGETS["gpu"].pretrain))
     with pytest.raises(BenchmarkError, match="budget 'plain' has no 'decoder-first' schedule"):
-        DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "plain", str(tmp_path / "w"),
+        benchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "plain", str(tmp_path / "w"),
                             schedule="decoder-first")
 
 
@@ -323,20 +329,19 @@ def test_each_label_draw_has_its_own_folders(benchmark_env, tmp_path):
     """--seed N in a work folder that holds seed 0's runs gets its own label subsets and results,
     never seed 0's; a folder whose subsets no longer match the splits is refused, not reused."""
     import json
-    from nnunet_mim.benchmark import DownstreamBenchmark
     work = str(tmp_path / "w")
-    first, second = (DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", work, seed=seed)
+    first, second = (benchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", work, seed=seed)
                      for seed in (0, 1))
-    envs = [bench.fraction_env(0.5, "scratch") for bench in (first, second)]
+    envs = [bench.folders.fraction_env(0.5, "scratch") for bench in (first, second)]
     assert envs[0]["nnUNet_results"] != envs[1]["nnUNet_results"]
     split_files = [os.path.join(env["nnUNet_preprocessed"], "Dataset991_E2E", "splits_final.json") for env in envs]
     drawn = [json.load(open(path)) for path in split_files]
-    assert drawn == [label_fraction_splits(first.base_splits(), 0.5, seed) for seed in (0, 1)]
+    assert drawn == [label_fraction_splits(first.inputs.base_splits, 0.5, seed) for seed in (0, 1)]
     assert drawn[0] != drawn[1]
     with open(split_files[0], "w") as f:
         json.dump(drawn[1], f)
     with pytest.raises(RuntimeError, match="other label subsets"):
-        first.fraction_env(0.5, "scratch")
+        first.folders.fraction_env(0.5, "scratch")
 
 
 def test_each_init_seed_has_its_own_runs_and_one_pretraining(benchmark_env, tmp_path, monkeypatch):
@@ -346,10 +351,10 @@ def test_each_init_seed_has_its_own_runs_and_one_pretraining(benchmark_env, tmp_
     from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
     from nnunet_mim.seeding import SEED_VARIABLE
     work = str(tmp_path / "w")
-    first, other = (DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", work, init_seeds=[seed])
+    first, other = (benchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", work, init_seeds=[seed])
                     for seed in (0, 3))
     for arm in ("nnU-Net", "scratch", "MAE", "MiM", "MiM-noalign"):
-        envs = [bench.fraction_env(0.5, arm) for bench in (first, other)]
+        envs = [bench.folders.fraction_env(0.5, arm) for bench in (first, other)]
         assert [env[SEED_VARIABLE] for env in envs] == ["0", "3"]
         assert envs[0]["nnUNet_results"] != envs[1]["nnUNet_results"], arm
     pretrainings = []
@@ -360,7 +365,7 @@ def test_each_init_seed_has_its_own_runs_and_one_pretraining(benchmark_env, tmp_
     assert pretrainings[0] == pretrainings[1] and pretrainings[0][0] == "0"
     for bad in ([-1], [2, 2], []):
         with pytest.raises(BenchmarkError, match="--init-seed takes distinct seeds of 0 or more"):
-            DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", work, init_seeds=bad)
+            benchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", work, init_seeds=bad)
 
 
 def test_several_init_seeds_average_each_fold_before_the_paired_test(benchmark_env, tmp_path, monkeypatch, capsys):
@@ -410,8 +415,7 @@ def test_several_init_seeds_average_each_fold_before_the_paired_test(benchmark_e
 def test_report_only_trains_nothing(benchmark_env, tmp_path):
     """--report-only on a work folder without the runs fails, naming the missing run, and starts no
     nnU-Net training, not even the pre-training (finished runs are reported: test_decathlon_task)."""
-    from nnunet_mim.benchmark import DownstreamBenchmark
-    bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", str(tmp_path / "w"),
+    bench = benchmark("Dataset991_E2E", "3d_fullres", [0], [0.5], "smoke", str(tmp_path / "w"),
                                 arms=["MiM"], device="cpu", report_only=True)
     with pytest.raises(RuntimeError, match="--report-only trains nothing, and .*/MiM/.*fold_0 holds no finished run"):
         bench.run()
@@ -425,7 +429,7 @@ def test_bad_input_is_refused_by_name_before_any_run(benchmark_env, tmp_path, ca
     """Every mistake is told in one line naming it, without a traceback, before hours of runs; a
     misspelt pre-trained arm in particular, which would otherwise fine-tune from random weights
     under its name."""
-    from nnunet_mim.benchmark import BenchmarkError, DownstreamBenchmark
+    from nnunet_mim.benchmark import BenchmarkError
     from nnunet_mim.cli import main
     work = str(tmp_path / "w")
     mistakes = {"unknown arms \\['mim'\\]": dict(arms=["mim"]),
@@ -436,7 +440,7 @@ def test_bad_input_is_refused_by_name_before_any_run(benchmark_env, tmp_path, ca
         settings = dict(dataset="Dataset991_E2E", configuration="3d_fullres", folds=[0], fractions=[1.0],
                         budget="smoke", work_folder=work)
         with pytest.raises(BenchmarkError, match=message):
-            DownstreamBenchmark(**dict(settings, **mistake))
+            benchmark(**dict(settings, **mistake))
     with pytest.raises(SystemExit) as stop:  # the command line refuses the arm before building anything
         main(["benchmark", "991", "--arms", "scratch", "mim", "--work-folder", work])
     assert stop.value.code == 2 and "invalid choice: 'mim'" in capsys.readouterr().err
@@ -449,7 +453,7 @@ def test_a_failed_run_shows_the_end_of_its_output(benchmark_env, tmp_path, monke
     """When nnUNetv2_train fails, the error carries the last lines of its output (nnU-Net's
     exception) and names the log holding all of it."""
     import subprocess
-    from nnunet_mim.benchmark import LOG_TAIL_LINES, BenchmarkError, DownstreamBenchmark
+    from nnunet_mim.benchmark import LOG_TAIL_LINES, BenchmarkError
     output = [f"epoch {i}" for i in range(40)] + ["Traceback (most recent call last):", "RuntimeError: out of memory"]
 
     def failing_train(args, env, stdout, stderr):
@@ -457,7 +461,7 @@ def test_a_failed_run_shows_the_end_of_its_output(benchmark_env, tmp_path, monke
         stdout.flush()
         return subprocess.CompletedProcess(args, 1)
 
-    bench = DownstreamBenchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
+    bench = benchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
                                 arms=["scratch"], device="cpu")
     monkeypatch.setattr("nnunet_mim.benchmark.runs.subprocess.run", failing_train)
     with pytest.raises(BenchmarkError, match="(?s)nnUNetv2_train .* failed.*benchmark.log") as failure:
@@ -687,3 +691,19 @@ def test_compare_averages_an_arms_runs_at_other_init_seeds(tmp_path, capsys):
     assert sorted(table) == ["MAE", "scratch"] and table["MAE"]["init_seeds"] == "0 8"
     assert math.isclose(float(table["MAE"]["diff_vs_reference"]),
                         ((0.55 + 0.5) - (0.5 + 0.54) + (0.6 + 0.61) - (0.6 + 0.58) + (0.72 + 0.74) - (0.7 + 0.66)) / 6)
+
+
+def test_a_spec_names_every_bad_field_at_once():
+    """Checked when made, before any folder is read: every field that cannot be run, each named."""
+    from nnunet_mim.benchmark import BenchmarkError, BenchmarkSpec
+    with pytest.raises(BenchmarkError) as refused:
+        BenchmarkSpec("991", folds=[0, 0], fractions=[0.0], budget="huge", arms=["scratch", "mim"], seed=-1,
+                      schedule="fast", init_seeds=[], device="tpu")
+    told = str(refused.value).split("; ")
+    assert [problem.split(":")[0] for problem in told] == ["arms", "budget", "schedule", "folds", "fractions",
+                                                          "init_seeds", "seed", "device"]
+    assert "unknown arms ['mim']" in told[0] and "'huge' is not one of" in told[1]
+    with pytest.raises(BenchmarkError, match="arms: scratch-default is scratch at the default schedule"):
+        BenchmarkSpec("991", arms=["scratch", "scratch-default"])
+    spec = BenchmarkSpec("991", folds=[0, 1], arms=["MiM"])  # argparse's lists kept as tuples: the spec is frozen
+    assert spec.folds == (0, 1) and spec.arms == ("MiM",)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import nnunet_mim_in_process, nnunet_train_in_process, run
+from helpers import nnunet_mim_in_process, nnunet_train_in_process, run
 from nnunet_mim.data.phantom import ct_phantom
 from nnunet_mim.pretraining.data import sampling_probabilities
 
@@ -343,7 +343,7 @@ def test_finetuning_elsewhere_warns_about_other_normalisation(nnunet_env, collec
 LOADER_SCRIPT = """
 import json, sys, torch
 from nnunetv2.run.run_training import get_trainer_from_args
-from nnunet_mim.pretraining.trainer import SPATIAL_TRANSFORMS
+from nnunet_mim.pretraining.loading import SPATIAL_TRANSFORMS
 out = {}
 for augmentation in ("none", "intensity", "spatial+intensity"):
     trainer = get_trainer_from_args("801", "3d_fullres", "all", "nnUNetTrainerMiMPretrain_T_CPUsmoke",

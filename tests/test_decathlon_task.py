@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import nnunet_mim_in_process, run
+from helpers import nnunet_mim_in_process, run
 from nnunet_mim.demo import nnunet_command
 
 LABELS = {"0": "background", "1": "Anterior", "2": "Posterior"}

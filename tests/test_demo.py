@@ -5,7 +5,7 @@ import json
 import os
 import re
 
-from conftest import nnunet_mim_in_process
+from helpers import nnunet_mim_in_process
 
 
 def test_the_demo_runs_the_whole_job_and_reports_dice(tmp_path):

@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from conftest import run
+from helpers import run
 from nnunet_mim.checkpointing import read_checkpoint
 from nnunet_mim.preemption import MARKER, PREEMPTED_EXIT_CODE
 

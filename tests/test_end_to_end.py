@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import nnunet_mim_in_process, nnunet_train_in_process, python_in_process, run
+from helpers import nnunet_mim_in_process, nnunet_train_in_process, python_in_process, run
 from test_checkpoint import WritesAMarker
 from nnunet_mim.demo import nnunet_command
 from nnunet_mim.environment import trainers_path
@@ -325,17 +325,10 @@ def test_wrong_trainer_path_is_explained(nnunet_env):
 
 
 FINETUNING_AUTOCAST_SCRIPT = """
-import json, os, torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
-from nnunetv2.paths import nnUNet_preprocessed
+import json, torch
+from helpers import trainer_on_test_dataset
 from nnunet_mim.variants import nnUNetTrainerMiMScratch_T_CPUsmoke
-folder = os.path.join(nnUNet_preprocessed, "Dataset991_E2E")
-plans = dict(load_json(os.path.join(folder, "nnUNetPlans.json")), continue_training=False)
-t = nnUNetTrainerMiMScratch_T_CPUsmoke(plans, "3d_fullres", "all", load_json(os.path.join(folder, "dataset.json")),
-                                       torch.device("cpu"))
-t.initialize()
-t.dataloader_train, t.dataloader_val = t.get_dataloaders()
-t.on_train_epoch_start()
+t = trainer_on_test_dataset(nnUNetTrainerMiMScratch_T_CPUsmoke, started=True)
 computed_in = set()
 t.network.decoder.seg_layers[-1].register_forward_hook(lambda m, i, o: computed_in.add(str(o.dtype)))
 # nnU-Net's own train_step, as it runs on CUDA: the forward and the loss inside an autocast context
@@ -439,13 +432,10 @@ def test_poisoned_weights_are_refused_by_name_before_training(nnunet_env, pretra
 
 
 DIVERGED = """
-import os, numpy as np, torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
-from nnunetv2.paths import nnUNet_preprocessed
-from nnunet_mim.variants import nnUNetTrainerMiMScratch_T_CPUsmoke as Trainer
-folder = os.path.join(nnUNet_preprocessed, "Dataset991_E2E")
-t = Trainer(dict(load_json(os.path.join(folder, "nnUNetPlans.json")), continue_training=False), "3d_fullres", "all",
-            load_json(os.path.join(folder, "dataset.json")), torch.device("cpu"))
+import numpy as np
+from helpers import trainer_on_test_dataset
+from nnunet_mim.variants import nnUNetTrainerMiMScratch_T_CPUsmoke
+t = trainer_on_test_dataset(nnUNetTrainerMiMScratch_T_CPUsmoke)
 t.initialize()
 t.on_train_epoch_end([{"loss": np.array(float("nan"))}] * 3)
 """

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import python_in_process, run
+from helpers import python_in_process, run
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "linear_probe.py")
 

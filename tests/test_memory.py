@@ -7,7 +7,7 @@ import pytest
 import torch
 from dynamic_network_architectures.building_blocks.patch_encode_decode import LayerNormNd
 
-from conftest import nnunet_mim_in_process, python_in_process
+from helpers import nnunet_mim_in_process, python_in_process
 from nnunet_mim.architecture import preset_kwargs
 from nnunet_mim.architecture.blocks import ChannelLayerNorm
 from nnunet_mim.masking import LevelConfig, build_levels
@@ -127,15 +127,12 @@ def test_checkpointed_conv_blocks_give_the_plain_steps_gradients():
 # the E2E dataset's plan batch of 2 at preset T: a GPU size where only micro-batch 1 fits, one where only a
 # checkpointed micro-batch 1 fits, one where nothing does
 TRAINER_SCRIPT = """
-import json, os, torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
-from nnunetv2.paths import nnUNet_preprocessed
+import json
+from helpers import trainer_on_test_dataset
 from nnunet_mim.pretraining.memory import GIB, RESERVE_BYTES, USABLE_FRACTION, predict_step
-from nnunet_mim.variants import nnUNetTrainerMiMPretrain_T_CPUsmoke as Trainer
+from nnunet_mim.variants import nnUNetTrainerMiMPretrain_T_CPUsmoke
 
-folder = os.path.join(nnUNet_preprocessed, "Dataset991_E2E")
-plans = dict(load_json(os.path.join(folder, "nnUNetPlans.json")), continue_training=False)
-t = Trainer(plans, "3d_fullres", "all", load_json(os.path.join(folder, "dataset.json")), torch.device("cpu"))
+t = trainer_on_test_dataset(nnUNetTrainerMiMPretrain_T_CPUsmoke)
 kwargs, patch = t.configuration_manager.network_arch_init_kwargs, t.configuration_manager.patch_size
 need = lambda batch, checkpointing: predict_step(kwargs, t.levels, patch, batch, 1, None, checkpointing).total
 gib = lambda total: (total / USABLE_FRACTION + RESERVE_BYTES) / GIB
@@ -148,15 +145,9 @@ print(json.dumps({"plan_batch": t.configuration_manager.batch_size, "recipe": t.
 
 STARTED = """
 import json, os, torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
-from nnunetv2.paths import nnUNet_preprocessed
-from nnunet_mim.variants import nnUNetTrainerMiMPretrain_T_CPUsmoke as Trainer
-folder = os.path.join(nnUNet_preprocessed, "Dataset991_E2E")
-t = Trainer(dict(load_json(os.path.join(folder, "nnUNetPlans.json")), continue_training=False), "3d_fullres", "all",
-            load_json(os.path.join(folder, "dataset.json")), torch.device("cpu"))
-t.initialize()
-t.dataloader_train, t.dataloader_val = t.get_dataloaders()
-t.on_train_epoch_start()
+from helpers import trainer_on_test_dataset
+from nnunet_mim.variants import nnUNetTrainerMiMPretrain_T_CPUsmoke
+t = trainer_on_test_dataset(nnUNetTrainerMiMPretrain_T_CPUsmoke, started=True)
 step = t.train_step(next(t.dataloader_train))
 print(json.dumps({"batch": t.batch_size, "recipe": t.recipe.describe(), "iterations": t.num_iterations_per_epoch,
                   "lr": t.recipe.lr, "loss": float(step["loss"]), "data": list(next(t.dataloader_train)["data"].shape),

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import python_in_process
+from helpers import python_in_process
 from nnunet_mim.architecture import preset_kwargs
 from nnunet_mim.architecture.encoder import HybridEncoder
 from nnunet_mim.masking import LevelConfig, build_levels
@@ -71,22 +71,13 @@ def test_the_collapse_monitors_are_the_spreads_of_the_heads_inputs_and_targets()
 
 # the default trainers on the end-to-end dataset, at their first micro-step
 TRAINER = """
-import json, os, torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
-from nnunetv2.paths import nnUNet_preprocessed
+import json, torch
+from helpers import trainer_on_test_dataset
 from nnunet_mim import variants
-
-FOLDER = os.path.join(nnUNet_preprocessed, "Dataset991_E2E")
 
 def started(name, **settings):
     base = getattr(variants, name)
-    trainer_class = type(name + "_Test", (base,), dict(settings, __module__=__name__))
-    t = trainer_class(dict(load_json(os.path.join(FOLDER, "nnUNetPlans.json")), continue_training=False),
-                      "3d_fullres", "all", load_json(os.path.join(FOLDER, "dataset.json")), torch.device("cpu"))
-    t.initialize()
-    t.dataloader_train, t.dataloader_val = t.get_dataloaders()
-    t.on_train_epoch_start()
-    return t
+    return trainer_on_test_dataset(type(name + "_Test", (base,), dict(settings, __module__=__name__)), started=True)
 """
 
 SETTINGS_SCRIPT = TRAINER + """

@@ -4,7 +4,7 @@ start-up still leaves a marker."""
 import json
 import os
 
-from conftest import nnunet_mim_in_process
+from helpers import nnunet_mim_in_process
 from nnunet_mim.preemption import MARKER, PREEMPTED_EXIT_CODE, continue_args
 
 SIGNALLING_TRAINERS = """

@@ -5,26 +5,21 @@ import json
 
 import pytest
 
-from conftest import python_in_process
+from helpers import python_in_process
 from nnunet_mim.pretraining.recipe import PretrainingRecipe
 
 # a trainer with two micro-steps per optimizer step on the end-to-end dataset (plan batch 2), built
 # the way nnUNetv2_train builds it
 ACCUMULATING_TRAINER = """
-import json, os, shutil, torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
-from nnunetv2.paths import nnUNet_preprocessed
+import json, shutil, torch
+from helpers import trainer_on_test_dataset
 from nnunet_mim.variants import nnUNetTrainerMAEPretrain_T_CPUsmoke
 
 class nnUNetTrainerMAEPretrain_Accumulating(nnUNetTrainerMAEPretrain_T_CPUsmoke):
     effective_batch, iterations_per_epoch = 4, 4  # two optimizer steps of two micro-steps per epoch
 
-FOLDER = os.path.join(nnUNet_preprocessed, "Dataset991_E2E")
-
 def trainer(epochs):
-    plans = dict(load_json(os.path.join(FOLDER, "nnUNetPlans.json")), continue_training=False)
-    t = nnUNetTrainerMAEPretrain_Accumulating(plans, "3d_fullres", "all",
-                                              load_json(os.path.join(FOLDER, "dataset.json")), torch.device("cpu"))
+    t = trainer_on_test_dataset(nnUNetTrainerMAEPretrain_Accumulating)
     t.num_epochs = epochs
     return t
 """
@@ -93,13 +88,10 @@ def test_default_trainer_lr_is_the_measured_one_not_the_papers_at_batch_2():
 
 
 PAPER_LENGTH = """
-import json, os, torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
-from nnunetv2.paths import nnUNet_preprocessed
-from nnunet_mim.variants import nnUNetTrainerMiMPretrain_PaperRecipe as Trainer
-folder = os.path.join(nnUNet_preprocessed, "Dataset991_E2E")
-t = Trainer(dict(load_json(os.path.join(folder, "nnUNetPlans.json")), continue_training=False), "3d_fullres", "all",
-            load_json(os.path.join(folder, "dataset.json")), torch.device("cpu"))
+import json
+from helpers import trainer_on_test_dataset
+from nnunet_mim.variants import nnUNetTrainerMiMPretrain_PaperRecipe
+t = trainer_on_test_dataset(nnUNetTrainerMiMPretrain_PaperRecipe)
 cases = len(t.do_split()[0])
 t.initialize()
 print(json.dumps({"cases": cases, "epochs": t.num_epochs, "warmup": t.run_warmup_epochs,

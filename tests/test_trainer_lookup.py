@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import nnunet_mim.variants as variants
-from conftest import nnunet_mim_in_process, python_in_process
+from helpers import nnunet_mim_in_process, python_in_process
 from nnunet_mim.environment import cpu_budget_trainers_path, trainers_path
 
 # one process for every lookup (nnU-Net reads nnUNet_extTrainer when it looks): a list of (folders, names),
@@ -74,8 +74,9 @@ def test_every_finetuning_variant_has_a_matched_scratch_twin():
     """Scratch is the baseline of every fine-tuning variant (budget, preset, schedule): each
     ``nnUNetTrainerMiMFinetune_X`` has an ``nnUNetTrainerMiMScratch_X`` with the same settings."""
     from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch
-    settings = [k for k, v in vars(nnUNetTrainerMiMFinetune).items() if not k.startswith("_") and not callable(v)
-                and not isinstance(v, property)]
+    from nnunet_mim.run_length import RunLengthFromClassAttributes
+    settings = [k for owner in (nnUNetTrainerMiMFinetune, RunLengthFromClassAttributes) for k, v in vars(owner).items()
+                if not k.startswith("_") and not callable(v) and not isinstance(v, property)]
     assert {"epochs", "encoder_preset", "peak_lr", "layer_decay", "encoder_frozen_fraction"} <= set(settings)
     pairs = {n: getattr(variants, n.replace("Finetune", "Scratch"), None)
              for n in dir(variants) if n.startswith("nnUNetTrainerMiMFinetune_")}

@@ -28,16 +28,20 @@ share a trainer name): the user's folders are only read.
 Scores are nnU-Net's own final validation (fold_k/validation/summary.json).
 """
 # The steps of a benchmark, one module each, in the order they run:
-#   plan   the dataset's plans and data, its folds and labelled cases, its class names
-#   arms   the trainers of each arm and budget; pre-trained weights given to an arm
-#   runs   pre-training, then every arm, fraction, fold and seed through nnU-Net's commands
-#   table  Dice over folds, the paired test, several benchmarks put together
+#   spec     the user's request, checked field by field, and what it resolves to in nnU-Net's folders
+#   plan     the dataset's plans and data, its folds and labelled cases, its class names
+#   arms     the trainers of each arm and budget; pre-trained weights given to an arm
+#   folders  where each run lives in the work folder, and the environment of its command
+#   notes    what the table must be read with
+#   runs     pre-training, then every arm, fraction, fold and seed through nnU-Net's commands
+#   table    Dice over folds, the paired test, several benchmarks put together
 from nnunet_mim.benchmark.arms import (ARM_CHOICES, ARMS, BUDGETS, SCHEDULES, SCRATCH_DEFAULT, Budget,  # noqa: F401
-                                       GivenWeights, given_pretrained_weights)
+                                       GivenWeights, arm_trainer, given_pretrained_weights)
 from nnunet_mim.benchmark.plan import (BenchmarkError, class_names, cross_validation_splits,  # noqa: F401
                                        data_loading_note, label_fraction_splits, plans_file,
                                        preprocessed_data_folder)
 from nnunet_mim.benchmark.runs import LOG_TAIL_LINES, DownstreamBenchmark  # noqa: F401
+from nnunet_mim.benchmark.spec import BenchmarkInputs, BenchmarkSpec, resolve  # noqa: F401
 from nnunet_mim.benchmark.table import (RESULTS_NAME, arms_in, differing_arms, mean_dice_against,  # noqa: F401
                                         merge_benchmarks, paragraphs, read_runs, summarise, titled_init_seed,
                                         write_outputs)

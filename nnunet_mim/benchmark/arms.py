@@ -64,6 +64,17 @@ SCHEDULES = {"default": "", "layer-decay": "_LayerDecay", "decoder-first": "_Dec
              "frozen-encoder": "_FrozenEncoder"}
 
 
+def arm_trainer(budget: Budget, schedule: str, arm: str) -> str:
+    """The trainer an arm runs at a budget. The schedule applies to scratch and the pre-trained arms alike, so
+    they still differ only in their initial weights; the stock reference keeps nnU-Net's own, and
+    scratch-default the default."""
+    if arm == "nnU-Net":
+        return budget.stock
+    if arm == SCRATCH_DEFAULT:
+        return budget.scratch
+    return (budget.scratch if arm == "scratch" else budget.finetune) + SCHEDULES[schedule]
+
+
 @dataclass(frozen=True)
 class GivenWeights:
     """A pre-training checkpoint given to a pre-trained arm instead of the benchmark's own pre-training."""

@@ -26,6 +26,7 @@ from nnunet_mim.finetuning.checkpoint import inspect_pretrained_checkpoint, norm
 from nnunet_mim.finetuning.load_report import LoadReport, pretrained_weights_from_argv, snapshot
 from nnunet_mim.plans import adapt_plans
 from nnunet_mim.finetuning.param_groups import finetuning_param_groups
+from nnunet_mim.run_length import RunLengthFromClassAttributes
 from nnunet_mim.schedule import WarmupCosineLR
 from nnunet_mim.seeding import run_seed, seed_generators
 from nnunet_mim import pretrained_loading
@@ -33,14 +34,9 @@ from nnunet_mim import pretrained_loading
 pretrained_loading.install()  # -pretrained_weights read once, without running code (pretrained_loading.py)
 
 
-class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
+class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, RunLengthFromClassAttributes, nnUNetTrainer):
     encoder_preset = "B"
     min_encoder_loaded_fraction = 0.95
-    epochs = 1000
-    iterations_per_epoch = 250
-    val_iterations_per_epoch = 50
-    checkpoint_every = 50          # epochs between checkpoint_latest.pth writes (nnU-Net's default)
-    test_time_mirroring = True
     peak_lr = 3e-4                 # AdamW lr after the warm-up
     layer_decay = 1.0              # lr x layer_decay^(layers above); 1 = off (finetuning/param_groups.py)
     encoder_frozen_fraction = 0.0  # share of the epochs the pre-trained encoder waits for the decoder
@@ -49,10 +45,6 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         plans = adapt_plans(plans, configuration, self.encoder_preset)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = self.epochs
-        self.num_iterations_per_epoch = self.iterations_per_epoch
-        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
-        self.save_every = self.checkpoint_every
         self.initial_lr = self.peak_lr
         self.weight_decay = 0.05
         self.warmup_fraction = 0.1
@@ -70,13 +62,6 @@ class nnUNetTrainerMiMFinetune(AtomicCheckpointMixin, nnUNetTrainer):
         optimizer = torch.optim.AdamW(groups, lr=self.initial_lr, betas=(0.9, 0.999))
         warmup = max(1, round(self.warmup_fraction * self.num_epochs))
         return optimizer, WarmupCosineLR(optimizer, self.initial_lr, warmup, self.num_epochs)
-
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        rotation, dummy_2d, initial_patch_size, mirror_axes = \
-            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        if not self.test_time_mirroring:  # 8x cheaper validation and prediction (CPU variants)
-            self.inference_allowed_mirroring_axes = None
-        return rotation, dummy_2d, initial_patch_size, mirror_axes
 
     @property
     def segmentation_network(self):

@@ -27,6 +27,14 @@ COLLAPSE_THRESHOLDS = {
 }
 
 
+def loss_term_names(num_levels: int, alignment: bool) -> List[str]:
+    """The terms ``mim_objective`` returns besides ``loss``, in its order: what a trainer logs and plots."""
+    names = [f"rec_l{i + 1}" for i in range(num_levels)]
+    if alignment:
+        names += [f"align_l{i}_l{i + 1}" for i in range(1, num_levels)] + list(COLLAPSE_THRESHOLDS)
+    return names
+
+
 def parent_features(features: torch.Tensor, child: Level) -> torch.Tensor:
     """Mean of the parent's token features over the tokens that cover each child: (N_child, d)."""
     parents = features[child.parent_index]                          # (N_child, T, d)

@@ -9,7 +9,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from nnunet_mim.losses import token_statistics, unpatchify  # noqa: E402
-from nnunet_mim.masking import Level  # noqa: E402
+from nnunet_mim.masking import Level, LevelConfig, build_levels  # noqa: E402
+
+
+def save_reconstruction_preview(pretrain_network, crops: torch.Tensor, config: LevelConfig, seed: int, filename: str,
+                                title: str) -> None:
+    """``save_preview`` of the network's reconstruction of ``crops`` under masks drawn from ``seed`` (the same
+    masks at every epoch), in eval mode and without gradients."""
+    training = pretrain_network.training
+    pretrain_network.eval()
+    with torch.no_grad():
+        levels = build_levels(crops, config, torch.Generator().manual_seed(seed))
+        predictions = [pretrain_network(level.volumes, level.hidden)[0] for level in levels]
+    pretrain_network.train(training)
+    save_preview(levels, predictions, config.token_size, filename, title)
 
 
 def reconstruct(prediction: torch.Tensor, volumes: torch.Tensor, hidden: torch.Tensor, token_size: int) -> torch.Tensor:

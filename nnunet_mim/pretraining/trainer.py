@@ -1,9 +1,13 @@
 """``nnUNetTrainerMiMPretrain`` and ``nnUNetTrainerMAEPretrain``: self-supervised pre-training
-inside ``nnUNetv2_train``. Labels are never read for the loss.
+inside ``nnUNetv2_train``. Labels are never read for the loss. This file holds nnU-Net's hooks; what they
+call lives beside it: the loaders (loading.py), the step over micro-steps (stepping.py), the checkpoint's
+extra state (checkpoint.py), the objective (objective.py), the curves and collapse check (health.py), the
+reconstruction picture (preview.py).
 
 What changes against ``nnUNetTrainer`` (one hook each):
   __init__               plan adapted to the pre-training network; the recipe (recipe.py): gradient
                          accumulation to ``effective_batch``, lr scaled on it
+  _set_batch_size_and_oversample  the micro-batch that fits the device (stepping.py)
   configure_optimizers   AdamW (0.9, 0.95), no decay on norms/biases, warm-up + cosine in optimizer
                          steps
   initialize             images only: the label files are never opened (a collection has none);
@@ -21,61 +25,44 @@ What changes against ``nnUNetTrainer`` (one hook each):
                          collapse (``feature_std``, ``target_std``) or discarded steps said in the log
   perform_actual_validation  a reconstruction picture instead of segmentation metrics
 """
-import itertools
 import math
 import os
-from dataclasses import asdict
 from time import time
 from typing import List, Optional
 
-import matplotlib
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+from torch import distributed as dist
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter  # noqa: E402
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter  # noqa: E402
-from batchgenerators.utilities.file_and_folder_operations import join  # noqa: E402
-from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform  # noqa: E402
-from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform  # noqa: E402
-from batchgeneratorsv2.transforms.utils.pseudo2d import Convert2DTo3DTransform, Convert3DTo2DTransform  # noqa: E402
-from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size  # noqa: E402
-from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader  # noqa: E402
-from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2  # noqa: E402
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
-from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA  # noqa: E402
-from nnunetv2.utilities.helpers import dummy_context  # noqa: E402
-from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels  # noqa: E402
-from torch import autocast  # noqa: E402
-from torch import distributed as dist  # noqa: E402
-
-from nnunet_mim.architecture.network import unwrap_network  # noqa: E402
-from nnunet_mim.checkpointing import AtomicCheckpointMixin  # noqa: E402
-from nnunet_mim.masking import LevelConfig, build_levels  # noqa: E402
-from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans  # noqa: E402
-from nnunet_mim.pretraining.memory import (DoesNotFit, choose_micro_batch, device_memory,  # noqa: E402
-                                           requested_micro_batch)
-from nnunet_mim.pretraining.data import (ImagesOnlyDataset, check_images_fit, load_collection_manifest,  # noqa: E402
+from nnunet_mim import pretrained_loading
+from nnunet_mim.architecture.network import unwrap_network
+from nnunet_mim.masking import LevelConfig, build_levels
+from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans
+from nnunet_mim.precision import autocast_dtype, describe
+from nnunet_mim.pretraining.checkpoint import PretrainingCheckpointMixin
+from nnunet_mim.pretraining.data import (ImagesOnlyDataset, check_images_fit, load_collection_manifest,
                                          sampling_probabilities)
-from nnunet_mim.pretraining.objective import COLLAPSE_THRESHOLDS, mim_objective  # noqa: E402
-from nnunet_mim.pretraining.preview import save_preview  # noqa: E402
-from nnunet_mim.pretraining.recipe import PretrainingRecipe  # noqa: E402
-from nnunet_mim.precision import autocast_dtype, describe  # noqa: E402
-from nnunet_mim.pretraining_record import PretrainingRecord  # noqa: E402
-from nnunet_mim.schedule import WarmupCosineLR, adamw_param_groups  # noqa: E402
-from nnunet_mim.seeding import run_seed, seed_generators  # noqa: E402
-from nnunet_mim import pretrained_loading  # noqa: E402
+from nnunet_mim.pretraining.health import collapse_warnings, plot_progress
+from nnunet_mim.pretraining.loading import (VALIDATION_SEED, crop_augmentation, fixed_validation_batches,
+                                            training_loader)
+from nnunet_mim.pretraining.objective import COLLAPSE_THRESHOLDS, loss_term_names, mim_objective
+from nnunet_mim.pretraining.preview import save_reconstruction_preview
+from nnunet_mim.pretraining.recipe import PretrainingRecipe
+from nnunet_mim.pretraining.stepping import AccumulatedStepMixin
+from nnunet_mim.run_length import RunLengthFromClassAttributes
+from nnunet_mim.schedule import WarmupCosineLR, adamw_param_groups
+from nnunet_mim.seeding import run_seed, seed_generators
 
 pretrained_loading.install()  # -pretrained_weights read without running code (pretrained_loading.py)
 
-VALIDATION_SEED = 12345
-COLLAPSE_EPOCHS = 3  # consecutive epochs of a collapse monitor under its threshold that make the log warn
-AUGMENTATIONS = ("none", "intensity", "spatial+intensity")
-SPATIAL_TRANSFORMS = (SpatialTransform, MirrorTransform, Convert3DTo2DTransform, Convert2DTo3DTransform)
 
-
-class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
+class nnUNetTrainerMiMPretrain(AccumulatedStepMixin, PretrainingCheckpointMixin, RunLengthFromClassAttributes,
+                               nnUNetTrainer):
     method = "MiM"
     encoder_preset = "B"
     levels = LevelConfig()
@@ -91,7 +78,6 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     alignment_target_momentum = (0.99, 0.99)
     epochs = 800
     warmup_epochs = 40
-    iterations_per_epoch = 250
     val_iterations_per_epoch = 10
     checkpoint_every = 10
     # checkpoint_epoch_NNNN.pth kept at these shares of the run (0: the initialised network), besides
@@ -117,18 +103,16 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         plans["configurations"][configuration]["architecture"]["arch_kwargs"].update(self.alignment_kwargs())
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.recipe = PretrainingRecipe(self.configuration_manager.batch_size, self.effective_batch, self.base_lr)
-        self.num_epochs, self.warmup_epochs_of_run = self.epochs, self.warmup_epochs  # run_length() decides
+        self.warmup_epochs_of_run = self.warmup_epochs  # run_length() decides, with num_epochs
         # an epoch is whole optimizer steps, so that checkpoints fall on accumulation boundaries
         self.optimizer_steps_per_epoch = max(1, round(self.iterations_per_epoch / self.recipe.accumulation_steps))
         self.num_iterations_per_epoch = self.recipe.micro_steps(self.optimizer_steps_per_epoch)
         self.micro_step = 0  # within the epoch
-        self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
         self.weight_decay = 0.05
         # crops centred on the body (collections) or labelled foreground (nnU-Net datasets) for
         # this fraction of each batch; 0 = uniform positions, labels play no part at all
         self.oversample_foreground_percent = self.foreground_crop_fraction
         self.enable_deep_supervision = False
-        self.save_every = self.checkpoint_every
         # seeded: the same command gives the same run (with nnUNet_n_proc_DA=0, background
         # workers draw their own crops); --c restores every generator from the checkpoint
         self.seed = run_seed()
@@ -138,10 +122,7 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         self.skipped_steps = 0  # optimizer steps discarded
         self.accumulated_loss = None  # finite iff every micro-step of the accumulation was
         self._val_counter = 0
-        self.loss_terms = [f"rec_l{i + 1}" for i in range(self.levels.num_levels)]
-        if self.alignment_weight > 0:
-            self.loss_terms += [f"align_l{i}_l{i + 1}" for i in range(1, self.levels.num_levels)]
-            self.loss_terms += list(COLLAPSE_THRESHOLDS)  # logged and plotted, not part of the loss
+        self.loss_terms = loss_term_names(self.levels.num_levels, self.alignment_weight > 0)
         logged = self.logger.local_logger.my_fantastic_logging
         for name in self.loss_terms:
             logged.setdefault(f"train_{name}", [])
@@ -174,45 +155,6 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
     def run_warmup_epochs(self) -> int:
         """``warmup_epochs``, at most a tenth of the run (at least one epoch)."""
         return min(self.warmup_epochs_of_run, max(1, self.num_epochs // 10))
-
-    @property
-    def optimizer_step(self) -> int:
-        """Index of the optimizer step the current micro-step accumulates into, over the whole run."""
-        return self.current_epoch * self.optimizer_steps_per_epoch + self.micro_step // self.recipe.accumulation_steps
-
-    def _set_batch_size_and_oversample(self):
-        """nnU-Net's batch per process, then the micro-batch that fits this device's memory: the step's peak
-        is predicted before it runs (pretraining/memory.py); accumulation keeps the recipe's effective batch
-        and its lr; the conv blocks are checkpointed only where one sample does not fit otherwise."""
-        super()._set_batch_size_and_oversample()
-        device_bytes, requested = device_memory(self.device), requested_micro_batch(self.micro_batch)
-        if device_bytes is None and requested is None:
-            return  # the CPU: nothing to plan against
-        world = dist.get_world_size() if self.is_ddp else 1
-        channels = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json)
-        try:
-            step = choose_micro_batch(self.configuration_manager.network_arch_init_kwargs, self.levels,
-                                      self.configuration_manager.patch_size, self.batch_size,
-                                      device_bytes or float("inf"), channels, autocast_dtype(self.device), requested)
-        except DoesNotFit as error:
-            raise RuntimeError(f"{self.method} pre-training: {error}") from None
-        chosen = torch.tensor([step.micro_batch, -int(step.checkpointing)])
-        if self.is_ddp:  # every rank must run the same number of micro-steps
-            dist.all_reduce(chosen, op=dist.ReduceOp.MIN)
-            if int(chosen[0]) < self.batch_size and self.configuration_manager.batch_size % world:
-                raise RuntimeError(f"micro-batch {int(chosen[0])}: the plan's batch of "
-                                   f"{self.configuration_manager.batch_size} does not split evenly over {world} "
-                                   "processes; run on a number of GPUs that divides it")
-        micro_batch, self.checkpoint_conv_blocks = int(chosen[0]), bool(chosen[1])
-        self.print_to_log_file(f"predicted peak memory of a step, {step.describe()}; device "
-                               f"{(device_bytes or 0) / 2 ** 30:.0f} GiB")
-        if micro_batch != self.batch_size:
-            accumulation = self.batch_size // micro_batch
-            self.recipe = PretrainingRecipe(micro_batch * world, self.recipe.effective_batch, self.base_lr)
-            self.num_iterations_per_epoch = self.recipe.micro_steps(self.optimizer_steps_per_epoch)
-            self.print_to_log_file(f"micro-batch {micro_batch} instead of the plan's {self.batch_size} per process, "
-                                   f"{accumulation}x the accumulation: the same effective batch and lr")
-            self.batch_size = micro_batch
 
     def initialize(self):
         folder = self.preprocessed_dataset_folder
@@ -276,42 +218,11 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         check_images_fit(dataset_tr, patch)
         loader = dict(batch_size=self.batch_size, final_patch_size=crop, label_manager=self.label_manager,
                       oversample_foreground_percent=self.oversample_foreground_percent)
-        manifest = load_collection_manifest(self.preprocessed_dataset_folder_base)
-        initial_crop, transforms = self.crop_augmentation(crop)
-        dl_tr = nnUNetDataLoader(dataset_tr, patch_size=initial_crop, transforms=transforms, **loader,
-                                 sampling_probabilities=sampling_probabilities(dataset_tr.identifiers, manifest))
-        processes = get_allowed_n_proc_DA()
-        if processes == 0:
-            train = SingleThreadedAugmenter(dl_tr, None)
-        else:
-            train = NonDetMultiThreadedAugmenter(dl_tr, None, processes, max(6, processes // 2), None,
-                                                 pin_memory=self.device.type == "cuda", wait_time=0.002)
-        # a fixed validation set: same crops every epoch, drawn once with a fixed seed
-        state = np.random.get_state()
-        np.random.seed(VALIDATION_SEED)
-        dl_val = nnUNetDataLoader(dataset_val, patch_size=crop, transforms=None, **loader)
-        val_batches = [next(dl_val) for _ in range(self.num_val_iterations_per_epoch)]
-        np.random.set_state(state)
-        return train, itertools.cycle(val_batches)
-
-    def crop_augmentation(self, crop: List[int]):
-        """(size to cut, transforms): nnU-Net's own training transforms on the crops, all of them
-        ("spatial+intensity"), only the intensity ones ("intensity"), or none (the default)."""
-        if self.augmentation == "none":
-            return crop, None
-        if self.augmentation not in AUGMENTATIONS:
-            raise ValueError(f"augmentation {self.augmentation!r}: choose one of {AUGMENTATIONS}")
-        rotation, dummy_2d, _, mirror_axes = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        transforms = self.get_training_transforms(crop, rotation, None, mirror_axes, dummy_2d,
-                                                  self.configuration_manager.use_mask_for_norm)
-        if self.augmentation == "intensity":
-            transforms.transforms = [t for t in transforms.transforms if not isinstance(t, SPATIAL_TRANSFORMS)]
-            return crop, transforms
-        # cut more than the crop, so that rotation and scaling find image content at the corners
-        initial = [int(s) for s in get_patch_size(crop, rotation, rotation, rotation, (0.85, 1.25))]
-        if dummy_2d:
-            initial[0] = crop[0]
-        return initial, transforms
+        probabilities = sampling_probabilities(dataset_tr.identifiers,
+                                               load_collection_manifest(self.preprocessed_dataset_folder_base))
+        train = training_loader(dataset_tr, *crop_augmentation(self, crop), probabilities,
+                                self.device.type == "cuda", **loader)
+        return train, fixed_validation_batches(dataset_val, crop, self.num_val_iterations_per_epoch, **loader)
 
     # ---- steps ---------------------------------------------------------------------------
     def _objective(self, crops: torch.Tensor, generator: torch.Generator):
@@ -354,43 +265,6 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         stepped = self._optimizer_step() if last else True
         return {"skipped": int(not stepped), **{k: v.detach().float().cpu().numpy() for k, v in terms.items()}}
 
-    def _uses_scaler(self) -> bool:
-        return self.grad_scaler is not None
-
-    def _optimizer_step(self) -> bool:
-        """Apply the accumulated gradients; False, and the weights unchanged, where a micro-step of
-        the accumulation or the gradient norm was not finite (all ranks decide alike)."""
-        finite = self._finite_on_all_ranks(self.accumulated_loss)
-        if self._uses_scaler():
-            self.grad_scaler.unscale_(self.optimizer)
-        # the gradients are all-reduced: every rank sees the same norm
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), 3.0)
-        finite = finite and bool(torch.isfinite(grad_norm))
-        if finite and self._uses_scaler():
-            self.grad_scaler.step(self.optimizer)
-        elif finite:
-            self.optimizer.step()
-        if self._uses_scaler():
-            self.grad_scaler.update()  # lowers the scale after an overflow
-        self.optimizer.zero_grad(set_to_none=True)
-        if not finite:
-            self.skipped_steps += 1
-        elif self.pretrain_network.alignment is not None:
-            self.pretrain_network.alignment.update_target(self.target_momentum(self.optimizer_step))
-        return finite
-
-    def target_momentum(self, step: int) -> float:
-        """``alignment_target_momentum`` at optimizer step ``step`` of the run (cosine from start to end)."""
-        start, end = self.alignment_target_momentum
-        progress = min(1.0, step / max(1, self.num_epochs * self.optimizer_steps_per_epoch - 1))
-        return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
-
-    def _finite_on_all_ranks(self, value: torch.Tensor) -> bool:
-        finite = torch.isfinite(value).float()
-        if self.is_ddp:  # all ranks must agree, or the ones that step wait forever for the others
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        return bool(finite)
-
     def on_validation_epoch_start(self):
         super().on_validation_epoch_start()
         self._val_counter = 0
@@ -400,14 +274,6 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
         self._val_counter += 1
         _, terms = self._objective(batch["data"], generator)
         return {k: v.detach().float().cpu().numpy() for k, v in terms.items()}
-
-    def _mean_over_ranks(self, outputs: List[dict], key: str) -> float:
-        values = np.array([o[key] for o in outputs], dtype=float)
-        if self.is_ddp:
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, values)
-            values = np.concatenate(gathered)
-        return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         self.logger.log("train_losses", self._mean_over_ranks(train_outputs, "loss"), self.current_epoch)
@@ -450,109 +316,24 @@ class nnUNetTrainerMiMPretrain(AtomicCheckpointMixin, nnUNetTrainer):
 
     def warn_if_collapsed(self) -> None:
         """Say so in the log while a collapse monitor has stayed under its threshold for several epochs."""
-        what = {"feature_std": "the encoder maps every volume to nearly one vector",
-                "target_std": "the alignment heads map every volume to nearly one vector"}
-        for name, threshold in COLLAPSE_THRESHOLDS.items():
-            if name not in self.loss_terms:
-                continue
-            # after the warm-up: a form that collapses does so in its first steps and may recover from there
-            # (docs/method.md: BYOL's form without batch norm, measured)
-            recent = self.logger.get_value(f"train_{name}", None)[self.run_warmup_epochs:][-COLLAPSE_EPOCHS:]
-            if len(recent) == COLLAPSE_EPOCHS and all(v < threshold for v in recent):
-                self.print_to_log_file(
-                    f"WARNING: the alignment has collapsed: {name} has been below {threshold} for {COLLAPSE_EPOCHS} "
-                    f"epochs ({recent[-1]:.2g} now): {what[name]}, and the alignment terms teach the encoder "
-                    "nothing. See docs/method.md.")
+        monitors = [name for name in COLLAPSE_THRESHOLDS if name in self.loss_terms]
+        for warning in collapse_warnings({name: self.logger.get_value(f"train_{name}", None) for name in monitors},
+                                         self.run_warmup_epochs):
+            self.print_to_log_file(warning)
 
     # ---- outputs -------------------------------------------------------------------------
-    def pretraining_record(self, epochs_done: int) -> PretrainingRecord:
-        return PretrainingRecord(method=self.method, preset=self.encoder_preset, decoder_pretrained=False,
-                                 input_channels=self.num_input_channels,
-                                 patch_size=tuple(self.configuration_manager.patch_size),
-                                 spacing=tuple(self.configuration_manager.spacing), epochs=epochs_done)
-
-    def save_checkpoint(self, filename: str, epochs_done: Optional[int] = None) -> None:
-        """nnU-Net's checkpoint, written atomically; ``epochs_done`` defaults to the epoch being ended."""
-        done = self.current_epoch + 1 if epochs_done is None else epochs_done
-        self.pretrain_network.pretraining_record.copy_(self.pretraining_record(done).to_tensor())
-        epoch, self.current_epoch = self.current_epoch, done - 1  # nnU-Net records current_epoch + 1
-        try:
-            super().save_checkpoint(filename)
-        finally:
-            self.current_epoch = epoch
-
-    def checkpoint_extras(self) -> dict:
-        cm = self.configuration_manager
-        return {"mask_generator_state": self.mask_generator.get_state(), "numpy_rng_state": np.random.get_state(),
-                "torch_rng_state": torch.get_rng_state(), "skipped_steps": self.skipped_steps,
-                "method": self.method, "alignment_weight": self.alignment_weight,
-                "alignment_predictor": self.alignment_predictor, "alignment_batch_norm": self.alignment_batch_norm,
-                "effective_batch": self.recipe.effective_batch,
-                "accumulation_steps": self.recipe.accumulation_steps, "lr": self.recipe.lr,
-                "encoder_preset": self.encoder_preset, "token_size": self.levels.token_size,
-                "levels": asdict(self.levels), "patch_size": list(cm.patch_size), "spacing": list(cm.spacing),
-                "normalization_schemes": list(cm.normalization_schemes),
-                "foreground_intensity_properties_per_channel":
-                    self.plans_manager.foreground_intensity_properties_per_channel}
-
-    def restore_checkpoint_extras(self, extras: dict) -> None:
-        if "mask_generator_state" in extras:
-            if not self.was_initialized:
-                self.initialize()
-            self.mask_generator.set_state(extras["mask_generator_state"])
-            np.random.set_state(extras["numpy_rng_state"])
-            torch.set_rng_state(extras["torch_rng_state"])
-            if self.is_ddp:
-                # the checkpoint holds rank 0's generators: every rank restores them, then draws its own
-                # crops and masks from a seed they give (the same on every rank), plus its rank
-                base = int(np.random.randint(2 ** 31 - 1 - dist.get_world_size()))
-                seed_generators(base, dist.get_rank())
-                self.mask_generator.manual_seed(base * 1000 + dist.get_rank())
-            self.skipped_steps = extras.get("skipped_steps", 0)
-
     def save_reconstruction_preview(self, name: str, epochs_done: int) -> None:
         if self.local_rank != 0 or self.dataloader_val is None:
             return
-        self.network.eval()
-        with torch.no_grad():
-            generator = torch.Generator().manual_seed(VALIDATION_SEED)
-            crops = next(self.dataloader_val)["data"][:1].to(self.device)
-            levels = build_levels(crops, self.levels, generator)
-            predictions = [self.pretrain_network(lv.volumes, lv.hidden)[0] for lv in levels]
-        save_preview(levels, predictions, self.levels.token_size, join(self.output_folder, name),
-                     f"{self.method} pre-training, after {epochs_done} epochs")
-        self.network.train()
+        crops = next(self.dataloader_val)["data"][:1].to(self.device)
+        save_reconstruction_preview(self.pretrain_network, crops, self.levels, VALIDATION_SEED,
+                                    join(self.output_folder, name), f"{self.method} pre-training, after {epochs_done} "
+                                    "epochs")
 
     def plot_losses(self) -> None:
-        """progress.png: train and validation losses, the learning rate and, with alignment, the
-        collapse monitor against its threshold; the recipe in the title."""
-        get = lambda key: self.logger.get_value(key, None)  # noqa: E731
-        epochs = range(len(get("val_losses")))
-        losses = [name for name in self.loss_terms if name not in COLLAPSE_THRESHOLDS]
-        fig, axes = plt.subplots(1, 3, figsize=(17, 4))
-        for split, ax in zip(["train", "val"], axes):
-            ax.plot(epochs, get(f"{split}_losses")[:len(epochs)], "k-", lw=2, label="total")
-            for name in losses:
-                ax.plot(epochs, get(f"{split}_{name}")[:len(epochs)], label=name)
-            ax.set_title(f"{self.method} pre-training: {split} losses")
-            ax.set_xlabel("epoch")
-            ax.legend()
-        axes[2].plot(epochs, get("lrs")[:len(epochs)], "b-", label="learning rate")
-        axes[2].set_xlabel("epoch")
-        axes[2].set_ylabel("learning rate", color="b")
-        if "feature_std" in self.loss_terms:
-            spread = axes[2].twinx()
-            for name, color in zip(COLLAPSE_THRESHOLDS, ("r", "m")):
-                spread.plot(epochs, get(f"train_{name}")[:len(epochs)], f"{color}-", label=f"{name} (train)")
-                spread.axhline(COLLAPSE_THRESHOLDS[name], color=color, ls=":", label=f"{name} collapse threshold")
-            spread.set_ylabel("spread over the batch")
-            spread.set_ylim(bottom=0)
-            spread.legend(loc="upper right")
-        axes[2].set_title("learning rate and alignment spread")
-        fig.suptitle(f"{self.method} pre-training recipe: {self.recipe.describe()}", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(join(self.output_folder, "progress.png"), dpi=80)
-        plt.close(fig)
+        plot_progress(lambda key: self.logger.get_value(key, None), self.loss_terms,
+                      f"{self.method} pre-training recipe: {self.recipe.describe()}", self.method,
+                      join(self.output_folder, "progress.png"))
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         """Pre-training has no segmentation to validate: save the final reconstruction picture."""
