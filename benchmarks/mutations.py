@@ -96,6 +96,12 @@ CATALOGUE: List[Mutation] = [
              "        self.predictor = heads(projector_features) if predictor else None\n"
              "        self.apply(init_linear_weights)",
              "        self.predictor = heads(projector_features) if predictor else None", ("tests/test_method.py",)),
+    Mutation("resenc-input-not-masked", "the CNN backbone sees the hidden regions (input not zeroed)",
+             "nnunet_mim/backbones/resenc.py", "skips = self.encoder(x * visible)", "skips = self.encoder(x)",
+             ("tests/test_backbones.py",)),
+    Mutation("resenc-features-unpooled", "the CNN's alignment features taken from the deepest stage, not the token's",
+             "nnunet_mim/backbones/resenc.py", "if all(t <= TOKEN_SIZE for t in total):", "if True:",
+             ("tests/test_backbones.py",)),
     # ---- optimisation ----
     Mutation("zero-grad-every-micro-step", "gradients zeroed on every micro-step (review)",
              "nnunet_mim/pretraining/trainer.py", "            scaled = loss / accumulation",

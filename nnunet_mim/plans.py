@@ -27,20 +27,25 @@ def round_patch_size(patch_size: Sequence[int], multiple: int) -> List[int]:
     return [max(multiple, int(s) // multiple * multiple) for s in patch_size]
 
 
-def adapt_plans(plans: dict, configuration: str, preset: str, patch_multiple: int = 16,
-                network_class: str = NETWORK_CLASS) -> dict:
-    """A copy of ``plans`` whose ``configuration`` builds the hybrid network."""
+def planned_patch_size(plans: dict, configuration: str) -> List[int]:
+    """The patch nnU-Net planned for ``configuration`` (an inherited configuration's from its parent); a
+    ValueError naming the configurations there are, or saying the configuration is not 3D."""
     if configuration not in plans["configurations"]:
         raise ValueError(f"configuration {configuration!r} is not in the plans "
                          f"(available: {sorted(plans['configurations'])})")
+    config = plans["configurations"][configuration]
+    patch = config.get("patch_size") or plans["configurations"][config["inherits_from"]]["patch_size"]
+    if len(patch) != 3:
+        raise ValueError(f"nnunet-mim needs a 3D configuration; {configuration!r} has patch size {patch}")
+    return list(patch)
+
+
+def adapt_plans(plans: dict, configuration: str, preset: str, patch_multiple: int = 16,
+                network_class: str = NETWORK_CLASS) -> dict:
+    """A copy of ``plans`` whose ``configuration`` builds the hybrid network."""
+    original = planned_patch_size(plans, configuration)
     plans = deepcopy(plans)
     config = plans["configurations"][configuration]
-    original = config.get("patch_size")
-    if original is None:  # inherited configuration: resolve the patch size from its parent
-        parent = plans["configurations"][config["inherits_from"]]
-        original = parent["patch_size"]
-    if len(original) != 3:
-        raise ValueError(f"nnunet-mim needs a 3D configuration; {configuration!r} has patch size {original}")
     config["patch_size"] = round_patch_size(original, patch_multiple)
     config["architecture"] = {"network_class_name": network_class,
                               "arch_kwargs": {**preset_kwargs(preset), "strides": STRIDES},

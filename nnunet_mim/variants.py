@@ -17,6 +17,7 @@ from typing import Dict, List, Sequence
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_mim.backbones.resenc import ResEncBackbone, nnUNetTrainerMAEPretrain_ResEnc, nnUNetTrainerMiMPretrain_ResEnc
 from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch
 from nnunet_mim.methods import METHODS, trainer_class
 from nnunet_mim.pretraining.trainer import nnUNetTrainerMiMPretrain
@@ -114,6 +115,12 @@ PRETRAINING_USER = [*PRETRAINING_TRAINERS, *add_variants(PRETRAINING_TRAINERS, {
 PRETRAINING_CPU_BUDGETS = add_variants(PRETRAINING_TRAINERS, {
     "T_CPUdemo": PretrainCPUDemoBudget, "T_CPUsmoke": PretrainCPUSmokeBudget, "T_CPUbench": PretrainCPUBenchBudget,
     "T_CPUbench300": PretrainCPUBench300Budget, "T_CPUbench25": PretrainCPUBench25Budget})
+
+# the backbones' trainers (nnunet_mim/backbones/): the network is the plan's, so a CPU budget sets only the length
+BACKBONE_TRAINERS = (nnUNetTrainerMiMPretrain_ResEnc, nnUNetTrainerMAEPretrain_ResEnc)
+globals().update(by_name(BACKBONE_TRAINERS))
+PRETRAINING_USER += BACKBONE_TRAINERS
+PRETRAINING_CPU_BUDGETS += add_variants(BACKBONE_TRAINERS, {"CPUsmoke": PretrainCPUSmokeBudget})
 
 
 # ---- fine-tuning and its matched scratch baseline ----------------------------------------------
@@ -219,7 +226,9 @@ def describe_trainer(trainer: type) -> str:
     if issubclass(trainer, nnUNetTrainerMiMPretrain):
         method = f"{trainer.method} pre-training" + (" without alignment" if trainer.method == "MiM"
                                                      and trainer.alignment_weight == 0 else "")
-        return (f"{method}, preset {trainer.encoder_preset}, {trainer.epochs} epochs x "
+        network = ("the plan's residual-encoder U-Net (-p nnUNetResEncUNet{M,L}Plans)"
+                   if issubclass(trainer, ResEncBackbone) else f"preset {trainer.encoder_preset}")
+        return (f"{method}, {network}, {trainer.epochs} epochs x "
                 f"{trainer.iterations_per_epoch} steps, effective batch {trainer.effective_batch}")
     role = "from scratch" if issubclass(trainer, nnUNetTrainerMiMScratch) else "fine-tuning"
     schedule = ("frozen encoder (a probe)" if trainer.encoder_frozen_fraction == 1 else

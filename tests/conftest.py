@@ -16,7 +16,8 @@ from nnunet_mim.environment import ext_trainer_value
 # collection order (--no-loadscope-reorder): the longest files go first, two to each worker, so that
 # neither is left with a long one at the end
 LONGEST_FILES_FIRST = ["test_end_to_end.py", "test_demo.py", "test_distributed.py", "test_decathlon_task.py",
-                       "test_benchmark.py", "test_collection.py", "test_losses.py", "test_pretraining_recipe.py"]
+                       "test_benchmark.py", "test_collection.py", "test_backbones.py", "test_losses.py",
+                       "test_pretraining_recipe.py"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -70,15 +70,16 @@ def nnunet_mim_in_process(args, env, check=True):
     return checked(run_in_process(main, "nnunet-mim", args, env), check)
 
 
-def trainer_on_test_dataset(trainer_class, dataset: str = TEST_DATASET, started: bool = False):
-    """``trainer_class`` on fold "all" of a planned dataset, on the CPU, as nnUNetv2_train builds it; ``started``:
-    initialised, with its data loaders, at the start of its first epoch (ready for ``train_step``)."""
+def trainer_on_test_dataset(trainer_class, dataset: str = TEST_DATASET, started: bool = False,
+                            plans: str = "nnUNetPlans"):
+    """``trainer_class`` on fold "all" of a planned dataset and its ``plans``, on the CPU, as nnUNetv2_train builds
+    it; ``started``: initialised, with its data loaders, at the start of its first epoch (ready for ``train_step``)."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_preprocessed
     folder = os.path.join(nnUNet_preprocessed, dataset)
-    plans = dict(load_json(os.path.join(folder, "nnUNetPlans.json")), continue_training=False)
-    trainer = trainer_class(plans, "3d_fullres", "all", load_json(os.path.join(folder, "dataset.json")),
+    planned = dict(load_json(os.path.join(folder, plans + ".json")), continue_training=False)
+    trainer = trainer_class(planned, "3d_fullres", "all", load_json(os.path.join(folder, "dataset.json")),
                             torch.device("cpu"))
     if started:
         trainer.initialize()

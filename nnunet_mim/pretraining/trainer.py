@@ -98,10 +98,7 @@ class nnUNetTrainerMiMPretrain(AccumulatedStepMixin, PretrainingCheckpointMixin,
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        plans = adapt_plans(plans, configuration, self.encoder_preset, self.levels.patch_multiple,
-                            PRETRAIN_NETWORK_CLASS)
-        plans["configurations"][configuration]["architecture"]["arch_kwargs"].update(self.alignment_kwargs())
-        super().__init__(plans, configuration, fold, dataset_json, device)
+        super().__init__(self.pretraining_plans(plans, configuration), configuration, fold, dataset_json, device)
         self.recipe = PretrainingRecipe(self.configuration_manager.batch_size, self.effective_batch, self.base_lr)
         self.warmup_epochs_of_run = self.warmup_epochs  # run_length() decides, with num_epochs
         # an epoch is whole optimizer steps, so that checkpoints fall on accumulation boundaries
@@ -128,6 +125,14 @@ class nnUNetTrainerMiMPretrain(AccumulatedStepMixin, PretrainingCheckpointMixin,
             logged.setdefault(f"train_{name}", [])
             logged.setdefault(f"val_{name}", [])
         logged.setdefault("skipped_steps", [])
+
+    @classmethod
+    def pretraining_plans(cls, plans: dict, configuration: str) -> dict:
+        """The plan the pre-training network is built from (and nnU-Net saves): the dataset's, with the hybrid
+        network (plans.py) and this trainer's alignment heads. A backbone's trainers build another."""
+        plans = adapt_plans(plans, configuration, cls.encoder_preset, cls.levels.patch_multiple, PRETRAIN_NETWORK_CLASS)
+        plans["configurations"][configuration]["architecture"]["arch_kwargs"].update(cls.alignment_kwargs())
+        return plans
 
     @classmethod
     def alignment_kwargs(cls) -> dict:
