@@ -77,6 +77,27 @@ def cmd_adapt_checkpoint(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    import os
+
+    from nnunet_mim.finetuning.checkpoint import load_checkpoint, pretraining_checkpoint_record
+    from nnunet_mim.nnssl_format import FILES, export_nnssl
+    taken = [name for name in FILES if os.path.exists(os.path.join(args.output, name))]
+    if taken:
+        print(f"error: {args.output} already holds {', '.join(taken)}; choose another -o (nothing is overwritten)",
+              file=sys.stderr)
+        return 1
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+        pretraining_checkpoint_record(args.checkpoint, checkpoint)
+        paths = export_nnssl(checkpoint, args.output)
+    except (RuntimeError, ValueError) as error:
+        print(f"error: {args.checkpoint} was not exported: {error}", file=sys.stderr)
+        return 1
+    print("\n".join(f"wrote {path}" for path in paths))
+    return 0
+
+
 def cmd_pretrain_plan(args) -> int:
     from nnunet_mim.pretraining.fit import pretrain_plan
     if (args.dataset is None) == (args.patch is None) or (args.patch is None) != (args.batch is None):
@@ -392,6 +413,17 @@ def pretrain_dataset_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_pretrain_dataset_create)
 
 
+def export_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Write a pre-training checkpoint in nnssl's format: checkpoint_final.pth (loadable with "
+                     "torch.load(weights_only=True)), adaptation_plan.json and config.json, as an nnssl model "
+                     "repository holds them, for nnU-Net master's nnUNetv2_preprocess_like_nnssl / PretrainedTrainer "
+                     "and nnssl's tools. Residual-encoder pre-training only (nnUNetTrainer*Pretrain_ResEnc).")
+    p.add_argument("checkpoint", help="checkpoint_final.pth of a pre-training run")
+    p.add_argument("--format", choices=["nnssl"], required=True)
+    p.add_argument("-o", "--output", required=True, help="folder to write into (created if missing)")
+    p.set_defaults(func=cmd_export)
+
+
 def pretrain_plan_arguments(p: argparse.ArgumentParser) -> None:
     from nnunet_mim.pretraining import memory
     p.description = ("What the pre-training trainers will run on a GPU of the given memory: the micro-batch, the "
@@ -435,6 +467,8 @@ COMMANDS = {
                   "fractions", benchmark_arguments),
     "compare": ("one table from several finished benchmarks (e.g. MiM pre-trained two ways, or two label fractions "
                 "run apart)", compare_arguments),
+    "export": ("write a residual-encoder pre-training checkpoint in nnssl's format (nnU-Net master's and nnssl's "
+               "fine-tuning read it)", export_arguments),
     "pretrain-plan": ("predict a pre-training step's GPU memory for a dataset's plan: the micro-batch each GPU size "
                       "gets, or why nothing fits", pretrain_plan_arguments),
     "example-dataset": ("write a labelled example dataset built from a template that installs offline (for trying "

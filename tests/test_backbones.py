@@ -95,19 +95,114 @@ print(json.dumps({"losses": [float(s["loss"]) for s in first], "skipped": sum(s[
 """
 
 
-@pytest.mark.parametrize("name", ["nnUNetTrainerMiMPretrain_ResEnc_CPUsmoke",  # MAE's path is MiM's with one level
-                                  pytest.param("nnUNetTrainerMAEPretrain_ResEnc_CPUsmoke", marks=pytest.mark.slow)])
-def test_resenc_pretraining_lowers_its_loss_and_fine_tunes_through_stock_nnunet(nnunet_env, resenc_plans, name):
-    script = f"NAME, PLANS, STEPS = {name!r}, {resenc_plans!r}, 10\n" + STEPS
-    out = json.loads(python_in_process(script, nnunet_env).stdout.strip().splitlines()[-1])
+def pretrain(nnunet_env, plans: str, name: str, steps: int = 10) -> dict:
+    script = f"NAME, PLANS, STEPS = {name!r}, {plans!r}, {steps}\n" + STEPS
+    return json.loads(python_in_process(script, nnunet_env).stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def mim_resenc(nnunet_env, resenc_plans):
+    """Ten steps of MiM on the ResEnc plans (one batch), and the checkpoint they leave."""
+    return pretrain(nnunet_env, resenc_plans, "nnUNetTrainerMiMPretrain_ResEnc_CPUsmoke")
+
+
+def lowers_its_loss_and_fine_tunes_through_stock_nnunet(out: dict, nnunet_env, plans: str, pretrained: str):
     assert out["network"] == "ResEncPretrainNetwork" and out["skipped"] == 0
     losses = out["losses"]
     assert sum(losses[-3:]) < 0.95 * sum(losses[:3]), losses  # the same batch (fresh masks each step), fitted
     # nnU-Net's own trainer (at a CPU length) on the same plans, from the checkpoint, by -pretrained_weights
     result = nnunet_train_in_process(["991", "3d_fullres", "all", "-tr", "nnUNetTrainerStockCNN_CPUsmoke", "-p",
-                                      resenc_plans, "-device", "cpu", "-pretrained_weights", out["checkpoint"]],
-                                     nnunet_env)
+                                      plans, "-device", "cpu", "-pretrained_weights", pretrained], nnunet_env)
     assert "pre-trained weights loaded from" in result.stdout and "segmentation heads kept" in result.stdout
+
+
+def test_mim_on_resenc_lowers_its_loss_and_fine_tunes_through_stock_nnunet(nnunet_env, resenc_plans, mim_resenc):
+    lowers_its_loss_and_fine_tunes_through_stock_nnunet(mim_resenc, nnunet_env, resenc_plans, mim_resenc["checkpoint"])
+
+
+@pytest.mark.slow  # MAE's path is MiM's with one level
+def test_mae_on_resenc_lowers_its_loss_and_fine_tunes_through_stock_nnunet(nnunet_env, resenc_plans):
+    out = pretrain(nnunet_env, resenc_plans, "nnUNetTrainerMAEPretrain_ResEnc_CPUsmoke")
+    lowers_its_loss_and_fine_tunes_through_stock_nnunet(out, nnunet_env, resenc_plans, out["checkpoint"])
+
+
+def walk(value, path="checkpoint"):
+    """(path, value) of everything in a nested checkpoint."""
+    yield path, value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from walk(item, f"{path}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from walk(item, f"{path}[{i}]")
+
+
+def test_export_writes_what_nnssl_and_nnunet_master_read(nnunet_env, mim_resenc, tmp_path):
+    """nnssl's format as the interop notes list it: every field, plain types (lists, no tuples, no numpy), CPU
+    tensors, loadable with weights_only=True and no allow-list; the encoder rebuilt from the plan alone (as master
+    does) takes every encoder and stem tensor strictly, equal to the pre-trained ones."""
+    import importlib
+
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    from nnunet_mim.cli import main
+    assert main(["export", mim_resenc["checkpoint"], "--format", "nnssl", "-o", str(tmp_path / "repo")]) == 0
+    assert sorted(os.listdir(tmp_path / "repo")) == ["adaptation_plan.json", "checkpoint_final.pth", "config.json"]
+    exported = torch.load(tmp_path / "repo" / "checkpoint_final.pth", weights_only=True)
+    plan = exported["nnssl_adaptation_plan"]
+    with open(tmp_path / "repo" / "adaptation_plan.json") as f:
+        assert json.load(f) == plan
+    assert {"architecture_plans", "pretrain_plan", "pretrain_num_input_channels", "recommended_downstream_patchsize",
+            "key_to_encoder", "key_to_stem", "keys_to_in_proj", "key_to_lpe", "architecture_kwargs"} <= set(plan)
+    assert "key_to_lpe" in plan and plan["key_to_lpe"] is None and plan["pretrain_num_input_channels"] == 1
+    (configuration,) = plan["pretrain_plan"]["configurations"].values()  # exactly one
+    assert configuration["patch_size"] == plan["recommended_downstream_patchsize"] == mim_resenc["patch"]
+    assert configuration["spacing"] == [5.0, 5.0, 5.0] and configuration["normalization_schemes"] == [
+        "ZScoreNormalization"]
+    for path, value in walk(exported):
+        assert not isinstance(value, tuple) and type(value).__module__ != "numpy", path
+        assert not isinstance(value, torch.Tensor) or value.device.type == "cpu", path
+    assert not any(k.startswith(("alignment.", "pretraining_record")) for k in exported["network_weights"])
+
+    architecture = plan["architecture_plans"]
+    kwargs = dict(architecture["arch_kwargs"])
+    for key in architecture["arch_kwargs_requiring_import"]:
+        module, _, name = kwargs[key].rpartition(".")
+        kwargs[key] = getattr(importlib.import_module(module), name)
+    rebuilt = ResidualEncoderUNet(plan["pretrain_num_input_channels"], num_classes=2, **kwargs)
+    original = torch.load(mim_resenc["checkpoint"], weights_only=False)["network_weights"]
+    for key in (plan["key_to_encoder"], plan["key_to_stem"]):
+        part = {k[len(key) + 1:]: v for k, v in exported["network_weights"].items() if k.startswith(key + ".")}
+        rebuilt.get_submodule(key).load_state_dict(part, strict=True)  # master's load: strict
+        assert all(torch.equal(v, original[f"{key}.{k}"]) for k, v in part.items())
+    before = (tmp_path / "repo" / "checkpoint_final.pth").read_bytes()
+    assert main(["export", mim_resenc["checkpoint"], "--format", "nnssl", "-o", str(tmp_path / "repo")]) == 1
+    assert (tmp_path / "repo" / "checkpoint_final.pth").read_bytes() == before  # nothing overwritten
+
+
+def test_a_hand_written_nnssl_checkpoint_fine_tunes_through_stock_nnunet(nnunet_env, resenc_plans, tmp_path):
+    """An nnssl ResEnc checkpoint as nnssl's MAE writes one (the full U-Net with one reconstruction channel), written
+    here by hand from the format, not by this project's writer: -pretrained_weights of nnU-Net's trainer on a plan of
+    the same network loads every tensor but the segmentation heads, each equal to the file's."""
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    from nnunet_mim.pretrained_loading import load_pretrained_weights
+    with open(os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset991_E2E", resenc_plans + ".json")) as f:
+        architecture = json.load(f)["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    kwargs = dict(architecture, conv_op=torch.nn.Conv3d, norm_op=torch.nn.InstanceNorm3d, nonlin=torch.nn.LeakyReLU)
+    torch.manual_seed(1)
+    mae = ResidualEncoderUNet(1, num_classes=1, **kwargs)
+    torch.save({"network_weights": mae.state_dict(),
+                "nnssl_adaptation_plan": {"architecture_plans": {"arch_class_name": "ResidualEncoderUNet"},
+                                          "key_to_encoder": "encoder.stages", "key_to_stem": "encoder.stem",
+                                          "key_to_lpe": None, "pretrain_num_input_channels": 1}},
+               tmp_path / "nnssl.pth")
+    torch.manual_seed(2)
+    target = ResidualEncoderUNet(1, num_classes=3, deep_supervision=True, **kwargs)
+    load_pretrained_weights(target, str(tmp_path / "nnssl.pth"))
+    loaded, given = target.state_dict(), mae.state_dict()
+    assert all(torch.equal(loaded[k], given[k]) for k in loaded if ".seg_layers." not in k)
+    assert not torch.equal(loaded["decoder.seg_layers.0.weight"][:1], given["decoder.seg_layers.0.weight"])
 
 
 def test_a_plan_without_a_residual_encoder_is_refused_by_name(nnunet_env):

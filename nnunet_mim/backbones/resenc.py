@@ -104,6 +104,9 @@ class ResEncBackbone:
     def pretraining_record(self, epochs_done: int):
         return replace(super().pretraining_record(epochs_done), preset="ResEnc")
 
+    def checkpoint_extras(self) -> dict:
+        return dict(super().checkpoint_extras(), encoder_preset="ResEnc")
+
 
 class nnUNetTrainerMiMPretrain_ResEnc(ResEncBackbone, nnUNetTrainerMiMPretrain):
     """MiM pre-training of the plan's residual-encoder U-Net: nnUNetv2_train D 3d_fullres all -p
