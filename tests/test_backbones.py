@@ -69,6 +69,7 @@ def resenc_plans(nnunet_env):
         run([nnunet_command("nnUNetv2_plan_experiment"), "-d", "991", "-pl", "nnUNetPlannerResEncM"], planning)
         with open(os.path.join(folder, "nnUNetResEncUNetMPlans.json")) as f:
             plans = json.load(f)
+        os.remove(os.path.join(folder, "nnUNetResEncUNetMPlans.json"))  # the shared folder keeps only what is used
         config = plans["configurations"]["3d_fullres"]
         assert config["architecture"]["network_class_name"] == RESENC_CLASS
         stages = config["architecture"]["arch_kwargs"]["n_stages"]

@@ -168,9 +168,9 @@ def test_pretraining_on_another_dataset(benchmark_env, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="Dataset995_Pre/nnUNetPlans.json not found"):
         benchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
                             pretrain_dataset="Dataset995_Pre")
-    with pytest.raises(RuntimeError, match="Dataset991_E2E/nnUNetResEncUNetMPlans.json not found.*with -p"):
+    with pytest.raises(RuntimeError, match="Dataset991_E2E/nnUNetResEncUNetXLPlans.json not found.*with -p"):
         benchmark("Dataset991_E2E", "3d_fullres", [0], [1.0], "smoke", str(tmp_path / "w"),
-                            plans="nnUNetResEncUNetMPlans")
+                            plans="nnUNetResEncUNetXLPlans")
     preprocessed = tmp_path / "pre"
     shutil.copytree(benchmark_env["nnUNet_preprocessed"], preprocessed, symlinks=True)
     (preprocessed / "Dataset995_Pre").mkdir()

@@ -24,7 +24,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_mim.geometry import TOKEN_SIZE
 from nnunet_mim.losses import patchify
 from nnunet_mim.plans import planned_patch_size, round_patch_size
-from nnunet_mim.pretraining.memory import device_memory
+from nnunet_mim.pretraining.memory import device_memory, requested_micro_batch
 from nnunet_mim.pretraining.model import AlignmentHeads
 from nnunet_mim.pretraining.trainer import nnUNetTrainerMAEPretrain, nnUNetTrainerMiMPretrain
 from nnunet_mim.pretraining_record import RECORD_LENGTH
@@ -96,6 +96,9 @@ class ResEncBackbone:
 
     def _set_batch_size_and_oversample(self):
         # the memory model (pretraining/memory.py) knows the hybrid network only: the plan's batch runs as planned
+        if requested_micro_batch(self.micro_batch) is not None:
+            raise RuntimeError("a micro-batch (NNUNET_MIM_MICRO_BATCH, micro_batch) is not supported for ResEnc "
+                               "pre-training yet: unset it, or plan a smaller batch")
         nnUNetTrainer._set_batch_size_and_oversample(self)
         if device_memory(self.device) is not None:
             self.print_to_log_file("the memory of a ResEnc pre-training step is not predicted: the plan's batch "
