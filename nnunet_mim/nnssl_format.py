@@ -16,9 +16,9 @@ from collections import OrderedDict
 from typing import Dict, List
 
 from nnunet_mim.checkpointing import save_checkpoint_file, write_atomically
+from nnunet_mim.pretrained_loading import PRETRAINING_HEADS
 
 RESENC_NETWORK = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
-PRETRAINING_ONLY = ("alignment.", "pretraining_record")  # tensors no downstream network has
 ALIGNMENT_KWARGS = ("alignment_pairs", "alignment_predictor", "alignment_batch_norm", "projector_dim")
 FILES = ("checkpoint_final.pth", "adaptation_plan.json", "config.json")
 
@@ -80,7 +80,7 @@ def nnssl_checkpoint(checkpoint: dict) -> dict:
     """The nnssl checkpoint of a residual-encoder pre-training checkpoint: weights on the CPU, numpy-free."""
     plan = adaptation_plan(checkpoint)
     weights = OrderedDict((k, v.detach().cpu().clone()) for k, v in checkpoint["network_weights"].items()
-                          if not k.startswith(PRETRAINING_ONLY))
+                          if not k.startswith(PRETRAINING_HEADS))
     return {"network_weights": weights, "nnssl_adaptation_plan": plan, "trainer_name": str(checkpoint["trainer_name"]),
             "current_epoch": int(checkpoint["current_epoch"])}
 

@@ -10,12 +10,13 @@ a file replaced between the check and the load is never read a second time. Weig
 floating-point numbers are refused by name before anything is loaded.
 """
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from nnunet_mim.checkpointing import read_checkpoint
+from nnunet_mim.checkpointing import read_checkpoint, shown
 
+PRETRAINING_HEADS = ("alignment.", "pretraining_record")  # a pre-training network's, beside the U-Net's tensors
 _checked: Dict[str, dict] = {}  # absolute path -> the checkpoint read from it, until a load takes it
 
 
@@ -45,6 +46,33 @@ def unusable_weights(weights: Dict[str, torch.Tensor], network_state: Optional[D
     return "; ".join(problems[:3]) + more
 
 
+def kernel_for_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """An input projection's kernel for ``channels`` input channels: each the mean of the given kernels times (given
+    channels / ``channels``), so an image whose channels are all equal gets the response the kernel gave one."""
+    mean = weight.mean(dim=1, keepdim=True) * (weight.shape[1] / channels)
+    return mean.repeat(1, channels, *[1] * (weight.ndim - 2)).contiguous()
+
+
+def widened_input_projections(path: str, saved: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor],
+                               in_projections) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """``saved`` with its input projections (the network's ``keys_to_in_proj``, under every alias) widened to the
+    network's input channels, and the keys widened: each new channel's kernel is the mean of the file's times
+    (file channels / network channels), for one channel nnU-Net master's rule (repeat, divide by C). A file with
+    more input channels than the network is refused."""
+    names = tuple(f"{key}.weight" for key in in_projections)
+    widened, saved = [], dict(saved)
+    for key in (k for k in own if k.endswith(names) and k in saved and saved[k].shape != own[k].shape):
+        source, target = saved[key].shape[1], own[key].shape[1]
+        if saved[key].shape[:1] + saved[key].shape[2:] != own[key].shape[:1] + own[key].shape[2:]:
+            continue  # another network: the fit check names it
+        if source > target:
+            raise RuntimeError(f"{path} was pre-trained with {source} input channels and this dataset has {target}: "
+                               "no rule drops channels. Nothing was loaded.")
+        saved[key] = kernel_for_channels(saved[key], target)
+        widened.append(key)
+    return saved, widened
+
+
 def load_pretrained_weights(network: torch.nn.Module, path: str, verbose: bool = False) -> None:
     """nnU-Net's -pretrained_weights rules, read safely and once, onto the network's device, under DDP and
     torch.compile too (nnU-Net's own loader maps the file to cuda:<global rank>: no such device past the
@@ -58,16 +86,26 @@ def load_pretrained_weights(network: torch.nn.Module, path: str, verbose: bool =
     module = unwrap_network(network)
     own = module.state_dict()
     kept = {k: v for k, v in own.items() if ".seg_layers." not in k}
+    # a pre-training network's own heads start from scratch when the file has none (an nnssl checkpoint, or a
+    # segmentation network's, continued by MiM pre-training)
+    fresh = [k for k in kept if k.startswith(PRETRAINING_HEADS) and (k not in saved or saved[k].shape != own[k].shape)]
+    kept = {k: v for k, v in kept.items() if k not in fresh}
+    saved, widened = widened_input_projections(path, saved, own, getattr(module, "keys_to_in_proj", ()))
     wrong = [k for k, v in kept.items() if k not in saved or saved[k].shape != v.shape]
     if wrong:
-        raise RuntimeError(f"{path} does not fit this network: {len(wrong)} tensors missing or of another shape "
-                           f"(first: {wrong[0]}). Nothing was loaded.")
+        plan = checkpoint.get("nnssl_adaptation_plan")
+        origin = (f" (an nnssl checkpoint of {shown((plan.get('architecture_plans') or {}).get('arch_class_name'))}, "
+                  f"this run builds {type(module).__name__})" if isinstance(plan, dict) else "")
+        raise RuntimeError(f"{path} does not fit this network{origin}: {len(wrong)} tensors missing or of another "
+                           f"shape (first: {wrong[0]}). Nothing was loaded.")
     problem = unusable_weights({k: saved[k] for k in kept}, kept)
     if problem:
         raise RuntimeError(f"{path} holds weights no training can start from: {problem}. Nothing was loaded.")
     module.load_state_dict({**own, **{k: saved[k] for k in kept}})
+    heads = f"; {len(fresh)} tensors of the pre-training heads start fresh: the file has none" if fresh else ""
+    heads += f"; input projections widened to {own[widened[0]].shape[1]} channels: {widened}" if widened else ""
     print(f"pre-trained weights loaded from {path} ({len(kept)} tensors, read without running code; "
-          "segmentation heads kept)")
+          f"segmentation heads kept{heads})")
 
 
 def install() -> None:

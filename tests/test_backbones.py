@@ -181,29 +181,53 @@ def test_export_writes_what_nnssl_and_nnunet_master_read(nnunet_env, mim_resenc,
     assert (tmp_path / "repo" / "checkpoint_final.pth").read_bytes() == before  # nothing overwritten
 
 
-def test_a_hand_written_nnssl_checkpoint_fine_tunes_through_stock_nnunet(nnunet_env, resenc_plans, tmp_path):
+def hand_written_nnssl_checkpoint(nnunet_env, plans: str, path) -> dict:
     """An nnssl ResEnc checkpoint as nnssl's MAE writes one (the full U-Net with one reconstruction channel), written
-    here by hand from the format, not by this project's writer: -pretrained_weights of nnU-Net's trainer on a plan of
-    the same network loads every tensor but the segmentation heads, each equal to the file's."""
+    here by hand from the format, not by this project's writer; returns its weights."""
     from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
-
-    from nnunet_mim.pretrained_loading import load_pretrained_weights
-    with open(os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset991_E2E", resenc_plans + ".json")) as f:
+    with open(os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset991_E2E", plans + ".json")) as f:
         architecture = json.load(f)["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
     kwargs = dict(architecture, conv_op=torch.nn.Conv3d, norm_op=torch.nn.InstanceNorm3d, nonlin=torch.nn.LeakyReLU)
     torch.manual_seed(1)
-    mae = ResidualEncoderUNet(1, num_classes=1, **kwargs)
-    torch.save({"network_weights": mae.state_dict(),
+    weights = ResidualEncoderUNet(1, num_classes=1, **kwargs).state_dict()
+    torch.save({"network_weights": weights,
                 "nnssl_adaptation_plan": {"architecture_plans": {"arch_class_name": "ResidualEncoderUNet"},
                                           "key_to_encoder": "encoder.stages", "key_to_stem": "encoder.stem",
-                                          "key_to_lpe": None, "pretrain_num_input_channels": 1}},
-               tmp_path / "nnssl.pth")
+                                          "key_to_lpe": None, "pretrain_num_input_channels": 1}}, path)
+    return {"weights": weights, "kwargs": kwargs}
+
+
+def test_a_hand_written_nnssl_checkpoint_fine_tunes_through_stock_nnunet(nnunet_env, resenc_plans, tmp_path):
+    """-pretrained_weights of nnU-Net's trainer on a plan of the same network loads every tensor of an nnssl file but
+    the segmentation heads, each equal to the file's."""
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    from nnunet_mim.pretrained_loading import load_pretrained_weights
+    given = hand_written_nnssl_checkpoint(nnunet_env, resenc_plans, tmp_path / "nnssl.pth")
     torch.manual_seed(2)
-    target = ResidualEncoderUNet(1, num_classes=3, deep_supervision=True, **kwargs)
+    target = ResidualEncoderUNet(1, num_classes=3, deep_supervision=True, **given["kwargs"])
     load_pretrained_weights(target, str(tmp_path / "nnssl.pth"))
-    loaded, given = target.state_dict(), mae.state_dict()
-    assert all(torch.equal(loaded[k], given[k]) for k in loaded if ".seg_layers." not in k)
-    assert not torch.equal(loaded["decoder.seg_layers.0.weight"][:1], given["decoder.seg_layers.0.weight"])
+    loaded = target.state_dict()
+    assert all(torch.equal(loaded[k], given["weights"][k]) for k in loaded if ".seg_layers." not in k)
+    assert loaded["decoder.seg_layers.0.weight"].shape[0] == 3
+
+
+def test_mim_pretraining_continues_from_an_nnssl_checkpoint(nnunet_env, resenc_plans, tmp_path, capsys):
+    """"Continue from OpenMind": MiM pre-training of the same network starts from an nnssl checkpoint given by
+    -pretrained_weights, its alignment heads fresh (the file has none), and runs."""
+    given = hand_written_nnssl_checkpoint(nnunet_env, resenc_plans, tmp_path / "nnssl.pth")
+    env = dict(nnunet_env, nnUNet_results=str(tmp_path / "results"))
+    result = nnunet_train_in_process(["991", "3d_fullres", "all", "-tr", "nnUNetTrainerMiMPretrain_ResEnc_CPUsmoke",
+                                      "-p", resenc_plans, "-device", "cpu", "-pretrained_weights",
+                                      str(tmp_path / "nnssl.pth")], env)
+    assert "tensors of the pre-training heads start fresh: the file has none" in result.stdout
+    final = os.path.join(env["nnUNet_results"], "Dataset991_E2E",
+                         f"nnUNetTrainerMiMPretrain_ResEnc_CPUsmoke__{resenc_plans}__3d_fullres", "fold_all",
+                         "checkpoint_final.pth")
+    trained = torch.load(final, weights_only=False)["network_weights"]
+    stem = "encoder.stem.convs.0.conv.weight"
+    assert trained[stem].shape == given["weights"][stem].shape and not torch.equal(trained[stem],
+                                                                                   given["weights"][stem])
 
 
 def test_a_plan_without_a_residual_encoder_is_refused_by_name(nnunet_env):
@@ -220,3 +244,31 @@ def test_a_plan_without_a_residual_encoder_is_refused_by_name(nnunet_env):
             return {}
     with pytest.raises(RuntimeError, match="PlainConvUNet: plan one .*-pl nnUNetPlannerResEncM"):
         Probe.pretraining_plans(plans, "3d_fullres")
+
+
+def test_an_nnssl_checkpoint_is_widened_to_the_datasets_channels_as_nnunet_master_widens_it(nnunet_env, resenc_plans,
+                                                                                           tmp_path, capsys):
+    """One pre-training channel, two in the dataset: every alias of the stem's input convolution becomes the kernel
+    repeated and divided by 2 (master's rule), said in the load line; more channels in the file than in the dataset
+    are refused; a file of another architecture is named as such."""
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    from nnunet_mim.pretrained_loading import load_pretrained_weights
+    given = hand_written_nnssl_checkpoint(nnunet_env, resenc_plans, tmp_path / "nnssl.pth")
+    two_channels = ResidualEncoderUNet(2, num_classes=3, **given["kwargs"])
+    load_pretrained_weights(two_channels, str(tmp_path / "nnssl.pth"))
+    stem = "encoder.stem.convs.0.conv.weight"
+    expected = given["weights"][stem].repeat(1, 2, 1, 1, 1) / 2
+    loaded = two_channels.state_dict()
+    assert torch.allclose(loaded[stem], expected) and torch.allclose(loaded["decoder." + stem], expected)
+    assert all(torch.equal(loaded[k], v) for k, v in given["weights"].items()
+               if ".seg_layers." not in k and "stem.convs.0" not in k)
+    assert "input projections widened to 2 channels" in capsys.readouterr().out
+    torch.save({"network_weights": two_channels.state_dict()}, tmp_path / "two.pth")
+    with pytest.raises(RuntimeError, match="pre-trained with 2 input channels and this dataset has 1"):
+        load_pretrained_weights(ResidualEncoderUNet(1, num_classes=3, **given["kwargs"]), str(tmp_path / "two.pth"))
+    primus = {"network_weights": {"eva.pos_embed": torch.zeros(1, 8, 4)},
+              "nnssl_adaptation_plan": {"architecture_plans": {"arch_class_name": "PrimusM"}, "key_to_lpe": None}}
+    torch.save(primus, tmp_path / "primus.pth")
+    with pytest.raises(RuntimeError, match=r"an nnssl checkpoint of PrimusM, this run builds ResidualEncoderUNet"):
+        load_pretrained_weights(two_channels, str(tmp_path / "primus.pth"))

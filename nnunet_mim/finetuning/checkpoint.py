@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from nnunet_mim.checkpointing import UntrustedCheckpointError, read_checkpoint, shown, unreadable
+from nnunet_mim.pretrained_loading import kernel_for_channels
 from nnunet_mim.pretraining_record import PretrainingRecord
 
 IN_PROJECTIONS = ("encoder.stem.0.weight", "encoder.stages.0.downsample.0.weight")
@@ -164,9 +165,7 @@ def adapt_input_channels(checkpoint: dict, channels: int) -> Sequence[str]:
     changed = []
     for key in in_projection_keys(weights):
         w = weights[key]
-        source = w.shape[1]
-        mean = w.mean(dim=1, keepdim=True) * (source / channels)
-        weights[key] = mean.repeat(1, channels, *([1] * (w.ndim - 2))).contiguous()
+        weights[key] = kernel_for_channels(w, channels)
         changed.append(f"{key}: {tuple(w.shape)} -> {tuple(weights[key].shape)}")
     checkpoint.setdefault("nnunet_mim", {})["input_channels_adapted"] = {"to": channels, "tensors": changed}
     return changed
