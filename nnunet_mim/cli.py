@@ -91,7 +91,7 @@ def cmd_export(args) -> int:
         checkpoint = load_checkpoint(args.checkpoint)
         pretraining_checkpoint_record(args.checkpoint, checkpoint)
         paths = export_nnssl(checkpoint, args.output)
-    except (RuntimeError, ValueError) as error:
+    except (RuntimeError, ValueError, OSError) as error:  # OSError: -o a file, a folder not writable, disk full
         print(f"error: {args.checkpoint} was not exported: {error}", file=sys.stderr)
         return 1
     print("\n".join(f"wrote {path}" for path in paths))
