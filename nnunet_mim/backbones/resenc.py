@@ -73,14 +73,13 @@ class ResEncPretrainNetwork(ResidualEncoderUNet):
         return patchify(reconstruction, TOKEN_SIZE), features.flatten(2).transpose(1, 2)
 
 
-
-
 class ResEncBackbone:
     """Mixed into a pre-training trainer: its network is the plan's own residual-encoder U-Net
     (``ResEncPretrainNetwork``), not the hybrid; the plan's patch is rounded down to the levels' multiple."""
 
     @classmethod
     def pretraining_plans(cls, plans: dict, configuration: str) -> dict:
+        patch = planned_patch_size(plans, configuration)  # says which configurations there are
         plans = deepcopy(plans)
         config = plans["configurations"][configuration]
         network = config.get("architecture", {}).get("network_class_name", "")
@@ -89,7 +88,7 @@ class ResEncBackbone:
                 f"{cls.__name__} pre-trains the network of a residual-encoder plan, and these plans build "
                 f"{network or 'another network'}: plan one (nnUNetv2_plan_experiment -d DATASET -pl "
                 "nnUNetPlannerResEncM, or ...ResEncL) and train with -p nnUNetResEncUNetMPlans (or L)")
-        config["patch_size"] = round_patch_size(planned_patch_size(plans, configuration), cls.levels.patch_multiple)
+        config["patch_size"] = round_patch_size(patch, cls.levels.patch_multiple)
         config["architecture"] = dict(config["architecture"], network_class_name=RESENC_PRETRAIN_CLASS,
                                       arch_kwargs={**config["architecture"]["arch_kwargs"], **cls.alignment_kwargs()})
         return plans
