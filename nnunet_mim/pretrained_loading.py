@@ -8,6 +8,10 @@ safely (checkpointing.read_checkpoint) and once per process. A trainer that insp
 fine-tuning trainer's load report) reads it through ``read_once``, and the load takes that same checkpoint:
 a file replaced between the check and the load is never read a second time. Weights that are not finite
 floating-point numbers are refused by name before anything is loaded.
+
+Beyond nnU-Net's rules, for the files of other tools (nnssl's) and for pre-training continued from a segmentation
+or nnssl network: a pre-training network's own heads (alignment, record) start fresh when the file has none, and a
+file of fewer input channels than the dataset is widened by nnU-Net master's rule; the load line says both.
 """
 import os
 from typing import Dict, List, Optional, Tuple
@@ -61,7 +65,8 @@ def widened_input_projections(path: str, saved: Dict[str, torch.Tensor], own: Di
     more input channels than the network is refused."""
     names = tuple(f"{key}.weight" for key in in_projections)
     widened, saved = [], dict(saved)
-    for key in (k for k in own if k.endswith(names) and k in saved and saved[k].shape != own[k].shape):
+    for key in (k for k in own if k.endswith(names) and isinstance(saved.get(k), torch.Tensor)
+                and saved[k].shape != own[k].shape):
         source, target = saved[key].shape[1], own[key].shape[1]
         if saved[key].shape[:1] + saved[key].shape[2:] != own[key].shape[:1] + own[key].shape[2:]:
             continue  # another network: the fit check names it
@@ -88,10 +93,13 @@ def load_pretrained_weights(network: torch.nn.Module, path: str, verbose: bool =
     kept = {k: v for k, v in own.items() if ".seg_layers." not in k}
     # a pre-training network's own heads start from scratch when the file has none (an nnssl checkpoint, or a
     # segmentation network's, continued by MiM pre-training)
-    fresh = [k for k in kept if k.startswith(PRETRAINING_HEADS) and (k not in saved or saved[k].shape != own[k].shape)]
-    kept = {k: v for k, v in kept.items() if k not in fresh}
     saved, widened = widened_input_projections(path, saved, own, getattr(module, "keys_to_in_proj", ()))
-    wrong = [k for k, v in kept.items() if k not in saved or saved[k].shape != v.shape]
+
+    def fits(key: str) -> bool:
+        return isinstance(saved.get(key), torch.Tensor) and saved[key].shape == own[key].shape
+    fresh = [k for k in kept if k.startswith(PRETRAINING_HEADS) and not fits(k)]
+    kept = {k: v for k, v in kept.items() if k not in fresh}
+    wrong = [k for k in kept if not fits(k)]
     if wrong:
         plan = checkpoint.get("nnssl_adaptation_plan")
         origin = (f" (an nnssl checkpoint of {shown((plan.get('architecture_plans') or {}).get('arch_class_name'))}, "
