@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_mim.backbones.resenc import ResEncBackbone, nnUNetTrainerMAEPretrain_ResEnc, nnUNetTrainerMiMPretrain_ResEnc
+from nnunet_mim.backbones import BACKBONES
 from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch
 from nnunet_mim.methods import METHODS, trainer_class
 from nnunet_mim.pretraining.trainer import nnUNetTrainerMiMPretrain
@@ -116,8 +116,11 @@ PRETRAINING_CPU_BUDGETS = add_variants(PRETRAINING_TRAINERS, {
     "T_CPUdemo": PretrainCPUDemoBudget, "T_CPUsmoke": PretrainCPUSmokeBudget, "T_CPUbench": PretrainCPUBenchBudget,
     "T_CPUbench300": PretrainCPUBench300Budget, "T_CPUbench25": PretrainCPUBench25Budget})
 
-# the backbones' trainers (nnunet_mim/backbones/): the network is the plan's, so a CPU budget sets only the length
-BACKBONE_TRAINERS = (nnUNetTrainerMiMPretrain_ResEnc, nnUNetTrainerMAEPretrain_ResEnc)
+# every method on every backbone (nnunet_mim/backbones/): the network is the plan's, so a CPU budget sets only the
+# length
+BACKBONE_TRAINERS = tuple(type(f"{trainer.__name__}_{name}", (backbone, trainer),
+                               {"__module__": __name__, "__qualname__": f"{trainer.__name__}_{name}"})
+                          for name, backbone in BACKBONES.items() for trainer in PRETRAINING_TRAINERS)
 globals().update(by_name(BACKBONE_TRAINERS))
 PRETRAINING_USER += BACKBONE_TRAINERS
 PRETRAINING_CPU_BUDGETS += add_variants(BACKBONE_TRAINERS, {"CPUsmoke": PretrainCPUSmokeBudget})
@@ -226,8 +229,8 @@ def describe_trainer(trainer: type) -> str:
     if issubclass(trainer, nnUNetTrainerMiMPretrain):
         method = f"{trainer.method} pre-training" + (" without alignment" if trainer.method == "MiM"
                                                      and trainer.alignment_weight == 0 else "")
-        network = ("the plan's residual-encoder U-Net (-p nnUNetResEncUNet{M,L}Plans)"
-                   if issubclass(trainer, ResEncBackbone) else f"preset {trainer.encoder_preset}")
+        backbones = [b for b in BACKBONES.values() if issubclass(trainer, b)]
+        network = backbones[0].description if backbones else f"preset {trainer.encoder_preset}"
         return (f"{method}, {network}, {trainer.epochs} epochs x "
                 f"{trainer.iterations_per_epoch} steps, effective batch {trainer.effective_batch}")
     role = "from scratch" if issubclass(trainer, nnUNetTrainerMiMScratch) else "fine-tuning"

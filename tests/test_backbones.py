@@ -272,3 +272,17 @@ def test_an_nnssl_checkpoint_is_widened_to_the_datasets_channels_as_nnunet_maste
     torch.save(primus, tmp_path / "primus.pth")
     with pytest.raises(RuntimeError, match=r"an nnssl checkpoint of PrimusM, this run builds ResidualEncoderUNet"):
         load_pretrained_weights(two_channels, str(tmp_path / "primus.pth"))
+
+
+def test_every_method_has_a_trainer_on_every_backbone():
+    """The registries decide the trainers: a method (nnunet_mim/methods.py) on a backbone (nnunet_mim/backbones/)
+    is ``<the method's trainer>_<backbone>``, the backbone's network with the method's levels and losses."""
+    from nnunet_mim import variants
+    from nnunet_mim.backbones import BACKBONES
+    from nnunet_mim.methods import METHODS, trainer_class
+    for name, backbone in BACKBONES.items():
+        for method in METHODS.values():
+            trainer = getattr(variants, f"{method.trainer}_{name}")
+            assert issubclass(trainer, backbone) and issubclass(trainer, trainer_class(method))
+            assert trainer.pretraining_plans.__func__ is backbone.pretraining_plans.__func__
+            assert f"{method.trainer}_{name}" in variants.trainer_list()

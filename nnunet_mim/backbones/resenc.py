@@ -26,7 +26,6 @@ from nnunet_mim.losses import patchify
 from nnunet_mim.plans import planned_patch_size, round_patch_size
 from nnunet_mim.pretraining.memory import device_memory, requested_micro_batch
 from nnunet_mim.pretraining.model import AlignmentHeads
-from nnunet_mim.pretraining.trainer import nnUNetTrainerMAEPretrain, nnUNetTrainerMiMPretrain
 from nnunet_mim.pretraining_record import RECORD_LENGTH
 
 RESENC_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
@@ -76,6 +75,7 @@ class ResEncPretrainNetwork(ResidualEncoderUNet):
 class ResEncBackbone:
     """Mixed into a pre-training trainer: its network is the plan's own residual-encoder U-Net
     (``ResEncPretrainNetwork``), not the hybrid; the plan's patch is rounded down to the levels' multiple."""
+    description = "the plan's residual-encoder U-Net (-p nnUNetResEncUNet{M,L}Plans)"
 
     @classmethod
     def pretraining_plans(cls, plans: dict, configuration: str) -> dict:
@@ -109,11 +109,3 @@ class ResEncBackbone:
     def checkpoint_extras(self) -> dict:
         return dict(super().checkpoint_extras(), encoder_preset="ResEnc")
 
-
-class nnUNetTrainerMiMPretrain_ResEnc(ResEncBackbone, nnUNetTrainerMiMPretrain):
-    """MiM pre-training of the plan's residual-encoder U-Net: nnUNetv2_train D 3d_fullres all -p
-    nnUNetResEncUNetMPlans (or L) -tr nnUNetTrainerMiMPretrain_ResEnc."""
-
-
-class nnUNetTrainerMAEPretrain_ResEnc(ResEncBackbone, nnUNetTrainerMAEPretrain):
-    """MAE pre-training of the plan's residual-encoder U-Net (nnssl's MAE, on this project's token masks)."""
