@@ -212,11 +212,16 @@ FINETUNING_CPU_BUDGETS += add_variants(list(FINETUNING_CPU_BUDGETS), FINETUNING_
 # ---- stock nnU-Net CNN at the same CPU budgets (the reference arm of the benchmark) ---------------
 class nnUNetTrainerStockCNN(RunLengthFromClassAttributes, nnUNetTrainer):
     """nnU-Net's own trainer, its length set by the class attributes the hybrid trainers use, so that
-    a CPU fine-tuning budget applies to it unchanged. The defaults are nnU-Net's."""
+    a CPU fine-tuning budget applies to it unchanged. The defaults are nnU-Net's. Importing it (as nnUNetv2_train
+    does to find it) puts this plugin's -pretrained_weights loader in place: the file read without running code,
+    one-channel files widened to the dataset's channels (pretrained_loading.py); plain nnUNetTrainer reads the file
+    with nnU-Net's own loader."""
 
 
+# users fine-tune the networks of nnU-Net's own plans (ResEnc pre-training, nnssl files) with it
+FINETUNING_USER.append(nnUNetTrainerStockCNN)
 # the budgets' encoder preset and lr are the hybrid network's; nnU-Net's CNN keeps its own
-STOCK_CPU_BUDGETS = [nnUNetTrainerStockCNN, *add_variants([nnUNetTrainerStockCNN], {
+STOCK_CPU_BUDGETS = [*add_variants([nnUNetTrainerStockCNN], {
     "CPUdemo": FinetuneCPUDemoBudget, "CPUsmoke": FinetuneCPUSmokeBudget, "CPUlong": FinetuneCPULongBudget,
     "CPUxlong": FinetuneCPUXLongBudget, "CPUxxlong": FinetuneCPUXXLongBudget})]
 
@@ -233,6 +238,9 @@ def describe_trainer(trainer: type) -> str:
         network = backbones[0].description if backbones else f"preset {trainer.encoder_preset}"
         return (f"{method}, {network}, {trainer.epochs} epochs x "
                 f"{trainer.iterations_per_epoch} steps, effective batch {trainer.effective_batch}")
+    if not issubclass(trainer, nnUNetTrainerMiMFinetune):
+        return ("nnU-Net's own trainer on the plan's own network (e.g. -p nnUNetResEncUNetMPlans), -pretrained_weights "
+                "read without running code")
     role = "from scratch" if issubclass(trainer, nnUNetTrainerMiMScratch) else "fine-tuning"
     schedule = ("frozen encoder (a probe)" if trainer.encoder_frozen_fraction == 1 else
                 f"decoder first for {trainer.encoder_frozen_fraction:.0%}" if trainer.encoder_frozen_fraction else

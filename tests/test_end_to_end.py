@@ -360,12 +360,15 @@ def crafted_copy(pretrained, tmp_path, **changes):
 
 
 def test_no_route_runs_a_crafted_files_code(nnunet_env, pretrained, tmp_path):
-    """-pretrained_weights given to a pre-training trainer (nnU-Net's own loader read it unsafely), and --c on a
-    crafted checkpoint_latest.pth (this project's checkpointing read it unsafely): both refused, nothing runs."""
+    """-pretrained_weights given to a pre-training trainer or to nnUNetTrainerStockCNN (nnU-Net's own loader read it
+    unsafely), and --c on a crafted checkpoint_latest.pth (this project's checkpointing read it unsafely): all
+    refused, nothing runs."""
     env = {k: v for k, v in nnunet_env.items() if k != "NNUNET_MIM_TRUST_CHECKPOINTS"}
     crafted = crafted_copy(pretrained, tmp_path)
-    result = train(env, "nnUNetTrainerMAEPretrain_T_CPUsmoke", "-pretrained_weights", crafted, check=False)
-    assert result.returncode != 0 and "NNUNET_MIM_TRUST_CHECKPOINTS=1" in result.stderr, result.stderr[-2000:]
+    # a pre-training trainer, and nnU-Net's own trainer as this plugin offers it (its route for nnssl files)
+    for trainer in ("nnUNetTrainerMAEPretrain_T_CPUsmoke", "nnUNetTrainerStockCNN_CPUsmoke"):
+        result = train(env, trainer, "-pretrained_weights", crafted, check=False)
+        assert result.returncode != 0 and "NNUNET_MIM_TRUST_CHECKPOINTS=1" in result.stderr, result.stderr[-2000:]
     continued = "nnUNetTrainerMiMPretrain_T_CPUdemo"
     os.makedirs(output_folder(nnunet_env, continued))
     crafted_latest = crafted_copy(pretrained, tmp_path, trainer_name=continued)

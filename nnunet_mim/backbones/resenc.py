@@ -62,7 +62,7 @@ class ResEncPretrainNetwork(ResidualEncoderUNet):
             raise RuntimeError(
                 "this is a pre-training network: it reconstructs masked volumes and segments nothing. Fine-tune it "
                 "with nnU-Net's own trainer on the same ResEnc plans: nnUNetv2_train DATASET CONFIGURATION FOLD -p "
-                "<those plans> -pretrained_weights .../checkpoint_final.pth")
+                "<those plans> -tr nnUNetTrainerStockCNN -pretrained_weights .../checkpoint_final.pth")
         visible = (~hidden)[:, None].to(x.dtype)
         for axis in (2, 3, 4):
             visible = visible.repeat_interleave(TOKEN_SIZE, dim=axis)

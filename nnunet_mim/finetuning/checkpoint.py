@@ -109,7 +109,8 @@ def pretraining_checkpoint_record(filename: str, checkpoint: dict) -> Pretrainin
 
 
 PRESET_TRAINERS = {"B": "nnUNetTrainerMiMFinetune", "S": "nnUNetTrainerMiMFinetune_S",
-                   "ResEnc": "nnU-Net's own (nnUNetv2_train ... -p <the ResEnc plans it was pre-trained on>)",
+                   "ResEnc": "nnUNetTrainerStockCNN (nnU-Net's own: nnUNetv2_train ... -p <the ResEnc plans it was "
+                             "pre-trained on>)",
                    "T": "nnUNetTrainerMiMFinetune_T_CPUxlong (a CPU budget: eval \"$(nnunet-mim env --cpu-budgets)\")"}
 
 
