@@ -134,8 +134,9 @@ def unpickler_reason(error: Exception) -> str:
 
 
 def unreadable(path: str) -> str:
-    """Why the file ``path`` cannot be read, or "": missing, a folder, or not permitted (told apart, as "does not
-    exist" would send the user looking for a file that is there)."""
+    """Why the file ``path`` cannot be read, or "": missing, a folder, a FIFO, socket or device (reading one could
+    wait forever), or not permitted, each told apart ("does not exist" would send the user looking for a file that
+    is there)."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -144,6 +145,8 @@ def unreadable(path: str) -> str:
         return f"cannot be reached: {error.strerror}"
     if stat.S_ISDIR(mode):
         return "is a folder, not a file"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device: reading it could wait forever)"
     if not os.access(path, os.R_OK):
         return "no permission to read it"
     return ""

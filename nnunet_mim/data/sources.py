@@ -15,7 +15,6 @@ truncated file (SimpleITK fills the missing voxels with zeros) or non-finite vox
 import gzip
 import os
 import re
-import stat
 import struct
 import tempfile
 import zlib
@@ -25,6 +24,8 @@ from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+
+from nnunet_mim.checkpointing import unreadable
 
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_ENDINGS = (".dcm", ".ima", "")  # DICOM files often have no extension at all
@@ -53,19 +54,11 @@ def printable(path: str) -> str:
 
 
 def not_a_file_to_read(path: str) -> str:
-    """Why ``path`` cannot be read as an image file, or "": a FIFO, socket or device (reading one would wait
-    forever), a name that is not UTF-8, or a file this user may not read."""
+    """Why ``path`` cannot be read as an image file, or "": a name that is not UTF-8, or what
+    ``checkpointing.unreadable`` finds (a FIFO, socket or device, a file this user may not read, ...)."""
     if printable(path) != path:
         return "its name is not valid UTF-8 (rename the file)"
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as error:
-        return f"cannot be examined: {error.strerror}"
-    if not stat.S_ISREG(mode):
-        return "not a regular file (a FIFO, socket or device: reading it could wait forever)"
-    if not os.access(path, os.R_OK):
-        return "no permission to read it"
-    return ""
+    return unreadable(path)
 
 
 @dataclass(frozen=True)
