@@ -12,6 +12,7 @@ that needs any other is refused with the names, unless the user sets TRUST_CHECK
 """
 import errno
 import importlib
+import json
 import os
 import pickle
 import shutil
@@ -175,6 +176,14 @@ def write_atomically(path: str, write) -> None:
                                         "partial one removed; free space and run again") from None
         raise
     os.replace(partial, path)
+
+
+def save_json(obj, path: str) -> None:
+    """``obj`` as JSON at ``path``, written atomically."""
+    def write(partial):
+        with open(partial, "w") as f:
+            json.dump(obj, f, indent=1)
+    write_atomically(path, write)
 
 
 def save_checkpoint_file(checkpoint: dict, path: str) -> None:

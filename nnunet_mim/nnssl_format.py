@@ -13,9 +13,9 @@ Only networks that nnssl and nnU-Net master can rebuild are exported: the residu
 import json
 import os
 from collections import OrderedDict
-from typing import Dict, List
+from typing import List
 
-from nnunet_mim.checkpointing import save_checkpoint_file, write_atomically
+from nnunet_mim.checkpointing import save_checkpoint_file, save_json
 from nnunet_mim.pretrained_loading import PRETRAINING_HEADS
 
 RESENC_NETWORK = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
@@ -94,11 +94,6 @@ def export_nnssl(checkpoint: dict, folder: str) -> List[str]:
               "epochs": exported["current_epoch"]}
     paths = [os.path.join(folder, name) for name in FILES]
     save_checkpoint_file(exported, paths[0])
-    for path, content in zip(paths[1:], (exported["nnssl_adaptation_plan"], config)):
-        write_atomically(path, lambda partial, content=content: json_dump(content, partial))
+    save_json(exported["nnssl_adaptation_plan"], paths[1])
+    save_json(config, paths[2])
     return paths
-
-
-def json_dump(content: Dict, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(content, f, indent=1)

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunet_mim.geometry import TOKEN_SIZE
-from nnunet_mim.checkpointing import write_atomically
+from nnunet_mim.checkpointing import save_json, write_atomically
 from nnunet_mim.data.sources import SourceImage, UnusableImage, find_images, printable, read_header, read_volume
 from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans, round_patch_size
 from nnunet_mim.pretraining.data import COLLECTION_MANIFEST as MANIFEST
@@ -292,13 +292,6 @@ def dataset_folder(dataset_id: int, name: str) -> str:
     if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, MANIFEST)):
         raise FileExistsError(f"{folder} exists and is not a pre-training collection; choose another ID")
     return folder
-
-
-def save_json(obj, path: str) -> None:
-    def write(partial):
-        with open(partial, "w") as f:
-            json.dump(obj, f, indent=1)
-    write_atomically(path, write)
 
 
 def save_manifest(folder: str, settings: CollectionSettings, inputs: Sequence[str], summary: Optional[dict],
