@@ -118,7 +118,23 @@ def lowers_its_loss_and_fine_tunes_through_stock_nnunet(out: dict, nnunet_env, p
 
 
 def test_mim_on_resenc_lowers_its_loss_and_fine_tunes_through_stock_nnunet(nnunet_env, resenc_plans, mim_resenc):
+    from nnunet_mim.pretraining_record import PretrainingRecord
     lowers_its_loss_and_fine_tunes_through_stock_nnunet(mim_resenc, nnunet_env, resenc_plans, mim_resenc["checkpoint"])
+    checkpoint = torch.load(mim_resenc["checkpoint"], weights_only=False)
+    record = PretrainingRecord.from_tensor(checkpoint["network_weights"]["pretraining_record"])
+    assert record.method == "MiM" and record.preset == checkpoint["nnunet_mim"]["encoder_preset"] == "ResEnc"
+
+
+def test_a_micro_batch_asked_of_resenc_pretraining_is_refused(nnunet_env, resenc_plans):
+    """The memory model knows the hybrid only: a micro-batch asked for is refused, not silently ignored."""
+    script = f"PLANS = {resenc_plans!r}\n" + """
+from helpers import trainer_on_test_dataset
+from nnunet_mim import variants
+trainer_on_test_dataset(variants.nnUNetTrainerMAEPretrain_ResEnc_CPUsmoke, plans=PLANS).initialize()
+"""
+    result = python_in_process(script, dict(nnunet_env, NNUNET_MIM_MICRO_BATCH="1"), check=False)
+    assert result.returncode == 1 and "(NNUNET_MIM_MICRO_BATCH, micro_batch) is not supported for ResEnc" in \
+        result.stderr, result.stderr[-2000:]
 
 
 @pytest.mark.slow  # MAE's path is MiM's with one level

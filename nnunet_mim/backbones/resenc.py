@@ -13,18 +13,15 @@ heads and the pretraining record: stock ``nnUNetv2_train ... -p <the same plans>
 tensor but the segmentation heads, decoder included, as it does for nnssl's MAE checkpoints.
 """
 from copy import deepcopy
-from dataclasses import replace
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mim.geometry import TOKEN_SIZE
 from nnunet_mim.losses import patchify
 from nnunet_mim.plans import planned_patch_size, round_patch_size
-from nnunet_mim.pretraining.memory import device_memory, requested_micro_batch
 from nnunet_mim.pretraining.model import AlignmentHeads
 from nnunet_mim.pretraining_record import RECORD_LENGTH
 
@@ -76,6 +73,8 @@ class ResEncBackbone:
     """Mixed into a pre-training trainer: its network is the plan's own residual-encoder U-Net
     (``ResEncPretrainNetwork``), not the hybrid; the plan's patch is rounded down to the levels' multiple."""
     description = "the plan's residual-encoder U-Net (-p nnUNetResEncUNet{M,L}Plans)"
+    network_preset = "ResEnc"  # recorded in the checkpoint (pretraining_record.py)
+    memory_predicted = False  # pretraining/memory.py models the hybrid only
 
     @classmethod
     def pretraining_plans(cls, plans: dict, configuration: str) -> dict:
@@ -92,20 +91,3 @@ class ResEncBackbone:
         config["architecture"] = dict(config["architecture"], network_class_name=RESENC_PRETRAIN_CLASS,
                                       arch_kwargs={**config["architecture"]["arch_kwargs"], **cls.alignment_kwargs()})
         return plans
-
-    def _set_batch_size_and_oversample(self):
-        # the memory model (pretraining/memory.py) knows the hybrid network only: the plan's batch runs as planned
-        if requested_micro_batch(self.micro_batch) is not None:
-            raise RuntimeError("a micro-batch (NNUNET_MIM_MICRO_BATCH, micro_batch) is not supported for ResEnc "
-                               "pre-training yet: unset it, or plan a smaller batch")
-        nnUNetTrainer._set_batch_size_and_oversample(self)
-        if device_memory(self.device) is not None:
-            self.print_to_log_file("the memory of a ResEnc pre-training step is not predicted: the plan's batch "
-                                   f"{self.batch_size} runs as planned, without checkpointing")
-
-    def pretraining_record(self, epochs_done: int):
-        return replace(super().pretraining_record(epochs_done), preset="ResEnc")
-
-    def checkpoint_extras(self) -> dict:
-        return dict(super().checkpoint_extras(), encoder_preset="ResEnc")
-

@@ -15,8 +15,13 @@ from nnunet_mim.seeding import seed_generators
 
 
 class PretrainingCheckpointMixin(AtomicCheckpointMixin):
+    @property
+    def network_preset(self) -> str:
+        """What the checkpoint records as the pre-trained network: the hybrid's preset (a backbone sets its name)."""
+        return self.encoder_preset
+
     def pretraining_record(self, epochs_done: int) -> PretrainingRecord:
-        return PretrainingRecord(method=self.method, preset=self.encoder_preset, decoder_pretrained=False,
+        return PretrainingRecord(method=self.method, preset=self.network_preset, decoder_pretrained=False,
                                  input_channels=self.num_input_channels,
                                  patch_size=tuple(self.configuration_manager.patch_size),
                                  spacing=tuple(self.configuration_manager.spacing), epochs=epochs_done)
@@ -39,7 +44,7 @@ class PretrainingCheckpointMixin(AtomicCheckpointMixin):
                 "alignment_predictor": self.alignment_predictor, "alignment_batch_norm": self.alignment_batch_norm,
                 "effective_batch": self.recipe.effective_batch,
                 "accumulation_steps": self.recipe.accumulation_steps, "lr": self.recipe.lr,
-                "encoder_preset": self.encoder_preset, "token_size": self.levels.token_size,
+                "encoder_preset": self.network_preset, "token_size": self.levels.token_size,
                 "levels": asdict(self.levels), "patch_size": list(cm.patch_size), "spacing": list(cm.spacing),
                 "normalization_schemes": list(cm.normalization_schemes),
                 "foreground_intensity_properties_per_channel":

@@ -18,6 +18,9 @@ from nnunet_mim.pretraining.recipe import PretrainingRecipe
 
 
 class AccumulatedStepMixin:
+    # False for a network the memory model does not know (a backbone's): the plan's batch runs as planned
+    memory_predicted = True
+
     @property
     def optimizer_step(self) -> int:
         """Index of the optimizer step the current micro-step accumulates into, over the whole run."""
@@ -29,6 +32,15 @@ class AccumulatedStepMixin:
         and its lr; the conv blocks are checkpointed only where one sample does not fit otherwise."""
         super()._set_batch_size_and_oversample()
         device_bytes, requested = device_memory(self.device), requested_micro_batch(self.micro_batch)
+        if not self.memory_predicted:
+            if requested is not None:
+                raise RuntimeError(f"a micro-batch (NNUNET_MIM_MICRO_BATCH, micro_batch) is not supported for "
+                                   f"{self.network_preset} pre-training yet: unset it, or plan a smaller batch")
+            if device_bytes is not None:
+                self.print_to_log_file(f"the memory of a {self.network_preset} pre-training step is not "
+                                       f"predicted: the plan's batch {self.batch_size} runs as planned, without "
+                                       "checkpointing")
+            return
         if device_bytes is None and requested is None:
             return  # the CPU: nothing to plan against
         world = dist.get_world_size() if self.is_ddp else 1
