@@ -142,11 +142,11 @@ def run_benchmark(args, given: dict) -> int:
                          note=args.note, results_folder=args.results_folder)
     bench = DownstreamBenchmark(spec)
     rows, curves = bench.run()
-    results = spec.results_folder or bench.folders.work + "/results"
-    write_curves(curves, results, bench.title(), RESULTS_NAME)
+    results, title = spec.results_folder or bench.folders.work + "/results", bench.title()
+    write_curves(curves, results, title, RESULTS_NAME)
     notes = paragraphs(mean_dice_against(rows, SCRATCH_DEFAULT) if SCRATCH_DEFAULT in spec.arms else [],
                        bench.table_notes(), end_of_training_table(curves, RESULTS_NAME))
-    print(write_outputs(rows, results, bench.title(), notes=notes))
+    print(write_outputs(rows, results, title, notes=notes))
     return 0
 
 

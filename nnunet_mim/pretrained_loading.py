@@ -91,12 +91,12 @@ def load_pretrained_weights(network: torch.nn.Module, path: str, verbose: bool =
     module = unwrap_network(network)
     own = module.state_dict()
     kept = {k: v for k, v in own.items() if ".seg_layers." not in k}
-    # a pre-training network's own heads start from scratch when the file has none (an nnssl checkpoint, or a
-    # segmentation network's, continued by MiM pre-training)
     saved, widened = widened_input_projections(path, saved, own, getattr(module, "keys_to_in_proj", ()))
 
     def fits(key: str) -> bool:
         return isinstance(saved.get(key), torch.Tensor) and saved[key].shape == own[key].shape
+    # a pre-training network's own heads start from scratch when the file has none (an nnssl checkpoint, or a
+    # segmentation network's, continued by MiM pre-training)
     fresh = [k for k in kept if k.startswith(PRETRAINING_HEADS) and not fits(k)]
     kept = {k: v for k, v in kept.items() if k not in fresh}
     wrong = [k for k in kept if not fits(k)]
