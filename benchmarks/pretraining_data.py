@@ -54,7 +54,7 @@ def flops_per_sample(method: str, patch) -> float:
     from nnunet_mim.flops import count_flops
     from nnunet_mim.losses import reconstruction_loss
     from nnunet_mim.masking import LevelConfig
-    from nnunet_mim.pretraining.memory import visible_tokens, volumes_per_sample
+    from nnunet_mim.pretraining.memory import visible_tokens
     from nnunet_mim.pretraining.model import MiMPretrainNetwork
     levels = LevelConfig() if method == "MiM" else LevelConfig(num_levels=1, l1_mask_ratio=0.75)
     network = MiMPretrainNetwork(1, 2, alignment_pairs=0, **preset_kwargs("B"))
@@ -67,7 +67,7 @@ def flops_per_sample(method: str, patch) -> float:
     def step():
         prediction, _ = network(volume, hidden)
         reconstruction_loss(prediction, volume, hidden, 16).backward()
-    return volumes_per_sample(levels) * count_flops(step)
+    return sum(levels.volumes_per_crop) * count_flops(step)
 
 
 def loader_throughput(dataset_folder: str, crop, crops: int) -> float:

@@ -10,13 +10,18 @@ a file replaced between the check and the load is never read a second time. Weig
 floating-point numbers are refused by name before anything is loaded.
 
 Beyond nnU-Net's rules, for the files of other tools (nnssl's) and for pre-training continued from a segmentation
-or nnssl network: a pre-training network's own heads (alignment, record) start fresh when the file has none, and a
-file of fewer input channels than the dataset is widened by nnU-Net master's rule; the load line says both.
+or nnssl network: a pre-training network's own heads (alignment, record) start fresh when the file has none, a
+file of fewer input channels than the dataset is widened by nnU-Net master's rule, a transformer's position table
+is resized to the network's token grid by master's rule (trilinear), and Primus's decoder (``up_projection``, which
+no pre-training trains for segmentation) is the network's own, as its segmentation heads are; the load line says
+what was loaded, kept, widened and resized.
 """
+import math
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from nnunet_mim.checkpointing import read_checkpoint, shown
 
@@ -78,6 +83,67 @@ def widened_input_projections(path: str, saved: Dict[str, torch.Tensor], own: Di
     return saved, widened
 
 
+# name parts of the tensors a network keeps its own whatever the file holds, and what they are
+OWN_PARTS = {".seg_layers.": "segmentation heads", ".up_projection.": "Primus's decoder"}
+
+
+def own_heads(module: torch.nn.Module) -> Tuple[str, ...]:
+    """``OWN_PARTS`` this network has: nnU-Net's segmentation heads, and a Primus's decoder (nnU-Net master, too,
+    loads only Primus's encoder and stem)."""
+    from dynamic_network_architectures.architectures.primus import Primus
+    return (".seg_layers.", ".up_projection.") if isinstance(module, Primus) else (".seg_layers.",)
+
+
+def is_head(key: str, heads: Sequence[str]) -> bool:
+    return any(part in f".{key}" for part in heads)
+
+
+def token_grid_of(checkpoint: dict, tokens: int, token_size: int) -> Optional[List[int]]:
+    """The token grid the file's position table was learnt on: its pre-training patch (nnssl's plan, or this project's
+    record) over the token size when that gives ``tokens`` tokens, else the cube that does, else None."""
+    plan = checkpoint.get("nnssl_adaptation_plan") if isinstance(checkpoint.get("nnssl_adaptation_plan"), dict) else {}
+    configurations = (plan.get("pretrain_plan") or {}).get("configurations") or {}
+    patches = [plan.get("pretrain_patch_size"), *[c.get("patch_size") for c in configurations.values()
+                                                  if isinstance(c, dict)],
+               (checkpoint.get("nnunet_mim") or {}).get("patch_size")]
+    for patch in patches:
+        if isinstance(patch, (list, tuple)) and len(patch) == 3 and all(isinstance(p, int) for p in patch):
+            grid = [p // token_size for p in patch]
+            if math.prod(grid) == tokens:
+                return grid
+    side = round(tokens ** (1 / 3))
+    return [side] * 3 if side ** 3 == tokens else None
+
+
+def resize_position_table(table: torch.Tensor, source_grid: Sequence[int], target_grid: Sequence[int]) -> torch.Tensor:
+    """A (1, N, D) position table learnt on ``source_grid`` (raster order) for ``target_grid``: trilinear, corners not
+    aligned, as nnU-Net master resizes it (load_weights_utils.interpolate_patch_embed_3d)."""
+    volume = table.transpose(1, 2).reshape(1, table.shape[2], *source_grid).float()
+    resized = F.interpolate(volume, size=list(target_grid), mode="trilinear", align_corners=False)
+    return resized.flatten(2).transpose(1, 2).to(table.dtype).contiguous()
+
+
+def resized_position_table(path: str, checkpoint: dict, saved: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor],
+                           module: torch.nn.Module) -> Tuple[Dict[str, torch.Tensor], str]:
+    """``saved`` with the network's position table (its ``key_to_lpe``) resized to the network's token grid when the
+    file's was learnt at another patch, and a line saying so ('' when nothing was resized)."""
+    key = getattr(module, "key_to_lpe", None)
+    table = saved.get(key) if key else None
+    if not isinstance(table, torch.Tensor) or key not in own or table.shape == own[key].shape:
+        return saved, ""
+    if table.ndim != 3 or table.shape[::2] != own[key].shape[::2]:
+        return saved, ""  # another network: the fit check names it
+    target_grid = list(module.eva.rope.feat_shape)
+    token_size = module.down_projection.proj.kernel_size[0]
+    source_grid = token_grid_of(checkpoint, table.shape[1], token_size)
+    if source_grid is None:
+        raise RuntimeError(f"{path}: its position table ({key}) holds {table.shape[1]} tokens, and neither the file's "
+                           "pre-training patch nor a cube gives that many; it cannot be resized to this network's "
+                           f"{target_grid} tokens. Nothing was loaded.")
+    return ({**saved, key: resize_position_table(table, source_grid, target_grid)},
+            f"position table {key} resized from {source_grid} to {target_grid} tokens")
+
+
 def load_pretrained_weights(network: torch.nn.Module, path: str, verbose: bool = False) -> None:
     """nnU-Net's -pretrained_weights rules, read safely and once, onto the network's device, under DDP and
     torch.compile too (nnU-Net's own loader maps the file to cuda:<global rank>: no such device past the
@@ -90,8 +156,9 @@ def load_pretrained_weights(network: torch.nn.Module, path: str, verbose: bool =
     saved = checkpoint["network_weights"]
     module = unwrap_network(network)
     own = module.state_dict()
-    kept = {k: v for k, v in own.items() if ".seg_layers." not in k}
+    kept = {k: v for k, v in own.items() if not is_head(k, own_heads(module))}
     saved, widened = widened_input_projections(path, saved, own, getattr(module, "keys_to_in_proj", ()))
+    saved, resized = resized_position_table(path, checkpoint, saved, own, module)
 
     def fits(key: str) -> bool:
         return isinstance(saved.get(key), torch.Tensor) and saved[key].shape == own[key].shape
@@ -112,8 +179,10 @@ def load_pretrained_weights(network: torch.nn.Module, path: str, verbose: bool =
     module.load_state_dict({**own, **{k: saved[k] for k in kept}})
     heads = f"; {len(fresh)} tensors of the pre-training heads start fresh: the file has none" if fresh else ""
     heads += f"; input projections widened to {own[widened[0]].shape[1]} channels: {widened}" if widened else ""
+    heads += f"; {resized}" if resized else ""
+    own_parts = " and ".join(OWN_PARTS[part] for part in own_heads(module))
     print(f"pre-trained weights loaded from {path} ({len(kept)} tensors, read without running code; "
-          f"segmentation heads kept{heads})")
+          f"{own_parts} kept as initialised ({len(own) - len(kept) - len(fresh)} tensors){heads})")
 
 
 def install() -> None:

@@ -16,7 +16,8 @@ from nnunet_mim.methods import RECORD_CODES, record_code
 RECORD_LENGTH = 16
 FORMAT_VERSION = 1.0
 METHODS = {code: name for name, code in RECORD_CODES.items()}  # code -> method (nnunet_mim/methods.py)
-PRESET_CODES = {"T": 1.0, "S": 2.0, "B": 3.0, "ResEnc": 4.0}  # ResEnc: the plan's residual-encoder U-Net
+# ResEnc: the plan's residual-encoder U-Net; Primus: dynamic-network-architectures' transformer (backbones/)
+PRESET_CODES = {"T": 1.0, "S": 2.0, "B": 3.0, "ResEnc": 4.0, "Primus": 5.0}
 
 
 @dataclass(frozen=True)

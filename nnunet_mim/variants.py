@@ -13,11 +13,14 @@ The CPU budgets (``_T_CPU*``, ``_CPU*``) use the tiny preset and run on a laptop
 the pipeline works, not what the method can do.
 """
 import math
+from dataclasses import replace
 from typing import Dict, List, Sequence
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mim.backbones import BACKBONES
+from nnunet_mim.backbones.primus import PrimusBackbone
+from nnunet_mim.finetuning.primus import nnUNetTrainerPrimusFinetune
 from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch
 from nnunet_mim.methods import METHODS, trainer_class
 from nnunet_mim.pretraining.trainer import nnUNetTrainerMiMPretrain
@@ -119,11 +122,23 @@ PRETRAINING_CPU_BUDGETS = add_variants(PRETRAINING_TRAINERS, {
 # every method on every backbone (nnunet_mim/backbones/): the network is the plan's, so a CPU budget sets only the
 # length
 BACKBONE_TRAINERS = tuple(type(f"{trainer.__name__}_{name}", (backbone, trainer),
-                               {"__module__": __name__, "__qualname__": f"{trainer.__name__}_{name}"})
+                               {"__module__": __name__, "__qualname__": f"{trainer.__name__}_{name}",
+                                "levels": backbone.backbone_levels(trainer.levels)})
                           for name, backbone in BACKBONES.items() for trainer in PRETRAINING_TRAINERS)
 globals().update(by_name(BACKBONE_TRAINERS))
 PRETRAINING_USER += BACKBONE_TRAINERS
 PRETRAINING_CPU_BUDGETS += add_variants(BACKBONE_TRAINERS, {"CPUsmoke": PretrainCPUSmokeBudget})
+
+# MiM with fewer sub-volumes, on every network: 1+2+2 volumes per crop instead of the paper's 1+4+16 (two of the
+# four hidden L1 octants cut out as L2 volumes, one hidden L2 region each as L3); docs/method.md has the costs
+FEWER_SUBVOLUMES = tuple(type(f"{trainer.__name__}_Sub122", (trainer,),
+                              {"__module__": __name__, "__qualname__": f"{trainer.__name__}_Sub122",
+                               "levels": replace(trainer.levels, l2_per_l1=2, l3_per_l2=1)})
+                         for trainer in (*PRETRAINING_TRAINERS, *BACKBONE_TRAINERS) if trainer.levels.num_levels == 3)
+globals().update(by_name(FEWER_SUBVOLUMES))
+PRETRAINING_USER += FEWER_SUBVOLUMES
+PRETRAINING_CPU_BUDGETS += add_variants([t for t in FEWER_SUBVOLUMES if issubclass(t, PrimusBackbone)],
+                                        {"CPUsmoke": PretrainCPUSmokeBudget})
 
 
 # ---- fine-tuning and its matched scratch baseline ----------------------------------------------
@@ -218,12 +233,15 @@ class nnUNetTrainerStockCNN(RunLengthFromClassAttributes, nnUNetTrainer):
     with nnU-Net's own loader."""
 
 
-# users fine-tune the networks of nnU-Net's own plans (ResEnc pre-training, nnssl files) with it
-FINETUNING_USER.append(nnUNetTrainerStockCNN)
+# users fine-tune the networks of nnU-Net's own plans (ResEnc pre-training, nnssl files) with it, and Primus with
+# its own trainer (finetuning/primus.py)
+FINETUNING_USER += [nnUNetTrainerStockCNN, nnUNetTrainerPrimusFinetune]
 # the budgets' encoder preset and lr are the hybrid network's; nnU-Net's CNN keeps its own
 STOCK_CPU_BUDGETS = [*add_variants([nnUNetTrainerStockCNN], {
     "CPUdemo": FinetuneCPUDemoBudget, "CPUsmoke": FinetuneCPUSmokeBudget, "CPUlong": FinetuneCPULongBudget,
-    "CPUxlong": FinetuneCPUXLongBudget, "CPUxxlong": FinetuneCPUXXLongBudget})]
+    "CPUxlong": FinetuneCPUXLongBudget, "CPUxxlong": FinetuneCPUXXLongBudget}),
+    # Primus T (the tiny size) for the tests
+    *add_variants([nnUNetTrainerPrimusFinetune], {"CPUsmoke": FinetuneCPUSmokeBudget})]
 
 USER_TRAINERS = by_name([*PRETRAINING_USER, *FINETUNING_USER])
 CPU_BUDGET_TRAINERS = by_name([*PRETRAINING_CPU_BUDGETS, *FINETUNING_CPU_BUDGETS, *STOCK_CPU_BUDGETS])
@@ -235,9 +253,15 @@ def describe_trainer(trainer: type) -> str:
         method = f"{trainer.method} pre-training" + (" without alignment" if trainer.method == "MiM"
                                                      and trainer.alignment_weight == 0 else "")
         backbones = [b for b in BACKBONES.values() if issubclass(trainer, b)]
-        network = backbones[0].description if backbones else f"preset {trainer.encoder_preset}"
+        network = (backbones[0].description.format(preset=trainer.encoder_preset) if backbones
+                   else f"preset {trainer.encoder_preset}")
+        if trainer.levels.num_levels == 3:
+            method += f" ({'+'.join(map(str, trainer.levels.volumes_per_crop))} volumes per crop)"
         return (f"{method}, {network}, {trainer.epochs} epochs x "
                 f"{trainer.iterations_per_epoch} steps, effective batch {trainer.effective_batch}")
+    if issubclass(trainer, nnUNetTrainerPrimusFinetune):
+        return (f"Primus-{trainer.encoder_preset} fine-tuning (or from scratch without -pretrained_weights), "
+                f"{trainer.epochs} epochs; loads nnssl and this plugin's Primus pre-training")
     if not issubclass(trainer, nnUNetTrainerMiMFinetune):
         return ("nnU-Net's own trainer on the plan's own network (e.g. -p nnUNetResEncUNetMPlans), -pretrained_weights "
                 "read without running code")

@@ -2,6 +2,7 @@
 path nnUNetv2_train and nnUNetv2_predict use), so no variant can be forgotten in trainers/."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -59,7 +60,10 @@ def test_trainer_list_names_what_users_run_and_no_cpu_budget():
     assert set(listed) <= set(variants.USER_TRAINERS)
     # every user trainer is listed, the scratch twins by the line that names them
     assert {n.replace("Scratch", "Finetune") for n in variants.USER_TRAINERS} == set(listed)
-    assert "nnUNetTrainerMiMPretrain_100ep                MiM pre-training, preset B, 100 epochs" in out
+    assert re.search(r"\n  nnUNetTrainerMiMPretrain_100ep +MiM pre-training \(1\+4\+16 volumes per crop\), preset B, "
+                     r"100 epochs", out)
+    assert re.search(r"\n  nnUNetTrainerMiMPretrain_Primus_Sub122 +MiM pre-training \(1\+2\+2 volumes per crop\), "
+                     r"Primus-M", out)
 
 
 def test_env_line_names_the_trainers_and_says_nothing_else():

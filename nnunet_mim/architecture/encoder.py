@@ -39,6 +39,26 @@ def gather_tokens(tokens: torch.Tensor, keep_indices: torch.Tensor) -> torch.Ten
     return tokens.gather(1, keep_indices[..., None].expand(-1, -1, tokens.shape[-1]))
 
 
+def visible_token_indices(visible: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(keep_indices, valid), both (B, K): each sample's visible tokens first, in raster order of its grid, then
+    padding up to the largest count K (samples of a masked batch may show different numbers of tokens: MiM's
+    levels do). Padding entries point at distinct hidden tokens; ``valid`` is False there."""
+    flat = visible.flatten(1)
+    counts = flat.sum(1)
+    most = int(counts.max())
+    # a stable sort puts each sample's visible tokens first, in raster order
+    keep_indices = torch.argsort((~flat).to(torch.int8), dim=1, stable=True)[:, :most]
+    return keep_indices, torch.arange(most, device=visible.device)[None] < counts[:, None]
+
+
+def padding_attention_mask(valid: torch.Tensor, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """The additive attention mask that excludes padding as a key, (B, 1, 1, K); None when nothing is padded."""
+    if bool(valid.all()):
+        return None
+    mask = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+    return mask.masked_fill(~valid, torch.finfo(dtype).min)[:, None, None, :]
+
+
 class HybridEncoder(nn.Module):
     def __init__(self, input_channels: int, stem_channels: int = 32,
                  conv_channels: Sequence[int] = (48, 96, 192), conv_depths: Sequence[int] = (2, 2, 2),
@@ -101,8 +121,8 @@ class HybridEncoder(nn.Module):
     def tokens(self, x: torch.Tensor, visible: Optional[torch.Tensor] = None) -> EncodedTokens:
         """Encode to tokens; with ``visible`` (B, *grid) bool, only the visible tokens.
 
-        Samples of a masked batch may show different numbers of tokens (MiM's levels do): each is
-        padded to the largest count and the padding is excluded from attention as a key.
+        Samples of a masked batch may show different numbers of tokens: each is padded to the largest
+        count and the padding is excluded from attention as a key (``visible_token_indices``).
         """
         conv = self.conv_features(x, visible)
         grid = tuple(s // TOKEN_SIZE for s in x.shape[2:])
@@ -111,18 +131,11 @@ class HybridEncoder(nn.Module):
         rope = self.rope.get_embed(shape=grid).to(tokens.dtype)
         keep_indices = valid = attn_mask = None
         if visible is not None:
-            flat = visible.flatten(1)
-            counts = flat.sum(1)
-            most = int(counts.max())
-            # stable sort puts each sample's visible tokens first, in raster order
-            keep_indices = torch.argsort((~flat).to(torch.int8), dim=1, stable=True)[:, :most]
-            valid = torch.arange(most, device=x.device)[None] < counts[:, None]
+            keep_indices, valid = visible_token_indices(visible)
             tokens = gather_tokens(tokens, keep_indices)
             fused = gather_tokens(fused, keep_indices)
             rope = rope[keep_indices][:, None]  # (B, 1, K, E): one embedding per sample, shared by heads
-            if not bool(valid.all()):
-                attn_mask = torch.zeros(valid.shape, dtype=tokens.dtype, device=x.device)
-                attn_mask = attn_mask.masked_fill(~valid, torch.finfo(tokens.dtype).min)[:, None, None, :]
+            attn_mask = padding_attention_mask(valid, tokens.dtype)
         for block in self.blocks:
             tokens = block(tokens, rope=rope, attn_mask=attn_mask)
         # ConvMAE adds the multi-scale fusion before the encoder's final norm

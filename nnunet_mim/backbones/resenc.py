@@ -21,6 +21,7 @@ from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 
 from nnunet_mim.geometry import TOKEN_SIZE
 from nnunet_mim.losses import patchify
+from nnunet_mim.masking import LevelConfig
 from nnunet_mim.plans import planned_patch_size, round_patch_size
 from nnunet_mim.pretraining.model import AlignmentHeads
 from nnunet_mim.pretraining_record import RECORD_LENGTH
@@ -72,9 +73,14 @@ class ResEncPretrainNetwork(ResidualEncoderUNet):
 class ResEncBackbone:
     """Mixed into a pre-training trainer: its network is the plan's own residual-encoder U-Net
     (``ResEncPretrainNetwork``), not the hybrid; the plan's patch is rounded down to the levels' multiple."""
-    description = "the plan's residual-encoder U-Net (-p nnUNetResEncUNet{M,L}Plans)"
+    description = "the plan's residual-encoder U-Net (-p nnUNetResEncUNet{{M,L}}Plans)"
     network_preset = "ResEnc"  # recorded in the checkpoint (pretraining_record.py)
     memory_predicted = False  # pretraining/memory.py models the hybrid only
+
+    @staticmethod
+    def backbone_levels(levels: LevelConfig) -> LevelConfig:
+        """The method's levels as they are: a CNN has no tokens, the 16^3 grid is where masks and losses live."""
+        return levels
 
     @classmethod
     def pretraining_plans(cls, plans: dict, configuration: str) -> dict:

@@ -5,7 +5,7 @@ import json
 import os
 from typing import List, Optional, Sequence, Tuple
 
-from nnunet_mim.pretraining.memory import GIB, DoesNotFit, choose_micro_batch, usable_bytes, volumes_per_sample
+from nnunet_mim.pretraining.memory import GIB, DoesNotFit, choose_micro_batch, usable_bytes
 from nnunet_mim.pretraining.recipe import PretrainingRecipe
 
 
@@ -49,7 +49,7 @@ def fit_rows(trainers: Sequence[type], planned_patch: Sequence[int], plan_batch:
         network = {**preset_kwargs(trainer.encoder_preset), **trainer.alignment_kwargs()}  # as the trainer builds it
         effective = PretrainingRecipe(plan_batch, trainer.effective_batch, trainer.base_lr).effective_batch
         for gib in memories_gib:
-            label = (f"| {trainer.__name__} | {'x'.join(map(str, patch))} | {volumes_per_sample(levels)} | "
+            label = (f"| {trainer.__name__} | {'x'.join(map(str, patch))} | {sum(levels.volumes_per_crop)} | "
                      f"{gib:g} ({usable_bytes(gib * GIB) / GIB:.1f}) |")
             try:
                 step = choose_micro_batch(network, levels, patch, plan_batch, gib * GIB, input_channels)

@@ -113,13 +113,6 @@ def requested_micro_batch(default: Optional[int]) -> Optional[int]:
     return int(value)
 
 
-def volumes_per_sample(levels: LevelConfig) -> int:
-    if levels.num_levels == 1:
-        return 1
-    per_level = [1, levels.l1_hidden_octants, levels.l1_hidden_octants * levels.l3_per_l2]
-    return sum(per_level[:levels.num_levels])
-
-
 def visible_tokens(levels: LevelConfig, grid: Sequence[int]) -> int:
     """Tokens each volume of a step shows the transformer: the most of any level (the rest is padding)."""
     n = math.prod(grid)
@@ -225,7 +218,7 @@ def predict_step(network_kwargs: dict, levels: LevelConfig, patch_size: Sequence
     cost, trainable, frozen = _measured(network_kwargs, levels, input_channels, dtype)
     grid = [p // levels.token_size for p in patch_size]
     voxels = math.prod(patch_size)
-    volumes = volumes_per_sample(levels) * micro_batch
+    volumes = sum(levels.volumes_per_crop) * micro_batch
     per_volume = cost.per_voxel * voxels + cost.per_visible_token * visible_tokens(levels, grid)
     transient = 2 * cost.largest_tensor_per_voxel * voxels * volumes
     if checkpointing:

@@ -173,8 +173,9 @@ class nnUNetTrainerMiMPretrain(AccumulatedStepMixin, PretrainingCheckpointMixin,
         self.amp_dtype = autocast_dtype(self.device)
         # only fp16 needs nnU-Net's gradient scaler (which nnU-Net makes for every CUDA run, bf16 too)
         self.grad_scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
-        for stage in self.pretrain_network.encoder.stages:
-            stage.checkpoint_blocks = self.checkpoint_conv_blocks
+        if self.checkpoint_conv_blocks:  # the memory model's decision, for the hybrid's conv stages only
+            for stage in self.pretrain_network.encoder.stages:
+                stage.checkpoint_blocks = True
         if self.dataset_class is nnUNetDatasetBlosc2:
             self.dataset_class = ImagesOnlyDataset
         rank = dist.get_rank() if self.is_ddp else 0

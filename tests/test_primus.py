@@ -1,0 +1,125 @@
+"""MiM and MAE on Primus (nnunet_mim/backbones/primus.py) and its fine-tuning trainer (finetuning/primus.py): the mask
+hides exactly its tokens and nothing under them reaches a visible token, the pre-training network is the fine-tuning
+network plus heads, the position table is resized by nnU-Net master's rule, a few steps of the real trainers lower
+the losses, and the checkpoint fine-tunes and predicts through stock nnUNetv2_train and nnUNetv2_predict."""
+import os
+
+import pytest
+import torch
+
+from helpers import nnunet_train_in_process, run
+from nnunet_mim.demo import nnunet_command
+from test_backbones import pretrain
+
+TINY = dict(embed_dim=96, eva_depth=2, eva_numheads=2)
+
+
+def tiny_primus(patch=(32, 32, 32), **alignment):
+    from nnunet_mim.backbones.primus import PrimusPretrainNetwork
+    torch.manual_seed(0)
+    return PrimusPretrainNetwork(1, 3, **TINY, input_shape=patch, **alignment)
+
+
+def test_a_primus_mask_hides_exactly_its_tokens_and_nothing_under_them_leaks():
+    """The hybrid's bright-cube test on Primus, with samples hiding different numbers of tokens (padding): a bright
+    cube under every hidden token changes no output; a change under one visible token changes the outputs."""
+    net = tiny_primus((32, 48, 32)).eval()
+    x = torch.randn(2, 1, 32, 48, 32)
+    hidden = torch.rand(2, 4, 6, 4) > 0.5
+    hidden[0, 0, 0, 0], hidden[1] = False, torch.rand(4, 6, 4) > 0.3  # another count of visible tokens
+    hidden[1, 1, 1, 1] = False
+    voxels = hidden.repeat_interleave(8, 1).repeat_interleave(8, 2).repeat_interleave(8, 3)[:, None]
+    bright = torch.where(voxels, torch.randn_like(x) * 10 + 50, x)
+    with torch.no_grad():
+        (pa, fa), (pb, fb) = net(x, hidden), net(bright, hidden)
+        assert pa.shape == (2, 96, 8 ** 3) and fa.shape == (2, 96, 96)  # one row per 8^3 token
+        assert torch.allclose(pa, pb, atol=1e-5) and torch.allclose(fa, fb, atol=1e-5)
+        seen = x.clone()
+        seen[1, :, 8:16, 8:16, 8:16] += 50  # under the visible token (1, 1, 1)
+        assert not torch.allclose(net(seen, hidden)[0][1], pa[1], atol=1e-3)
+        encoded = net.encode_visible(x, ~hidden)
+    for sample in range(2):  # the encoder kept exactly the visible tokens, in raster order
+        kept = encoded.keep_indices[sample][encoded.valid[sample]]
+        assert torch.equal(kept, (~hidden[sample]).flatten().nonzero().flatten())
+    with pytest.raises(RuntimeError, match="this is a pre-training network"):
+        net(x)
+
+
+def test_its_weights_are_the_fine_tuning_networks_and_heads():
+    """Every key and shape of nnU-Net 2.8.1's Primus of the same size and patch (its decoder, up_projection, never
+    trains: fine-tuning keeps its own), the reconstruction decoder, the heads and the record besides."""
+    from nnunet_mim.backbones.primus import primus_network
+    network = tiny_primus(alignment_pairs=2)
+    pretraining = network.state_dict()
+    fine_tuning = primus_network(1, 3, "T", (32, 32, 32)).state_dict()
+    assert all(k in pretraining and pretraining[k].shape == v.shape for k, v in fine_tuning.items())
+    assert not any(p.requires_grad for p in network.up_projection.parameters())
+    assert {k.split(".")[0] for k in set(pretraining) - set(fine_tuning)} == {
+        "reconstruction", "alignment", "pretraining_record"}
+
+
+def test_the_position_table_is_resized_as_nnunet_master_resizes_it():
+    """Trilinear, corners not aligned, raster order with the first axis slowest (master's
+    interpolate_patch_embed_3d, written here with einops as master writes it), and a table learnt on the target's grid
+    comes back unchanged."""
+    from einops import rearrange
+
+    from nnunet_mim.pretrained_loading import resize_position_table, token_grid_of
+    table = torch.randn(1, 4 * 6 * 2, 5)
+    ours = resize_position_table(table, [4, 6, 2], [5, 3, 4])
+    grid = rearrange(table.permute(0, 2, 1), "B C (x y z) -> B C x y z", x=4, y=6, z=2)
+    resized = torch.nn.functional.interpolate(grid, size=[5, 3, 4], mode="trilinear", align_corners=False)
+    master = rearrange(resized, "B C x y z -> B C (x y z)").permute(0, 2, 1)
+    assert ours.shape == (1, 60, 5) and torch.allclose(ours, master, atol=1e-6)
+    assert torch.allclose(resize_position_table(table, [4, 6, 2], [4, 6, 2]), table, atol=1e-6)
+    # the grid the table was learnt on: the file's pre-training patch, else a cube
+    nnssl = {"nnssl_adaptation_plan": {"pretrain_plan": {"configurations": {"c": {"patch_size": [32, 48, 16]}}}}}
+    assert token_grid_of(nnssl, 48, 8) == [4, 6, 2]
+    assert token_grid_of({"nnunet_mim": {"patch_size": [64, 64, 64]}}, 27, 8) == [3, 3, 3]  # 64^3 gives 512
+    assert token_grid_of({}, 48, 8) is None
+
+
+@pytest.fixture(scope="module")
+def mim_primus(nnunet_env):
+    """Ten steps of MiM on tiny Primus (one batch of the test dataset's plan), and the checkpoint they leave."""
+    return pretrain(nnunet_env, "nnUNetPlans", "nnUNetTrainerMiMPretrain_Primus_CPUsmoke")
+
+
+def test_mim_on_primus_lowers_its_loss_then_fine_tunes_and_predicts_through_stock_nnunet(nnunet_env, mim_primus,
+                                                                                       tmp_path):
+    from nnunet_mim.pretraining_record import PretrainingRecord
+    assert mim_primus["network"] == "PrimusPretrainNetwork" and mim_primus["skipped"] == 0
+    losses = mim_primus["losses"]
+    assert sum(losses[-3:]) < 0.95 * sum(losses[:3]), losses  # the same batch (fresh masks each step), fitted
+    checkpoint = torch.load(mim_primus["checkpoint"], weights_only=False)
+    record = PretrainingRecord.from_tensor(checkpoint["network_weights"]["pretraining_record"])
+    assert record.method == "MiM" and record.preset == checkpoint["nnunet_mim"]["encoder_preset"] == "Primus"
+    assert checkpoint["nnunet_mim"]["token_size"] == 8 and checkpoint["nnunet_mim"]["levels"]["l3_region_tokens"] == 2
+
+    result = nnunet_train_in_process(["991", "3d_fullres", "all", "-tr", "nnUNetTrainerPrimusFinetune_CPUsmoke",
+                                      "-device", "cpu", "-pretrained_weights", mim_primus["checkpoint"]], nnunet_env)
+    assert "segmentation heads and Primus's decoder kept as initialised" in result.stdout, result.stdout[-3000:]
+    # pre-trained at the plan's 40x48x40 rounded to MiM's multiple of 16, fine-tuned at it rounded to whole tokens
+    assert "position table eva.pos_embed resized from [4, 6, 4] to [5, 6, 5] tokens" in result.stdout
+    run_folder = os.path.join(nnunet_env["nnUNet_results"], "Dataset991_E2E",
+                              "nnUNetTrainerPrimusFinetune_CPUsmoke__nnUNetPlans__3d_fullres", "fold_all")
+    fine_tuned = torch.load(os.path.join(run_folder, "checkpoint_final.pth"), weights_only=False)
+    # the encoder trained on from the pre-trained weights: after two steps its tensors lie far closer to them than to
+    # a fresh initialisation
+    from nnunet_mim.backbones.primus import primus_network
+    fresh = primus_network(1, 3, "T", (32, 32, 32)).state_dict()
+    for key in ("down_projection.proj.weight", "eva.blocks.1.attn.q_proj.weight"):
+        tuned, start = fine_tuned["network_weights"][key], checkpoint["network_weights"][key]
+        assert (tuned - start).norm() < 0.2 * (tuned - fresh[key]).norm(), key
+    run([nnunet_command("nnUNetv2_predict"), "-i", os.path.join(nnunet_env["nnUNet_raw"], "Dataset991_E2E", "imagesTs"),
+         "-o", str(tmp_path), "-d", "991", "-c", "3d_fullres", "-f", "all", "-tr",
+         "nnUNetTrainerPrimusFinetune_CPUsmoke", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
+        nnunet_env)
+    assert any(name.endswith(".nii.gz") for name in os.listdir(tmp_path))
+
+
+@pytest.mark.slow  # MAE's path is MiM's with one level
+def test_mae_on_primus_lowers_its_loss(nnunet_env):
+    out = pretrain(nnunet_env, "nnUNetPlans", "nnUNetTrainerMAEPretrain_Primus_CPUsmoke")
+    assert out["network"] == "PrimusPretrainNetwork" and out["skipped"] == 0
+    assert sum(out["losses"][-3:]) < 0.95 * sum(out["losses"][:3]), out["losses"]
