@@ -25,7 +25,9 @@ import torch.nn.functional as F
 
 from nnunet_mim.checkpointing import read_checkpoint, shown
 
-PRETRAINING_HEADS = ("alignment.", "pretraining_record")  # a pre-training network's, beside the U-Net's tensors
+# a pre-training network's own, beside the segmentation network's tensors: the alignment heads, the record, and a
+# token decoder (the hybrid's and Primus's reconstruction path)
+PRETRAINING_HEADS = ("alignment.", "pretraining_record", "reconstruction.")
 _checked: Dict[str, dict] = {}  # absolute path -> the checkpoint read from it, until a load takes it
 
 

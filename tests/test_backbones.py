@@ -302,4 +302,5 @@ def test_every_method_has_a_trainer_on_every_backbone():
             trainer = getattr(variants, f"{method.trainer}_{name}")
             assert issubclass(trainer, backbone) and issubclass(trainer, trainer_class(method))
             assert trainer.pretraining_plans.__func__ is backbone.pretraining_plans.__func__
+            assert trainer.levels == backbone.backbone_levels(trainer_class(method).levels)
             assert f"{method.trainer}_{name}" in variants.trainer_list()

@@ -102,3 +102,30 @@ def test_hierarchy_warning_when_octants_are_single_tokens(patch, warns):
     if warns:
         assert str(list(patch)) in warning
     assert LevelConfig(num_levels=1).hierarchy_warning(patch) is None  # MAE has no octants
+
+
+def test_regions_of_tokens_on_an_8_cubed_grid_and_fewer_subvolumes(crops):
+    """Primus's levels (8^3 tokens, L3 regions of 2^3 tokens) with 1+2+2 sub-volumes: L2 hides whole regions, each L3
+    volume is one hidden L2 region upsampled, its parent tokens exactly that region, and L2 volumes lie under
+    hidden L1 octants."""
+    cfg = LevelConfig(token_size=8, l3_region_tokens=2, l2_per_l1=2, l3_per_l2=1)
+    assert cfg.patch_multiple == 16 and cfg.volumes_per_crop == [1, 2, 2]
+    l1, l2, l3 = levels_for(crops, cfg=cfg)
+    assert [lv.volumes.shape[0] for lv in (l1, l2, l3)] == [2, 4, 4] and l2.hidden.shape[1:] == (8, 8, 4)
+    regions = l2.hidden.view(4, 4, 2, 4, 2, 2, 2)  # (N, rz, 2, ry, 2, rx, 2)
+    assert torch.equal(regions.all(dim=(2, 4, 6)), regions.any(dim=(2, 4, 6))), "L2 must hide whole 2^3 regions"
+    assert (l2.hidden.flatten(1).sum(1) == round(0.6 * 32) * 8).all()
+    for i, volume in enumerate(l2.volumes):
+        parent = l2.parent_tokens[i]
+        assert torch.equal(parent & l1.hidden[int(l2.parent_index[i])], parent)
+    for i, volume in enumerate(l3.volumes):
+        parent, tokens = int(l3.parent_index[i]), l3.parent_tokens[i]
+        assert tokens.sum() == 8 and torch.equal(tokens & l2.hidden[parent], tokens), "a hidden 2^3 region"
+        low, high = torch.nonzero(tokens).min(0).values, torch.nonzero(tokens).max(0).values + 1
+        assert (high - low).tolist() == [2, 2, 2]
+        (z, y, x) = (low * 8).tolist()
+        source = l2.volumes[parent:parent + 1, :, z:z + 16, y:y + 16, x:x + 16]
+        expected = F.interpolate(source, size=(64, 64, 32), mode="trilinear", align_corners=False)[0]
+        assert torch.allclose(volume, expected)
+    with pytest.raises(ValueError, match="between 1 and that many"):
+        LevelConfig(l2_per_l1=5)

@@ -123,3 +123,77 @@ def test_mae_on_primus_lowers_its_loss(nnunet_env):
     out = pretrain(nnunet_env, "nnUNetPlans", "nnUNetTrainerMAEPretrain_Primus_CPUsmoke")
     assert out["network"] == "PrimusPretrainNetwork" and out["skipped"] == 0
     assert sum(out["losses"][-3:]) < 0.95 * sum(out["losses"][:3]), out["losses"]
+
+
+def test_export_writes_a_primus_that_nnunet_master_rebuilds(mim_primus, tmp_path):
+    """A Primus of no preset size exports as master's PrimusX keywords; Primus rebuilt from them (as master's
+    PretrainedTrainer_Primusx does, at the recommended patch) takes the file's encoder and stem strictly, equal to the
+    pre-trained tensors; the position table's patch is written; weights_only reads it."""
+    from dynamic_network_architectures.architectures.primus import Primus
+
+    from nnunet_mim.cli import main
+    assert main(["export", mim_primus["checkpoint"], "--format", "nnssl", "-o", str(tmp_path / "repo")]) == 0
+    exported = torch.load(tmp_path / "repo" / "checkpoint_final.pth", weights_only=True)
+    plan = exported["nnssl_adaptation_plan"]
+    assert plan["architecture_plans"] == {"arch_class_name": "PrimusX", "arch_kwargs_requiring_import": None,
+                                          "arch_kwargs": {"embed_dim": 96, "patch_embed_size": [8, 8, 8],
+                                                          "encoder_eva_depth": 2, "encoder_eva_numheads": 2,
+                                                          "init_values": 0.1, "scale_attn_inner": True}}
+    assert (plan["key_to_encoder"], plan["key_to_stem"], plan["keys_to_in_proj"], plan["key_to_lpe"]) == (
+        "eva", "down_projection", ["down_projection.proj"], "eva.pos_embed")
+    assert plan["pretrain_patch_size"] == plan["recommended_downstream_patchsize"] == mim_primus["patch"] == [32, 48, 32]
+    assert not any(k.startswith(("alignment.", "reconstruction.", "pretraining_record"))
+                   for k in exported["network_weights"])
+    kwargs = plan["architecture_plans"]["arch_kwargs"]
+    rebuilt = Primus(1, kwargs["embed_dim"], kwargs["patch_embed_size"], 3, kwargs["encoder_eva_depth"],
+                     kwargs["encoder_eva_numheads"], plan["recommended_downstream_patchsize"], drop_path_rate=0.2,
+                     scale_attn_inner=kwargs["scale_attn_inner"], init_values=kwargs["init_values"])
+    original = torch.load(mim_primus["checkpoint"], weights_only=False)["network_weights"]
+    for key in (plan["key_to_encoder"], plan["key_to_stem"]):
+        part = {k[len(key) + 1:]: v for k, v in exported["network_weights"].items() if k.startswith(key + ".")}
+        rebuilt.get_submodule(key).load_state_dict(part, strict=True)  # master's load: strict
+        assert part and all(torch.equal(v, original[f"{key}.{k}"]) for k, v in part.items())
+
+
+def hand_written_nnssl_primus(path, patch=(32, 32, 32)) -> dict:
+    """An nnssl Primus checkpoint as nnssl's EvaMAE writes one (Primus's keys, a one-channel up_projection, its own Eva
+    decoder and a mask token parameter), written here by hand from the format, not by this project's writer."""
+    from dynamic_network_architectures.architectures.primus import Primus
+    torch.manual_seed(3)
+    weights = Primus(1, 96, (8, 8, 8), 1, 2, 2, patch, init_values=0.1, scale_attn_inner=True).state_dict()
+    weights["decoder.blocks.0.attn.qkv.weight"] = torch.randn(288, 96)
+    weights["mask_token"] = torch.randn(1, 1, 96)
+    torch.save({"network_weights": weights, "nnssl_adaptation_plan": {
+        "architecture_plans": {"arch_class_name": "PrimusX", "arch_kwargs": {
+            "embed_dim": 96, "patch_embed_size": [8, 8, 8], "encoder_eva_depth": 2, "encoder_eva_numheads": 2,
+            "scale_attn_inner": True, "init_values": 0.1}, "arch_kwargs_requiring_import": None},
+        "pretrain_plan": {"configurations": {"onemmiso": {"spacing": [1.0, 1.0, 1.0], "patch_size": list(patch)}}},
+        "pretrain_num_input_channels": 1, "recommended_downstream_patchsize": list(patch), "key_to_encoder": "eva",
+        "key_to_stem": "down_projection", "keys_to_in_proj": ["down_projection.proj"], "key_to_lpe": "eva.pos_embed"}},
+        path)
+    return weights
+
+
+def test_a_hand_written_nnssl_primus_loads_widened_and_resized_by_masters_rules(tmp_path, capsys):
+    """Into a two-channel Primus at another patch: every encoder tensor equal to the file's, the input projection
+    repeated and divided by 2, the position table resized trilinearly from 4^3 to 5x6x5 tokens, the decoder kept; the
+    load line says each. Into MiM's pre-training network ("continue from OpenMind"): the token decoder and the heads
+    start fresh."""
+    from nnunet_mim.backbones.primus import primus_network
+    from nnunet_mim.pretrained_loading import load_pretrained_weights, resize_position_table
+    given = hand_written_nnssl_primus(tmp_path / "nnssl.pth")
+    network = primus_network(2, 3, "T", (40, 48, 40))
+    decoder_before = network.up_projection.decode[2].weight.clone()
+    load_pretrained_weights(network, str(tmp_path / "nnssl.pth"))
+    loaded = network.state_dict()
+    assert torch.allclose(loaded["down_projection.proj.weight"],
+                          given["down_projection.proj.weight"].repeat(1, 2, 1, 1, 1) / 2)
+    assert torch.equal(loaded["eva.pos_embed"], resize_position_table(given["eva.pos_embed"], [4, 4, 4], [5, 6, 5]))
+    assert all(torch.equal(v, given[k]) for k, v in loaded.items() if k.startswith("eva.") and k != "eva.pos_embed")
+    assert torch.equal(loaded["mask_token"], given["mask_token"]) and torch.equal(network.up_projection.decode[2].weight,
+                                                                                  decoder_before)
+    out = capsys.readouterr().out
+    assert "widened to 2 channels" in out and "resized from [4, 4, 4] to [5, 6, 5] tokens" in out
+
+    load_pretrained_weights(tiny_primus(alignment_pairs=2), str(tmp_path / "nnssl.pth"))
+    assert "tensors of the pre-training heads start fresh: the file has none" in capsys.readouterr().out
