@@ -1,8 +1,10 @@
-"""Cost of one pre-training step: MiM (21 volumes per sample) vs MAE (1), same network and patch.
+"""Cost of one pre-training step: MiM (1+4+16 = 21 volumes per sample), MiM with 1+2+2 sub-volumes, and MAE (1), same
+network and patch.
 
     python benchmarks/pretrain.py                          # CPU, preset S, patch 64^3, batch 1
     python benchmarks/pretrain.py --device cuda --preset B --patch 96 --batch 8
     python benchmarks/pretrain.py --backbone resenc --patch 32 --flops   # nnU-Net's ResEnc-M U-Net (a CNN)
+    python benchmarks/pretrain.py --backbone primus --preset M --patch 32 --flops   # Primus-M, 8^3 tokens
 
 The residual-encoder backbone is ResEnc-M's widths and depths as nnU-Net plans a cubic patch (32 features doubling
 to 320, blocks 1-3-4-6-6-6, as many stages as halve the patch to 4 voxels); its memory is not predicted.
@@ -33,6 +35,12 @@ def resenc_m_kwargs(patch: int) -> dict:
                 nonlin_kwargs={"inplace": True})
 
 
+def levels_of_methods() -> dict:
+    from nnunet_mim.masking import LevelConfig
+    return {"MAE": LevelConfig(num_levels=1, l1_mask_ratio=0.75), "MiM": LevelConfig(),
+            "MiM-1+2+2": LevelConfig(l2_per_l1=2, l3_per_l2=1)}
+
+
 def worker(method: str, preset: str, patch, batch: int, steps: int, device: str, auto_batch: bool,
            flops: bool, backbone: str = "hybrid") -> dict:
     """One configuration in this process. With ``auto_batch``, the micro-batch (and checkpointing) the trainers
@@ -41,18 +49,23 @@ def worker(method: str, preset: str, patch, batch: int, steps: int, device: str,
 
     from nnunet_mim.architecture import preset_kwargs
     from nnunet_mim.flops import count_flops
-    from nnunet_mim.masking import LevelConfig, build_levels
+    from nnunet_mim.masking import build_levels
     from nnunet_mim.pretraining.memory import choose_micro_batch, device_memory, predict_step
     from nnunet_mim.pretraining.model import MiMPretrainNetwork
     from nnunet_mim.pretraining.objective import mim_objective
 
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True  # as nnUNetv2_train sets it
-    cfg = LevelConfig() if method == "MiM" else LevelConfig(num_levels=1, l1_mask_ratio=0.75)
-    weights, alignment = ((1.0, 1.0, 1.0), 0.1) if method == "MiM" else ((1.0,), 0.0)
+    cfg = levels_of_methods()[method]
+    weights, alignment = ((1.0, 1.0, 1.0), 0.1) if method.startswith("MiM") else ((1.0,), 0.0)
     dtype = torch.bfloat16 if device == "cuda" else None
     memory = device_memory(torch.device(device))
-    if backbone == "resenc":
+    if backbone == "primus":
+        from nnunet_mim.backbones.primus import PRIMUS_SIZES, PrimusBackbone, PrimusPretrainNetwork
+        step_memory, cfg = None, PrimusBackbone.backbone_levels(cfg)
+        net = PrimusPretrainNetwork(1, 2, **PRIMUS_SIZES[preset], input_shape=patch,
+                                    alignment_pairs=2 if alignment else 0).to(device)
+    elif backbone == "resenc":
         from nnunet_mim.backbones.resenc import ResEncPretrainNetwork
         step_memory = None
         net = ResEncPretrainNetwork(1, 2, alignment_pairs=2 if alignment else 0,
@@ -65,7 +78,7 @@ def worker(method: str, preset: str, patch, batch: int, steps: int, device: str,
         net = MiMPretrainNetwork(1, 2, alignment_pairs=2 if alignment else 0, **preset_kwargs(preset)).to(device)
         for stage in net.encoder.stages:
             stage.checkpoint_blocks = step_memory.checkpointing
-    optimizer = torch.optim.AdamW(net.parameters(), 1e-4)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], 1e-4)
     crops = torch.randn(batch, 1, *[p * cfg.crop_factor for p in patch], device=device)
     generator = torch.Generator().manual_seed(0)
     amp = torch.autocast(device, dtype=dtype, enabled=dtype is not None)
@@ -77,7 +90,7 @@ def worker(method: str, preset: str, patch, batch: int, steps: int, device: str,
 
     def forward_backward(levels):
         with amp:
-            loss = mim_objective(net, net.alignment, levels, 16, weights, alignment)["loss"]
+            loss = mim_objective(net, net.alignment, levels, cfg.token_size, weights, alignment)["loss"]
         loss.backward()
 
     level_time = total = 0.0
@@ -118,7 +131,8 @@ def main() -> None:
     parser.add_argument("--auto-batch", action="store_true", help="the micro-batch the trainers choose for this "
                         "device's memory out of a plan batch of --batch")
     parser.add_argument("--flops", action="store_true", help="count the step's FLOPs too")
-    parser.add_argument("--backbone", choices=["hybrid", "resenc"], default="hybrid")
+    parser.add_argument("--backbone", choices=["hybrid", "resenc", "primus"], default="hybrid",
+                        help="with primus, --preset is its size (T, S, B, M, L)")
     parser.add_argument("--worker", metavar="METHOD", help=argparse.SUPPRESS)
     parser.add_argument("--worker-patch", type=int, nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -126,15 +140,16 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.preset, args.worker_patch, args.batch, args.steps, args.device,
                                 args.auto_batch, args.flops, args.backbone)))
         return
-    network = "ResEnc-M (nnU-Net's plan of a cubic patch)" if args.backbone == "resenc" else f"preset {args.preset}"
+    network = {"resenc": "ResEnc-M (nnU-Net's plan of a cubic patch)", "primus": f"Primus-{args.preset}"}.get(
+        args.backbone, f"preset {args.preset}")
     print(f"device {args.device}, {network}, batch {args.batch}, mean of {args.steps} steps after a warm-up; random "
           "input")
-    print("| patch | method | volumes / sample | step time / sample (s) | MiM / MAE | GFLOP / sample | MiM / MAE "
+    print("| patch | method | volumes / sample | step time / sample (s) | / MAE | GFLOP / sample | / MAE "
           "FLOPs | levels + masks share | peak memory (MB) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for patch in args.patch:
         results = {}
-        for method in ("MAE", "MiM"):
+        for method in levels_of_methods():
             out = subprocess.run([sys.executable, __file__, "--worker", method, "--device", args.device, "--preset",
                                   args.preset, "--worker-patch", *[str(patch)] * 3, "--batch", str(args.batch),
                                   "--steps", str(args.steps), "--backbone", args.backbone,

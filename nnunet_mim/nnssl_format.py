@@ -37,8 +37,8 @@ def pretraining_architecture(checkpoint: dict) -> dict:
     architecture = checkpoint["init_args"]["plans"]["configurations"][configuration]["architecture"]
     if not architecture["network_class_name"].endswith(("ResEncPretrainNetwork", "PrimusPretrainNetwork")):
         raise ValueError(f"its network ({architecture['network_class_name']}) is not one nnssl or nnU-Net master can "
-                         "rebuild: only residual-encoder and Primus pre-training (nnUNetTrainer{MiM,MAE}Pretrain_ResEnc, "
-                         "..._Primus) export to nnssl's format")
+                         "rebuild: only residual-encoder and Primus pre-training "
+                         "(nnUNetTrainer{MiM,MAE}Pretrain_ResEnc, ..._Primus) export to nnssl's format")
     return architecture
 
 

@@ -141,7 +141,8 @@ def test_export_writes_a_primus_that_nnunet_master_rebuilds(mim_primus, tmp_path
                                                           "init_values": 0.1, "scale_attn_inner": True}}
     assert (plan["key_to_encoder"], plan["key_to_stem"], plan["keys_to_in_proj"], plan["key_to_lpe"]) == (
         "eva", "down_projection", ["down_projection.proj"], "eva.pos_embed")
-    assert plan["pretrain_patch_size"] == plan["recommended_downstream_patchsize"] == mim_primus["patch"] == [32, 48, 32]
+    assert plan["pretrain_patch_size"] == plan["recommended_downstream_patchsize"] == mim_primus["patch"]
+    assert mim_primus["patch"] == [32, 48, 32]
     assert not any(k.startswith(("alignment.", "reconstruction.", "pretraining_record"))
                    for k in exported["network_weights"])
     kwargs = plan["architecture_plans"]["arch_kwargs"]
@@ -189,9 +190,10 @@ def test_a_hand_written_nnssl_primus_loads_widened_and_resized_by_masters_rules(
     assert torch.allclose(loaded["down_projection.proj.weight"],
                           given["down_projection.proj.weight"].repeat(1, 2, 1, 1, 1) / 2)
     assert torch.equal(loaded["eva.pos_embed"], resize_position_table(given["eva.pos_embed"], [4, 4, 4], [5, 6, 5]))
-    assert all(torch.equal(v, given[k]) for k, v in loaded.items() if k.startswith("eva.") and k != "eva.pos_embed")
-    assert torch.equal(loaded["mask_token"], given["mask_token"]) and torch.equal(network.up_projection.decode[2].weight,
-                                                                                  decoder_before)
+    assert all(torch.equal(v, given[k]) for k, v in loaded.items()
+               if k.startswith("eva.") and k != "eva.pos_embed")
+    assert torch.equal(loaded["mask_token"], given["mask_token"])
+    assert torch.equal(network.up_projection.decode[2].weight, decoder_before)
     out = capsys.readouterr().out
     assert "widened to 2 channels" in out and "resized from [4, 4, 4] to [5, 6, 5] tokens" in out
 
