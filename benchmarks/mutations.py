@@ -102,6 +102,19 @@ CATALOGUE: List[Mutation] = [
     Mutation("resenc-features-unpooled", "the CNN's alignment features taken from the deepest stage, not the token's",
              "nnunet_mim/backbones/resenc.py", "if all(t <= TOKEN_SIZE for t in total):", "if True:",
              ("tests/test_backbones.py",)),
+    Mutation("primus-attends-padding", "Primus's visible tokens attend to the padding, hidden tokens of samples that "
+             "show fewer", "nnunet_mim/backbones/primus.py", "attn_mask = padding_attention_mask(valid, tokens.dtype)",
+             "attn_mask = None", ("tests/test_primus.py",)),
+    Mutation("primus-single-token-regions", "MiM's L2 and L3 regions on Primus single 8^3 tokens, not the paper's "
+             "16^3 voxels", "nnunet_mim/backbones/primus.py", "l3_region_tokens=2 if levels.num_levels > 1 else 1",
+             "l3_region_tokens=1", ("tests/test_primus.py",)),
+    Mutation("position-table-corners-aligned", "the position table resized with aligned corners, not master's rule",
+             "nnunet_mim/pretrained_loading.py", 'mode="trilinear", align_corners=False)',
+             'mode="trilinear", align_corners=True)', ("tests/test_primus.py",)),
+    Mutation("primus-decoder-loaded", "Primus's decoder, which no pre-training trains for segmentation, loaded from "
+             "the file", "nnunet_mim/pretrained_loading.py",
+             'return (".seg_layers.", ".up_projection.") if isinstance(module, Primus) else (".seg_layers.",)',
+             'return (".seg_layers.",)', ("tests/test_primus.py",)),
     # ---- optimisation ----
     Mutation("zero-grad-every-micro-step", "gradients zeroed on every micro-step (review)",
              "nnunet_mim/pretraining/trainer.py", "            scaled = loss / accumulation",
