@@ -20,6 +20,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mim.backbones import BACKBONES
 from nnunet_mim.backbones.primus import PrimusBackbone
+from nnunet_mim.finetuning.plan_match import PlanMatchCheck
 from nnunet_mim.finetuning.primus import nnUNetTrainerPrimusFinetune
 from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch
 from nnunet_mim.methods import METHODS, trainer_class
@@ -225,12 +226,13 @@ FINETUNING_CPU_BUDGETS += add_variants(list(FINETUNING_CPU_BUDGETS), FINETUNING_
 
 
 # ---- stock nnU-Net CNN at the same CPU budgets (the reference arm of the benchmark) ---------------
-class nnUNetTrainerStockCNN(RunLengthFromClassAttributes, nnUNetTrainer):
+class nnUNetTrainerStockCNN(PlanMatchCheck, RunLengthFromClassAttributes, nnUNetTrainer):
     """nnU-Net's own trainer, its length set by the class attributes the hybrid trainers use, so that
     a CPU fine-tuning budget applies to it unchanged. The defaults are nnU-Net's. Importing it (as nnUNetv2_train
     does to find it) puts this plugin's -pretrained_weights loader in place: the file read without running code,
-    one-channel files widened to the dataset's channels (pretrained_loading.py); plain nnUNetTrainer reads the file
-    with nnU-Net's own loader."""
+    one-channel files widened to the dataset's channels (pretrained_loading.py), a spacing or normalisation other
+    than the file's pre-training warned of (plan_match.py); plain nnUNetTrainer reads the file with nnU-Net's own
+    loader."""
 
 
 # users fine-tune the networks of nnU-Net's own plans (ResEnc pre-training, nnssl files) with it, and Primus with

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from helpers import nnunet_train_in_process, run
+from helpers import nnunet_train_in_process, python_in_process, run
 from nnunet_mim.demo import nnunet_command
 from test_backbones import pretrain
 
@@ -199,3 +199,41 @@ def test_a_hand_written_nnssl_primus_loads_widened_and_resized_by_masters_rules(
 
     load_pretrained_weights(tiny_primus(alignment_pairs=2), str(tmp_path / "nnssl.pth"))
     assert "tensors of the pre-training heads start fresh: the file has none" in capsys.readouterr().out
+
+
+def test_a_spacing_or_normalisation_other_than_the_pretrainings_is_warned_with_the_commands(tmp_path):
+    """OpenMind-like file (1 mm, z-score) against a 5 mm CT plan: both said, each with what plans like the file; the
+    same plan as the file's, or a file that does not say, gives nothing."""
+    from nnunet_mim.finetuning.plan_match import plan_mismatch
+    hand_written_nnssl_primus(tmp_path / "nnssl.pth")
+    checkpoint = torch.load(tmp_path / "nnssl.pth", weights_only=True)
+    checkpoint["nnssl_adaptation_plan"]["pretrain_plan"]["configurations"]["onemmiso"]["normalization_schemes"] = [
+        "ZScoreNormalization"]
+    plans = {"dataset_name": "Dataset004_Hippocampus", "plans_name": "nnUNetResEncUNetMPlans",
+             "experiment_planner_used": "nnUNetPlannerResEncM"}
+    spacing, normalisation = plan_mismatch(checkpoint, [5.0, 5.0, 5.0], ["CTNormalization"], "3d_fullres", plans)
+    assert ("learnt at spacing [1.0, 1.0, 1.0] mm and this plan resamples to [5.0, 5.0, 5.0] mm" in spacing and
+            "nnUNetv2_plan_experiment -d 004 -pl nnUNetPlannerResEncM -overwrite_target_spacing 1.0 1.0 1.0 "
+            "-overwrite_plans_name nnUNetResEncUNetMPlans_like_pretraining && nnUNetv2_preprocess -d 004 -plans_name "
+            "nnUNetResEncUNetMPlans_like_pretraining -c 3d_fullres, then train with -p "
+            "nnUNetResEncUNetMPlans_like_pretraining" in spacing)
+    assert "normalised by ZScoreNormalization and this plan uses CTNormalization" in normalisation
+    assert plan_mismatch(checkpoint, [1.05, 1.0, 0.95], ["ZScoreNormalization"], "3d_fullres", plans) == []
+    assert plan_mismatch({"network_weights": {}}, [5.0] * 3, ["CTNormalization"], "3d_fullres", plans) == []
+
+
+def test_the_primus_fine_tuning_trainer_says_the_mismatch_in_its_log(nnunet_env, tmp_path):
+    """Initialised with -pretrained_weights on the command line (as nnUNetv2_train runs it), the trainer writes the
+    warning into its log before the weights are loaded."""
+    hand_written_nnssl_primus(tmp_path / "nnssl.pth")  # 1 mm; the test dataset is 5 mm
+    script = f"PATH = {str(tmp_path / 'nnssl.pth')!r}\n" + """
+import sys
+from helpers import trainer_on_test_dataset
+from nnunet_mim import variants
+sys.argv += ["-pretrained_weights", PATH]
+trainer = trainer_on_test_dataset(variants.nnUNetTrainerPrimusFinetune_CPUsmoke)
+trainer.initialize()
+print(open(trainer.log_file).read())
+"""
+    log = python_in_process(script, nnunet_env).stdout
+    assert "WARNING: the pre-trained weights were learnt at spacing [1.0, 1.0, 1.0] mm" in log

@@ -8,7 +8,8 @@ nnU-Net 2.8.1's ``nnUNet_Primus_M_Trainer`` (AdamW, warm-up, gradient clipping; 
   __init__                    the plan's patch rounded down to whole 8^3 tokens (Primus refuses others); lr
                               1e-4, nnU-Net master's for a pre-trained Primus (``PretrainedTrainer_Primus``)
 Found through this plugin, its ``-pretrained_weights`` is read safely, the encoder and stem loaded, the
-position table resized to this patch and Primus's decoder kept as initialised (pretrained_loading.py).
+position table resized to this patch and Primus's decoder kept as initialised (pretrained_loading.py); a spacing or
+normalisation other than the pre-training's is warned of (plan_match.py).
 Without ``-pretrained_weights`` it is the matched from-scratch run (nnU-Net's own Primus trainer uses 3e-4).
 """
 from copy import deepcopy
@@ -18,6 +19,7 @@ from nnunetv2.training.nnUNetTrainer.primus.primus_trainers import AbstractPrimu
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_mim import pretrained_loading
+from nnunet_mim.finetuning.plan_match import PlanMatchCheck
 from nnunet_mim.backbones.primus import PRIMUS_TOKEN_SIZE, primus_network
 from nnunet_mim.plans import planned_patch_size, round_patch_size
 from nnunet_mim.run_length import RunLengthFromClassAttributes
@@ -25,7 +27,7 @@ from nnunet_mim.run_length import RunLengthFromClassAttributes
 pretrained_loading.install()  # -pretrained_weights read once, without running code (pretrained_loading.py)
 
 
-class nnUNetTrainerPrimusFinetune(RunLengthFromClassAttributes, AbstractPrimus):
+class nnUNetTrainerPrimusFinetune(PlanMatchCheck, RunLengthFromClassAttributes, AbstractPrimus):
     encoder_preset = "M"  # a size of backbones/primus.PRIMUS_SIZES
     peak_lr = 1e-4
 
