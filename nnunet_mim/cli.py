@@ -58,7 +58,12 @@ def cmd_adapt_checkpoint(args) -> int:
         return 1
     try:
         checkpoint = load_checkpoint(args.checkpoint)
-        pretraining_checkpoint_record(args.checkpoint, checkpoint)
+        nnssl = isinstance(checkpoint.get("nnssl_adaptation_plan"), dict)  # another tool's: no record of ours
+        if nnssl and args.encoder_from is not None:
+            raise RuntimeError(f"{args.checkpoint} is an nnssl checkpoint: --encoder-from replaces the encoder of this "
+                               "project's hybrid network only")
+        if not nnssl:
+            pretraining_checkpoint_record(args.checkpoint, checkpoint)
         if args.encoder_from is not None:
             replaced = transplant_encoder(checkpoint, load_checkpoint(args.encoder_from))
             print(f"{len(replaced)} encoder tensors from {args.encoder_from} (recorded as supervised pre-training)")
@@ -239,8 +244,9 @@ def check_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def adapt_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Write a new file for nnUNetv2_train -pretrained_weights from a pre-training checkpoint (which "
-                     "is only read): --input-channels N rewrites its input projections for N channels (each new "
+    p.description = ("Write a new file for nnUNetv2_train -pretrained_weights from a pre-training checkpoint of any "
+                     "backbone, or an nnssl checkpoint (the file given is only read): --input-channels N rewrites its "
+                     "input projections for N channels (each new "
                      "kernel = mean of the source kernels x source/N channels); --encoder-from replaces its encoder "
                      "by the encoder of a segmentation model trained with labels (its checkpoint_final.pth), "
                      "recorded as supervised pre-training, e.g. as a positive control for the frozen-encoder probe.")

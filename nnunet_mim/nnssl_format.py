@@ -16,6 +16,7 @@ import os
 from collections import OrderedDict
 from typing import List
 
+from nnunet_mim.backbones.resenc import RESENC_IN_PROJECTIONS
 from nnunet_mim.checkpointing import save_checkpoint_file, save_json
 from nnunet_mim.pretrained_loading import PRETRAINING_HEADS
 
@@ -50,7 +51,7 @@ def resenc_entries(kwargs: dict, weights: dict) -> dict:
                                "arch_kwargs_requiring_import": requiring_import},
         "pretrain_num_input_channels": int(weights["encoder.stem.convs.0.conv.weight"].shape[1]),
         "key_to_encoder": "encoder.stages", "key_to_stem": "encoder.stem",
-        "keys_to_in_proj": ["encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"],
+        "keys_to_in_proj": list(RESENC_IN_PROJECTIONS),
         "key_to_lpe": None,  # read by master by index: the key must be there, null for a CNN
         "architecture_kwargs": {"n_stages": kwargs["n_stages"], "kernel_sizes": kwargs["kernel_sizes"]}}
 
@@ -58,7 +59,7 @@ def resenc_entries(kwargs: dict, weights: dict) -> dict:
 def primus_entries(kwargs: dict, weights: dict, patch_size: list) -> dict:
     """The adaptation plan's architecture entries of a Primus: a preset by name (master builds ``PrimusS/B/M/L``
     itself), another size as the keywords master's ``PretrainedTrainer_Primusx`` builds ``Primus`` from."""
-    from nnunet_mim.backbones.primus import PRIMUS_SETTINGS, PRIMUS_SIZES, PRIMUS_TOKEN_SIZE
+    from nnunet_mim.backbones.primus import PRIMUS_IN_PROJECTIONS, PRIMUS_SETTINGS, PRIMUS_SIZES, PRIMUS_TOKEN_SIZE
     size = {k: kwargs[k] for k in ("embed_dim", "eva_depth", "eva_numheads")}
     settings = {k: kwargs.get(k, v) for k, v in PRIMUS_SETTINGS.items()}
     presets = [name for name, preset in PRIMUS_SIZES.items() if preset == size and name != "T"]
@@ -71,7 +72,7 @@ def primus_entries(kwargs: dict, weights: dict, patch_size: list) -> dict:
             "encoder_eva_depth": size["eva_depth"], "encoder_eva_numheads": size["eva_numheads"], **settings}}
     return {"architecture_plans": architecture,
             "pretrain_num_input_channels": int(weights["down_projection.proj.weight"].shape[1]),
-            "key_to_encoder": "eva", "key_to_stem": "down_projection", "keys_to_in_proj": ["down_projection.proj"],
+            "key_to_encoder": "eva", "key_to_stem": "down_projection", "keys_to_in_proj": list(PRIMUS_IN_PROJECTIONS),
             "key_to_lpe": "eva.pos_embed",
             "pretrain_patch_size": patch_size}  # the position table's patch, every level's input
 

@@ -8,12 +8,14 @@ from torch.optim.lr_scheduler import _LRScheduler
 
 
 def adamw_param_groups(network: nn.Module, weight_decay: float) -> List[dict]:
-    """Weight decay on weight matrices and kernels only: none on norms, biases, tokens, scales."""
+    """Weight decay on weight matrices and kernels only: none on norms, biases, tokens, scales, or a learned
+    position table (Primus's ``eva.pos_embed``, which timm's and Primus's ``no_weight_decay`` name too)."""
     decay, no_decay = [], []
-    for _, param in network.named_parameters():
+    for name, param in network.named_parameters():
         if not param.requires_grad:
             continue
-        (decay if param.ndim > 1 and param.shape[:2] != (1, 1) else no_decay).append(param)
+        matrix = param.ndim > 1 and param.shape[:2] != (1, 1) and not name.endswith("pos_embed")
+        (decay if matrix else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

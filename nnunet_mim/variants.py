@@ -18,7 +18,7 @@ from typing import Dict, List, Sequence
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_mim.backbones import BACKBONES
+from nnunet_mim.backbones import BACKBONES, DEFAULT as DEFAULT_BACKBONE
 from nnunet_mim.backbones.primus import PrimusBackbone
 from nnunet_mim.finetuning.plan_match import PlanMatchCheck
 from nnunet_mim.finetuning.primus import nnUNetTrainerPrimusFinetune
@@ -120,12 +120,14 @@ PRETRAINING_CPU_BUDGETS = add_variants(PRETRAINING_TRAINERS, {
     "T_CPUdemo": PretrainCPUDemoBudget, "T_CPUsmoke": PretrainCPUSmokeBudget, "T_CPUbench": PretrainCPUBenchBudget,
     "T_CPUbench300": PretrainCPUBench300Budget, "T_CPUbench25": PretrainCPUBench25Budget})
 
-# every method on every backbone (nnunet_mim/backbones/): the network is the plan's, so a CPU budget sets only the
-# length
+# every method on every other backbone (nnunet_mim/backbones/; the methods' own trainers are the hybrid's); a CPU
+# budget sets the length and the preset, which is Primus's size (T: tiny) and nothing to ResEnc, whose network is
+# the plan's
 BACKBONE_TRAINERS = tuple(type(f"{trainer.__name__}_{name}", (backbone, trainer),
                                {"__module__": __name__, "__qualname__": f"{trainer.__name__}_{name}",
                                 "levels": backbone.backbone_levels(trainer.levels)})
-                          for name, backbone in BACKBONES.items() for trainer in PRETRAINING_TRAINERS)
+                          for name, backbone in BACKBONES.items() if name != DEFAULT_BACKBONE
+                          for trainer in PRETRAINING_TRAINERS)
 globals().update(by_name(BACKBONE_TRAINERS))
 PRETRAINING_USER += BACKBONE_TRAINERS
 PRETRAINING_CPU_BUDGETS += add_variants(BACKBONE_TRAINERS, {"CPUsmoke": PretrainCPUSmokeBudget})
@@ -254,9 +256,8 @@ def describe_trainer(trainer: type) -> str:
     if issubclass(trainer, nnUNetTrainerMiMPretrain):
         method = f"{trainer.method} pre-training" + (" without alignment" if trainer.method == "MiM"
                                                      and trainer.alignment_weight == 0 else "")
-        backbones = [b for b in BACKBONES.values() if issubclass(trainer, b)]
-        network = (backbones[0].description.format(preset=trainer.encoder_preset) if backbones
-                   else f"preset {trainer.encoder_preset}")
+        backbone = next(c for c in trainer.__mro__ if c in BACKBONES.values())  # the first mixed in
+        network = backbone.description.format(preset=trainer.encoder_preset)
         if trainer.levels.num_levels == 3:
             method += f" ({'+'.join(map(str, trainer.levels.volumes_per_crop))} volumes per crop)"
         return (f"{method}, {network}, {trainer.epochs} epochs x "

@@ -293,14 +293,18 @@ def test_an_nnssl_checkpoint_is_widened_to_the_datasets_channels_as_nnunet_maste
 
 def test_every_method_has_a_trainer_on_every_backbone():
     """The registries decide the trainers: a method (nnunet_mim/methods.py) on a backbone (nnunet_mim/backbones/)
-    is ``<the method's trainer>_<backbone>``, the backbone's network with the method's levels and losses."""
+    is ``<the method's trainer>_<backbone>`` (on the hybrid, the method's trainer itself), the backbone's network
+    with the method's levels and losses; every backbone defines the whole interface itself (a ResEnc trainer that
+    inherited the hybrid's memory model would plan its micro-batch for another network)."""
     from nnunet_mim import variants
-    from nnunet_mim.backbones import BACKBONES
+    from nnunet_mim.backbones import BACKBONES, DEFAULT, INTERFACE
     from nnunet_mim.methods import METHODS, trainer_class
     for name, backbone in BACKBONES.items():
+        assert all(attribute in vars(backbone) for attribute in INTERFACE), name
         for method in METHODS.values():
-            trainer = getattr(variants, f"{method.trainer}_{name}")
+            trainer = getattr(variants, method.trainer if name == DEFAULT else f"{method.trainer}_{name}")
+            assert next(c for c in trainer.__mro__ if c in BACKBONES.values()) is backbone
             assert issubclass(trainer, backbone) and issubclass(trainer, trainer_class(method))
             assert trainer.pretraining_plans.__func__ is backbone.pretraining_plans.__func__
             assert trainer.levels == backbone.backbone_levels(trainer_class(method).levels)
-            assert f"{method.trainer}_{name}" in variants.trainer_list()
+            assert trainer.__name__ in variants.trainer_list()

@@ -54,6 +54,10 @@ def test_its_weights_are_the_fine_tuning_networks_and_heads():
     fine_tuning = primus_network(1, 3, "T", (32, 32, 32)).state_dict()
     assert all(k in pretraining and pretraining[k].shape == v.shape for k, v in fine_tuning.items())
     assert not any(p.requires_grad for p in network.up_projection.parameters())
+    from nnunet_mim.schedule import adamw_param_groups
+    decayed, kept = adamw_param_groups(network, 0.05)
+    assert any(p is network.eva.pos_embed for p in kept["params"])  # a position table is not decayed (MAE, Primus)
+    assert any(p is network.down_projection.proj.weight for p in decayed["params"])
     assert {k.split(".")[0] for k in set(pretraining) - set(fine_tuning)} == {
         "reconstruction", "alignment", "pretraining_record"}
 
@@ -237,3 +241,30 @@ print(open(trainer.log_file).read())
 """
     log = python_in_process(script, nnunet_env).stdout
     assert "WARNING: the pre-trained weights were learnt at spacing [1.0, 1.0, 1.0] mm" in log
+
+
+def test_adapt_checkpoint_widens_an_nnssl_file_and_a_primus_pretraining(mim_primus, tmp_path):
+    """`nnunet-mim adapt-checkpoint --input-channels 2` on nnssl's file: the input projection by the widening rule,
+    the plan saying 2 channels, every other tensor as given, and the result loads into a two-channel Primus with
+    nothing left to widen; on this project's Primus pre-training, its own input projection; --encoder-from on an
+    nnssl file is refused by name."""
+    from nnunet_mim.backbones.primus import primus_network
+    from nnunet_mim.cli import main
+    from nnunet_mim.pretrained_loading import kernel_for_channels, load_pretrained_weights
+    given = hand_written_nnssl_primus(tmp_path / "nnssl.pth")
+    assert main(["adapt-checkpoint", str(tmp_path / "nnssl.pth"), "--input-channels", "2", "-o",
+                 str(tmp_path / "two.pth")]) == 0
+    adapted = torch.load(tmp_path / "two.pth", weights_only=True)
+    assert adapted["nnssl_adaptation_plan"]["pretrain_num_input_channels"] == 2
+    weights = adapted["network_weights"]
+    assert torch.equal(weights["down_projection.proj.weight"],
+                       kernel_for_channels(given["down_projection.proj.weight"], 2))
+    assert all(torch.equal(weights[k], v) for k, v in given.items() if k != "down_projection.proj.weight")
+    load_pretrained_weights(primus_network(2, 3, "T", (32, 32, 32)), str(tmp_path / "two.pth"))
+
+    assert main(["adapt-checkpoint", mim_primus["checkpoint"], "--input-channels", "3", "-o",
+                 str(tmp_path / "ours.pth")]) == 0
+    assert torch.load(tmp_path / "ours.pth", weights_only=False)["network_weights"][
+        "down_projection.proj.weight"].shape[1] == 3
+    assert main(["adapt-checkpoint", str(tmp_path / "nnssl.pth"), "--encoder-from", mim_primus["checkpoint"], "-o",
+                 str(tmp_path / "no.pth")]) == 1 and not os.path.exists(tmp_path / "no.pth")

@@ -33,6 +33,7 @@ from nnunet_mim.pretraining_record import RECORD_LENGTH
 
 PRIMUS_TOKEN_SIZE = 8
 PRIMUS_PRETRAIN_CLASS = "nnunet_mim.backbones.primus.PrimusPretrainNetwork"
+PRIMUS_IN_PROJECTIONS = ("down_projection.proj",)  # Primus's keys_to_in_proj
 # dynamic-network-architectures' Primus sizes (its PrimusS/B/M/L presets), and T, a tiny one for CPU tests
 PRIMUS_SIZES = {"T": dict(embed_dim=96, eva_depth=2, eva_numheads=2),
                 "S": dict(embed_dim=396, eva_depth=12, eva_numheads=6),
@@ -100,7 +101,7 @@ class PrimusBackbone:
     ``PRIMUS_SIZES``, M by default) and at the plan's patch rounded down to the levels' multiple."""
     description = "Primus-{preset} (8^3 tokens) at the plan's patch"
     network_preset = "Primus"  # recorded in the checkpoint (pretraining_record.py)
-    memory_predicted = False  # pretraining/memory.py models the hybrid only
+    memory_predicted = False  # pretraining/memory.py models the hybrid only: the plan's batch runs as planned
     encoder_preset = "M"
 
     @staticmethod

@@ -28,6 +28,8 @@ from nnunet_mim.pretraining_record import RECORD_LENGTH
 
 RESENC_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
 RESENC_PRETRAIN_CLASS = "nnunet_mim.backbones.resenc.ResEncPretrainNetwork"
+# the stem's input convolution under both of dynamic-network-architectures' names (its keys_to_in_proj)
+RESENC_IN_PROJECTIONS = ("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0")
 
 
 def feature_stage(strides) -> int:
@@ -75,7 +77,7 @@ class ResEncBackbone:
     (``ResEncPretrainNetwork``), not the hybrid; the plan's patch is rounded down to the levels' multiple."""
     description = "the plan's residual-encoder U-Net (-p nnUNetResEncUNet{{M,L}}Plans)"
     network_preset = "ResEnc"  # recorded in the checkpoint (pretraining_record.py)
-    memory_predicted = False  # pretraining/memory.py models the hybrid only
+    memory_predicted = False  # pretraining/memory.py models the hybrid only: the plan's batch runs as planned
 
     @staticmethod
     def backbone_levels(levels: LevelConfig) -> LevelConfig:

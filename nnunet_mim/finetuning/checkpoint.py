@@ -49,9 +49,29 @@ def load_checkpoint(filename: str, for_loading: bool = False) -> dict:
     return checkpoint
 
 
-def in_projection_keys(state_dict: Dict[str, torch.Tensor]) -> List[str]:
+def input_projections(checkpoint: dict) -> Tuple[str, ...]:
+    """The weight keys of the input projections of the network a checkpoint holds: an nnssl file's
+    ``keys_to_in_proj``, a backbone's (backbones/), or the hybrid's."""
+    from nnunet_mim.backbones.primus import PRIMUS_IN_PROJECTIONS
+    from nnunet_mim.backbones.resenc import RESENC_IN_PROJECTIONS
+    plan = checkpoint.get("nnssl_adaptation_plan")
+    if isinstance(plan, dict):
+        return tuple(f"{key}.weight" for key in plan.get("keys_to_in_proj") or ())
+    init = checkpoint.get("init_args") if isinstance(checkpoint.get("init_args"), dict) else {}
+    try:
+        network = init["plans"]["configurations"][init["configuration"]]["architecture"]["network_class_name"]
+    except (KeyError, TypeError):
+        network = ""
+    for suffix, keys in (("ResEncPretrainNetwork", RESENC_IN_PROJECTIONS), ("PrimusPretrainNetwork",
+                                                                            PRIMUS_IN_PROJECTIONS)):
+        if network.endswith(suffix):
+            return tuple(f"{key}.weight" for key in keys)
+    return IN_PROJECTIONS
+
+
+def in_projection_keys(state_dict: Dict[str, torch.Tensor], projections: Sequence[str] = IN_PROJECTIONS) -> List[str]:
     """The input projections, including the copies under ``decoder.encoder.``."""
-    return [k for k in state_dict if any(k == p or k == "decoder." + p for p in IN_PROJECTIONS)]
+    return [k for k in state_dict if any(k == p or k == "decoder." + p for p in projections)]
 
 
 def fit_problem(keys: Sequence[str], wanted: Dict[str, torch.Tensor],
@@ -161,13 +181,19 @@ def normalisation_difference(pretraining: dict, schemes: Sequence[str], properti
 
 
 def adapt_input_channels(checkpoint: dict, channels: int) -> Sequence[str]:
-    """Rewrite the input projections of ``checkpoint`` (in place) for ``channels`` input channels."""
+    """Rewrite the input projections of ``checkpoint`` (in place) for ``channels`` input channels, of whichever
+    network it holds (``input_projections``); an nnssl file's plan then says the new count."""
     weights = checkpoint["network_weights"]
     changed = []
-    for key in in_projection_keys(weights):
+    for key in in_projection_keys(weights, input_projections(checkpoint)):
         w = weights[key]
         weights[key] = kernel_for_channels(w, channels)
         changed.append(f"{key}: {tuple(w.shape)} -> {tuple(weights[key].shape)}")
+    if not changed:
+        raise RuntimeError(f"no input projection ({', '.join(input_projections(checkpoint))}) in this checkpoint's "
+                           "weights; nothing was written")
+    if isinstance(checkpoint.get("nnssl_adaptation_plan"), dict):
+        checkpoint["nnssl_adaptation_plan"]["pretrain_num_input_channels"] = channels
     checkpoint.setdefault("nnunet_mim", {})["input_channels_adapted"] = {"to": channels, "tensors": changed}
     return changed
 

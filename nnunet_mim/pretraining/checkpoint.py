@@ -15,10 +15,7 @@ from nnunet_mim.seeding import seed_generators
 
 
 class PretrainingCheckpointMixin(AtomicCheckpointMixin):
-    @property
-    def network_preset(self) -> str:
-        """What the checkpoint records as the pre-trained network: the hybrid's preset (a backbone sets its name)."""
-        return self.encoder_preset
+    """``network_preset``, what the record names as the pre-trained network, is the backbone's (backbones/)."""
 
     def pretraining_record(self, epochs_done: int) -> PretrainingRecord:
         return PretrainingRecord(method=self.method, preset=self.network_preset, decoder_pretrained=False,

@@ -18,8 +18,8 @@ from nnunet_mim.pretraining.recipe import PretrainingRecipe
 
 
 class AccumulatedStepMixin:
-    # False for a network the memory model does not know (a backbone's): the plan's batch runs as planned
-    memory_predicted = True
+    """``memory_predicted`` is the backbone's (backbones/): False for a network the memory model does not know, whose
+    plan's batch then runs as planned."""
 
     @property
     def optimizer_step(self) -> int:

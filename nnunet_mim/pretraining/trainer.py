@@ -41,8 +41,8 @@ from torch import distributed as dist
 
 from nnunet_mim import pretrained_loading
 from nnunet_mim.architecture.network import unwrap_network
+from nnunet_mim.backbones.hybrid import HybridBackbone
 from nnunet_mim.masking import LevelConfig, build_levels
-from nnunet_mim.plans import PRETRAIN_NETWORK_CLASS, adapt_plans
 from nnunet_mim.precision import autocast_dtype, describe
 from nnunet_mim.pretraining.checkpoint import PretrainingCheckpointMixin
 from nnunet_mim.pretraining.data import (ImagesOnlyDataset, check_images_fit, load_collection_manifest,
@@ -61,10 +61,9 @@ from nnunet_mim.seeding import run_seed, seed_generators
 pretrained_loading.install()  # -pretrained_weights read without running code (pretrained_loading.py)
 
 
-class nnUNetTrainerMiMPretrain(AccumulatedStepMixin, PretrainingCheckpointMixin, RunLengthFromClassAttributes,
-                               nnUNetTrainer):
+class nnUNetTrainerMiMPretrain(HybridBackbone, AccumulatedStepMixin, PretrainingCheckpointMixin,
+                               RunLengthFromClassAttributes, nnUNetTrainer):
     method = "MiM"
-    encoder_preset = "B"
     levels = LevelConfig()
     reconstruction_weights = (1.0, 1.0, 1.0)
     alignment_weight = 0.1
@@ -98,6 +97,7 @@ class nnUNetTrainerMiMPretrain(AccumulatedStepMixin, PretrainingCheckpointMixin,
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        # the network's plan: the backbone's (backbones/; the hybrid's by default)
         super().__init__(self.pretraining_plans(plans, configuration), configuration, fold, dataset_json, device)
         self.recipe = PretrainingRecipe(self.configuration_manager.batch_size, self.effective_batch, self.base_lr)
         self.warmup_epochs_of_run = self.warmup_epochs  # run_length() decides, with num_epochs
@@ -125,14 +125,6 @@ class nnUNetTrainerMiMPretrain(AccumulatedStepMixin, PretrainingCheckpointMixin,
             logged.setdefault(f"train_{name}", [])
             logged.setdefault(f"val_{name}", [])
         logged.setdefault("skipped_steps", [])
-
-    @classmethod
-    def pretraining_plans(cls, plans: dict, configuration: str) -> dict:
-        """The plan the pre-training network is built from (and nnU-Net saves): the dataset's, with the hybrid
-        network (plans.py) and this trainer's alignment heads. A backbone's trainers build another."""
-        plans = adapt_plans(plans, configuration, cls.encoder_preset, cls.levels.patch_multiple, PRETRAIN_NETWORK_CLASS)
-        plans["configurations"][configuration]["architecture"]["arch_kwargs"].update(cls.alignment_kwargs())
-        return plans
 
     @classmethod
     def alignment_kwargs(cls) -> dict:
