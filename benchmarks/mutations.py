@@ -51,7 +51,7 @@ CATALOGUE: List[Mutation] = [
     Mutation("l2-ratio", "L2 mask ratio 0.5 instead of 0.6", "nnunet_mim/masking.py",
              "l2_mask_ratio: float = 0.6", "l2_mask_ratio: float = 0.5", MASKING),
     Mutation("l3-visible-tokens", "L3 cut from visible L2 tokens", "nnunet_mim/masking.py",
-             "+ l2_hidden.flatten(1).float() * 2", "+ (~l2_hidden).flatten(1).float() * 2", MASKING),
+             "+ l2_hidden_regions.flatten(1).float() * 2", "+ (~l2_hidden_regions).flatten(1).float() * 2", MASKING),
     Mutation("mae-ratio", "MAE's mask ratio 0.5 instead of 0.75 (review)", "nnunet_mim/pretraining/trainer.py",
              "levels = LevelConfig(num_levels=1, l1_mask_ratio=0.75)",
              "levels = LevelConfig(num_levels=1, l1_mask_ratio=0.5)", TRAINER),

@@ -268,3 +268,20 @@ def test_adapt_checkpoint_widens_an_nnssl_file_and_a_primus_pretraining(mim_prim
         "down_projection.proj.weight"].shape[1] == 3
     assert main(["adapt-checkpoint", str(tmp_path / "nnssl.pth"), "--encoder-from", mim_primus["checkpoint"], "-o",
                  str(tmp_path / "no.pth")]) == 1 and not os.path.exists(tmp_path / "no.pth")
+
+
+def test_mim_pretraining_on_primus_continues_from_an_nnssl_file_through_nnunetv2_train(nnunet_env, tmp_path):
+    """"Continue from OpenMind" on Primus, through the whole of nnUNetv2_train: the nnssl file's encoder loaded (its
+    position table resized to the plan's patch), the token decoder and heads fresh, two epochs trained, checkpoints
+    and the reconstruction picture written."""
+    hand_written_nnssl_primus(tmp_path / "nnssl.pth")
+    env = dict(nnunet_env, nnUNet_results=str(tmp_path / "results"))
+    result = nnunet_train_in_process(["991", "3d_fullres", "all", "-tr", "nnUNetTrainerMiMPretrain_Primus_CPUsmoke",
+                                      "-device", "cpu", "-pretrained_weights", str(tmp_path / "nnssl.pth")], env)
+    assert "tensors of the pre-training heads start fresh: the file has none" in result.stdout
+    assert "position table eva.pos_embed resized from [4, 4, 4] to [4, 6, 4] tokens" in result.stdout
+    folder = os.path.join(env["nnUNet_results"], "Dataset991_E2E",
+                          "nnUNetTrainerMiMPretrain_Primus_CPUsmoke__nnUNetPlans__3d_fullres", "fold_all")
+    assert {"checkpoint_final.pth", "reconstruction_final.png", "progress.png"} <= set(os.listdir(folder))
+    trained = torch.load(os.path.join(folder, "checkpoint_final.pth"), weights_only=False)["network_weights"]
+    assert trained["eva.pos_embed"].shape == (1, 96, 96)

@@ -183,15 +183,18 @@ def normalisation_difference(pretraining: dict, schemes: Sequence[str], properti
 def adapt_input_channels(checkpoint: dict, channels: int) -> Sequence[str]:
     """Rewrite the input projections of ``checkpoint`` (in place) for ``channels`` input channels, of whichever
     network it holds (``input_projections``); an nnssl file's plan then says the new count."""
-    weights = checkpoint["network_weights"]
+    weights, projections = checkpoint["network_weights"], input_projections(checkpoint)
+    if not projections:
+        raise RuntimeError("its nnssl plan names no input projection (keys_to_in_proj): the channels cannot be "
+                           "adapted; nothing was written")
     changed = []
-    for key in in_projection_keys(weights, input_projections(checkpoint)):
+    for key in in_projection_keys(weights, projections):
         w = weights[key]
         weights[key] = kernel_for_channels(w, channels)
         changed.append(f"{key}: {tuple(w.shape)} -> {tuple(weights[key].shape)}")
     if not changed:
-        raise RuntimeError(f"no input projection ({', '.join(input_projections(checkpoint))}) in this checkpoint's "
-                           "weights; nothing was written")
+        raise RuntimeError(f"no input projection ({', '.join(projections)}) in this checkpoint's weights; nothing "
+                           "was written")
     if isinstance(checkpoint.get("nnssl_adaptation_plan"), dict):
         checkpoint["nnssl_adaptation_plan"]["pretrain_num_input_channels"] = channels
     checkpoint.setdefault("nnunet_mim", {})["input_channels_adapted"] = {"to": channels, "tensors": changed}
