@@ -104,6 +104,10 @@ class PrimusBackbone:
     memory_predicted = False  # pretraining/memory.py models the hybrid only: the plan's batch runs as planned
     encoder_preset = "M"
 
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        """Primus has no deep supervision to switch (nnU-Net's own Primus trainers say the same): nnU-Net's hook would
+        look for a U-Net decoder."""
+
     @staticmethod
     def backbone_levels(levels: LevelConfig) -> LevelConfig:
         """The method's levels on 8^3 tokens, MiM's L2 and L3 regions 2^3 tokens (16^3 voxels, the paper's)."""
