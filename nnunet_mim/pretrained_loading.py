@@ -85,6 +85,11 @@ def widened_input_projections(path: str, saved: Dict[str, torch.Tensor], own: Di
     return saved, widened
 
 
+# what this project builds of nnssl's architectures, and with which trainer
+NNSSL_ROUTES = (" This project fine-tunes nnssl's ResidualEncoderUNet and ResEncL with -tr nnUNetTrainerStockCNN on a "
+                "plan of that network (-p nnUNetResEncUNetLPlans for ResEncL), and PrimusM with -tr "
+                "nnUNetTrainerPrimusFinetune (PrimusS, B, L: nnUNetTrainerPrimusFinetune_S, _B, _L); the hybrid "
+                "network reads no nnssl file.")
 # name parts of the tensors a network keeps its own whatever the file holds, and what they are
 OWN_PARTS = {".seg_layers.": "segmentation heads", ".up_projection.": "Primus's decoder"}
 
@@ -174,7 +179,7 @@ def load_pretrained_weights(network: torch.nn.Module, path: str, verbose: bool =
         origin = (f" (an nnssl checkpoint of {shown((plan.get('architecture_plans') or {}).get('arch_class_name'))}, "
                   f"this run builds {type(module).__name__})" if isinstance(plan, dict) else "")
         raise RuntimeError(f"{path} does not fit this network{origin}: {len(wrong)} tensors missing or of another "
-                           f"shape (first: {wrong[0]}). Nothing was loaded.")
+                           f"shape (first: {wrong[0]}). Nothing was loaded.{NNSSL_ROUTES if origin else ''}")
     problem = unusable_weights({k: saved[k] for k in kept}, kept)
     if problem:
         raise RuntimeError(f"{path} holds weights no training can start from: {problem}. Nothing was loaded.")
@@ -182,6 +187,8 @@ def load_pretrained_weights(network: torch.nn.Module, path: str, verbose: bool =
     heads = f"; {len(fresh)} tensors of the pre-training heads start fresh: the file has none" if fresh else ""
     heads += f"; input projections widened to {own[widened[0]].shape[1]} channels: {widened}" if widened else ""
     heads += f"; {resized}" if resized else ""
+    unused = [k for k in saved if k not in own]
+    heads += f"; {len(unused)} tensors of the file not in this network, skipped (e.g. {unused[0]})" if unused else ""
     own_parts = " and ".join(OWN_PARTS[part] for part in own_heads(module))
     print(f"pre-trained weights loaded from {path} ({len(kept)} tensors, read without running code; "
           f"{own_parts} kept as initialised ({len(own) - len(kept) - len(fresh)} tensors){heads})")

@@ -239,7 +239,8 @@ class nnUNetTrainerStockCNN(PlanMatchCheck, RunLengthFromClassAttributes, nnUNet
 
 # users fine-tune the networks of nnU-Net's own plans (ResEnc pre-training, nnssl files) with it, and Primus with
 # its own trainer (finetuning/primus.py)
-FINETUNING_USER += [nnUNetTrainerStockCNN, nnUNetTrainerPrimusFinetune]
+FINETUNING_USER += [nnUNetTrainerStockCNN, nnUNetTrainerPrimusFinetune, *add_variants(
+    [nnUNetTrainerPrimusFinetune], {size: type(f"PrimusSize{size}", (), {"encoder_preset": size}) for size in "SBL"})]
 # the budgets' encoder preset and lr are the hybrid network's; nnU-Net's CNN keeps its own
 STOCK_CPU_BUDGETS = [*add_variants([nnUNetTrainerStockCNN], {
     "CPUdemo": FinetuneCPUDemoBudget, "CPUsmoke": FinetuneCPUSmokeBudget, "CPUlong": FinetuneCPULongBudget,

@@ -116,11 +116,17 @@ def lowers_its_loss_and_fine_tunes_through_stock_nnunet(out: dict, nnunet_env, p
                                       plans, "-device", "cpu", "-pretrained_weights", pretrained], nnunet_env)
     assert "pre-trained weights loaded from" in result.stdout
     assert "segmentation heads kept as initialised" in result.stdout
+    return result
 
 
-def test_mim_on_resenc_lowers_its_loss_and_fine_tunes_through_stock_nnunet(nnunet_env, resenc_plans, mim_resenc):
+def test_mim_on_resenc_lowers_its_loss_and_fine_tunes_and_predicts_through_stock_nnunet(nnunet_env, resenc_plans,
+                                                                                       mim_resenc, tmp_path):
     from nnunet_mim.pretraining_record import PretrainingRecord
     lowers_its_loss_and_fine_tunes_through_stock_nnunet(mim_resenc, nnunet_env, resenc_plans, mim_resenc["checkpoint"])
+    run([nnunet_command("nnUNetv2_predict"), "-i", os.path.join(nnunet_env["nnUNet_raw"], "Dataset991_E2E", "imagesTs"),
+         "-o", str(tmp_path), "-d", "991", "-c", "3d_fullres", "-f", "all", "-tr", "nnUNetTrainerStockCNN_CPUsmoke",
+         "-p", resenc_plans, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], nnunet_env)
+    assert any(name.endswith(".nii.gz") for name in os.listdir(tmp_path))
     checkpoint = torch.load(mim_resenc["checkpoint"], weights_only=False)
     record = PretrainingRecord.from_tensor(checkpoint["network_weights"]["pretraining_record"])
     assert record.method == "MiM" and record.preset == checkpoint["nnunet_mim"]["encoder_preset"] == "ResEnc"
@@ -287,7 +293,8 @@ def test_an_nnssl_checkpoint_is_widened_to_the_datasets_channels_as_nnunet_maste
     primus = {"network_weights": {"eva.pos_embed": torch.zeros(1, 8, 4)},
               "nnssl_adaptation_plan": {"architecture_plans": {"arch_class_name": "PrimusM"}, "key_to_lpe": None}}
     torch.save(primus, tmp_path / "primus.pth")
-    with pytest.raises(RuntimeError, match=r"an nnssl checkpoint of PrimusM, this run builds ResidualEncoderUNet"):
+    with pytest.raises(RuntimeError, match=r"an nnssl checkpoint of PrimusM, this run builds ResidualEncoderUNet.*"
+                                           r"PrimusM with -tr nnUNetTrainerPrimusFinetune"):
         load_pretrained_weights(two_channels, str(tmp_path / "primus.pth"))
 
 

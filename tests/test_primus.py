@@ -158,6 +158,13 @@ def test_export_writes_a_primus_that_nnunet_master_rebuilds(mim_primus, tmp_path
         part = {k[len(key) + 1:]: v for k, v in exported["network_weights"].items() if k.startswith(key + ".")}
         rebuilt.get_submodule(key).load_state_dict(part, strict=True)  # master's load: strict
         assert part and all(torch.equal(v, original[f"{key}.{k}"]) for k, v in part.items())
+    # and back: the exported file fine-tunes with every encoder and stem tensor the pre-trained one
+    from nnunet_mim.backbones.primus import primus_network
+    from nnunet_mim.pretrained_loading import load_pretrained_weights
+    network = primus_network(1, 3, "T", mim_primus["patch"])
+    load_pretrained_weights(network, str(tmp_path / "repo" / "checkpoint_final.pth"))
+    assert all(torch.equal(v, original[k]) for k, v in network.state_dict().items()
+               if k.startswith(("eva.", "down_projection.")))
 
 
 def hand_written_nnssl_primus(path, patch=(32, 32, 32)) -> dict:
@@ -200,6 +207,7 @@ def test_a_hand_written_nnssl_primus_loads_widened_and_resized_by_masters_rules(
     assert torch.equal(network.up_projection.decode[2].weight, decoder_before)
     out = capsys.readouterr().out
     assert "widened to 2 channels" in out and "resized from [4, 4, 4] to [5, 6, 5] tokens" in out
+    assert "1 tensors of the file not in this network, skipped (e.g. decoder.blocks.0.attn.qkv.weight)" in out
 
     load_pretrained_weights(tiny_primus(alignment_pairs=2), str(tmp_path / "nnssl.pth"))
     assert "tensors of the pre-training heads start fresh: the file has none" in capsys.readouterr().out
