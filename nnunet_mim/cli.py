@@ -338,7 +338,9 @@ def benchmark_arguments(p: argparse.ArgumentParser) -> None:
                    "instead of the benchmark dataset's own training images")
     p.add_argument("--pretrained-weights", nargs="+", type=name_and_value, metavar="ARM=FILE",
                    help="fine-tune a pre-trained arm from this checkpoint instead of pre-training it (e.g. "
-                   "MAE=.../checkpoint_final.pth from a run of your own); the table names the file")
+                   "MAE=.../checkpoint_final.pth from a run of your own); given=FILE for weights of another network "
+                   "(an nnssl checkpoint, a Primus or ResEnc pre-training), run by the arms given and given-scratch "
+                   "on that network; the table names the file")
     p.add_argument("--seed", type=int, default=0, help="seed of the label-fraction subsets")
     p.add_argument("--init-seed", type=int, nargs="+", action=DistinctValues, default=[0], metavar="SEED",
                    help="seed(s) of the fine-tuning runs (NNUNET_MIM_SEED): the random initialisation (scratch's "

@@ -7,7 +7,7 @@
                                       50% of tokens hidden
 
 That is the paper's 1+4+16 volumes per crop on 16^3 tokens. Two settings generalise it: ``l2_per_l1`` and
-``l3_per_l2`` set how many sub-volumes each level cuts (fewer is cheaper: 1+2+2 is a ninth of the passes);
+``l3_per_l2`` set how many sub-volumes each level cuts (fewer is cheaper: 1+2+2 is a quarter of the passes);
 ``l3_region_tokens`` makes an L3 volume a region of r^3 tokens instead of one token, and L2 then hides whole
 regions of that size. A network of 8^3 tokens (Primus) uses r = 2: its L2 hides, and its L3 magnifies, the 16^3
 voxel regions the paper's do.
@@ -76,7 +76,7 @@ class LevelConfig:
             return None
         magnification = [p // (self.token_size * self.l3_region_tokens) for p in patch_size]
         return (f"at patch {list(patch_size)} an L1 octant is {octant} tokens (3x3x3 at the paper's 96^3): "
-                f"hiding octants is hiding single tokens, and an L3 volume is one token magnified only "
+                f"hiding octants is hiding single tokens, and an L3 volume (one L2 region) is magnified only "
                 f"{magnification}x (6x at 96^3). MiM's hierarchy needs at least 64 voxels per axis.")
 
 

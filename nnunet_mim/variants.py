@@ -19,7 +19,7 @@ from typing import Dict, List, Sequence
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mim.backbones import BACKBONES, DEFAULT as DEFAULT_BACKBONE
-from nnunet_mim.backbones.primus import PrimusBackbone
+from nnunet_mim.backbones.primus import PRIMUS_SIZES, PrimusBackbone
 from nnunet_mim.finetuning.plan_match import PlanMatchCheck
 from nnunet_mim.finetuning.primus import nnUNetTrainerPrimusFinetune
 from nnunet_mim.finetuning.trainer import nnUNetTrainerMiMFinetune, nnUNetTrainerMiMScratch
@@ -239,14 +239,20 @@ class nnUNetTrainerStockCNN(PlanMatchCheck, RunLengthFromClassAttributes, nnUNet
 
 # users fine-tune the networks of nnU-Net's own plans (ResEnc pre-training, nnssl files) with it, and Primus with
 # its own trainer (finetuning/primus.py)
-FINETUNING_USER += [nnUNetTrainerStockCNN, nnUNetTrainerPrimusFinetune, *add_variants(
-    [nnUNetTrainerPrimusFinetune], {size: type(f"PrimusSize{size}", (), {"encoder_preset": size}) for size in "SBL"})]
+PRIMUS_SIZED = add_variants([nnUNetTrainerPrimusFinetune], {
+    size: type(f"PrimusSize{size}", (), {"primus_size": size}) for size in PRIMUS_SIZES})  # _T, _S, _B, _M, _L
+FINETUNING_USER += [nnUNetTrainerStockCNN, nnUNetTrainerPrimusFinetune,
+                    *[t for t in PRIMUS_SIZED if t.primus_size in "SBL"],
+                    # the gpu budget's lengths: nnU-Net's CNN (the given arm of a ResEnc file) and every Primus size
+                    *add_variants([nnUNetTrainerStockCNN, *PRIMUS_SIZED], {"250ep": Finetune250Epochs})]
 # the budgets' encoder preset and lr are the hybrid network's; nnU-Net's CNN keeps its own
 STOCK_CPU_BUDGETS = [*add_variants([nnUNetTrainerStockCNN], {
     "CPUdemo": FinetuneCPUDemoBudget, "CPUsmoke": FinetuneCPUSmokeBudget, "CPUlong": FinetuneCPULongBudget,
     "CPUxlong": FinetuneCPUXLongBudget, "CPUxxlong": FinetuneCPUXXLongBudget}),
-    # Primus T (the tiny size) for the tests
-    *add_variants([nnUNetTrainerPrimusFinetune], {"CPUsmoke": FinetuneCPUSmokeBudget})]
+    # Primus of every size (T, tiny, for the tests) at every CPU length: the benchmark's given arms
+    *add_variants(PRIMUS_SIZED, {
+        "CPUdemo": FinetuneCPUDemoBudget, "CPUsmoke": FinetuneCPUSmokeBudget, "CPUlong": FinetuneCPULongBudget,
+        "CPUxlong": FinetuneCPUXLongBudget, "CPUxxlong": FinetuneCPUXXLongBudget})]
 
 USER_TRAINERS = by_name([*PRETRAINING_USER, *FINETUNING_USER])
 CPU_BUDGET_TRAINERS = by_name([*PRETRAINING_CPU_BUDGETS, *FINETUNING_CPU_BUDGETS, *STOCK_CPU_BUDGETS])
@@ -264,7 +270,7 @@ def describe_trainer(trainer: type) -> str:
         return (f"{method}, {network}, {trainer.epochs} epochs x "
                 f"{trainer.iterations_per_epoch} steps, effective batch {trainer.effective_batch}")
     if issubclass(trainer, nnUNetTrainerPrimusFinetune):
-        return (f"Primus-{trainer.encoder_preset} fine-tuning (or from scratch without -pretrained_weights), "
+        return (f"Primus-{trainer.primus_size} fine-tuning (or from scratch without -pretrained_weights), "
                 f"{trainer.epochs} epochs; loads nnssl and this plugin's Primus pre-training")
     if not issubclass(trainer, nnUNetTrainerMiMFinetune):
         return ("nnU-Net's own trainer on the plan's own network (e.g. -p nnUNetResEncUNetMPlans), -pretrained_weights "

@@ -707,3 +707,62 @@ def test_a_spec_names_every_bad_field_at_once():
         BenchmarkSpec("991", arms=["scratch", "scratch-default"])
     spec = BenchmarkSpec("991", folds=[0, 1], arms=["MiM"])  # argparse's lists kept as tuples: the spec is frozen
     assert spec.folds == (0, 1) and spec.arms == ("MiM",)
+
+
+def test_weights_of_another_network_run_as_the_given_arms_on_their_own_network(benchmark_env, tmp_path, monkeypatch):
+    """--pretrained-weights given=FILE with an nnssl Primus file: the given arm fine-tunes it with the trainer of its
+    network at the budget's length, given-scratch trains that network from random weights, the other arms are
+    untouched; its runs are named by the file's bytes; a hybrid pre-training, a file without both given arms run, or
+    a ResEnc file on a plan of another network are refused before any run."""
+    from test_primus import hand_written_nnssl_primus
+
+    from nnunet_mim.benchmark import BenchmarkError
+    hand_written_nnssl_primus(tmp_path / "nnssl.pth")
+    given_file = str(tmp_path / "nnssl.pth")
+    settings = dict(dataset="Dataset991_E2E", configuration="3d_fullres", folds=[0], fractions=[1.0], budget="smoke",
+                    work_folder=str(tmp_path / "w"), device="cpu")
+    bench = benchmark(**settings, arms=["scratch", "given", "given-scratch"], pretrained_weights={"given": given_file})
+    assert bench.trainer("given") == bench.trainer("given-scratch") == "nnUNetTrainerPrimusFinetune_T_CPUsmoke"
+    assert bench.pretrained_methods == [] and bench.trainer("scratch") == "nnUNetTrainerMiMScratch_T_CPUsmoke"
+    calls = []
+    monkeypatch.setattr(bench, "train", lambda env, trainer, fold, pretrained=None, dataset=None, plans=None:
+                        calls.append((trainer, pretrained, env["nnUNet_results"])) or str(tmp_path / "run"))
+    monkeypatch.setattr(bench, "scores", lambda folder, run: [])
+    bench.run()
+    bench.log.close()
+    assert [c[:2] for c in calls] == [("nnUNetTrainerMiMScratch_T_CPUsmoke", None),
+                                      ("nnUNetTrainerPrimusFinetune_T_CPUsmoke", given_file),
+                                      ("nnUNetTrainerPrimusFinetune_T_CPUsmoke", None)]
+    assert "given_weights_" in calls[1][2] and calls[2][2].endswith("given-scratch")
+    notes = "\n".join(bench.table_notes())
+    assert "nnssl checkpoint of PrimusX, Primus-T" in notes and "given-scratch: the same network" in notes
+
+    mim = save_pretraining_checkpoint(tmp_path / "mim.pth", "MiM", alignment_weight=0.1)
+    with pytest.raises(BenchmarkError, match="a hybrid pre-training goes to the arm of its method"):
+        benchmark(**settings, arms=["given", "given-scratch"], pretrained_weights={"given": mim})
+    with pytest.raises(BenchmarkError, match="add given-scratch to --arms"):
+        benchmark(**settings, arms=["given"], pretrained_weights={"given": given_file})
+    with pytest.raises(BenchmarkError, match=r"given-scratch need the weights: --pretrained-weights given=FILE"):
+        benchmark(**settings, arms=["given-scratch"])
+    import torch
+    torch.save({"network_weights": {}, "nnssl_adaptation_plan": {"architecture_plans": {
+        "arch_class_name": "ResEncL"}}}, tmp_path / "resenc.pth")
+    with pytest.raises(BenchmarkError, match="nnUNetPlans builds .*PlainConvUNet: plan one"):
+        benchmark(**settings, arms=["given", "given-scratch"],
+                  pretrained_weights={"given": str(tmp_path / "resenc.pth")})
+
+
+@pytest.mark.slow  # two nnU-Net runs of tiny Primus and their validation: about a minute on 2 cores
+def test_the_given_arms_run_through_nnunet_with_an_nnssl_file(nnunet_env, tmp_path):
+    """An nnssl Primus file as the given arm and its network from scratch, on the same fold, through the real
+    commands: both rows in the table, the given run loaded from the file (its log says so), the scratch one not."""
+    from test_primus import hand_written_nnssl_primus
+    hand_written_nnssl_primus(tmp_path / "nnssl.pth")
+    work = tmp_path / "bench"
+    result = run([sys.executable, "-m", "nnunet_mim.cli", "benchmark", "991", "--budget", "smoke", "--folds", "0",
+                  "--fractions", "1.0", "--device", "cpu", "--work-folder", str(work), "--arms", "given",
+                  "given-scratch", "--pretrained-weights", f"given={tmp_path / 'nnssl.pth'}"], nnunet_env)
+    assert "| 100% | mean | given |" in result.stdout and "| 100% | mean | given-scratch |" in result.stdout
+    with open(work / "benchmark.log") as f:
+        log = f.read()
+    assert log.count("pre-trained weights loaded from") == 1 and "nnUNetTrainerPrimusFinetune_T_CPUsmoke" in log

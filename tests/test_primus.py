@@ -100,13 +100,13 @@ def test_mim_on_primus_lowers_its_loss_then_fine_tunes_and_predicts_through_stoc
     assert record.method == "MiM" and record.preset == checkpoint["nnunet_mim"]["encoder_preset"] == "Primus"
     assert checkpoint["nnunet_mim"]["token_size"] == 8 and checkpoint["nnunet_mim"]["levels"]["l3_region_tokens"] == 2
 
-    result = nnunet_train_in_process(["991", "3d_fullres", "all", "-tr", "nnUNetTrainerPrimusFinetune_CPUsmoke",
+    result = nnunet_train_in_process(["991", "3d_fullres", "all", "-tr", "nnUNetTrainerPrimusFinetune_T_CPUsmoke",
                                       "-device", "cpu", "-pretrained_weights", mim_primus["checkpoint"]], nnunet_env)
     assert "segmentation heads and Primus's decoder kept as initialised" in result.stdout, result.stdout[-3000:]
     # pre-trained at the plan's 40x48x40 rounded to MiM's multiple of 16, fine-tuned at it rounded to whole tokens
     assert "position table eva.pos_embed resized from [4, 6, 4] to [5, 6, 5] tokens" in result.stdout
     run_folder = os.path.join(nnunet_env["nnUNet_results"], "Dataset991_E2E",
-                              "nnUNetTrainerPrimusFinetune_CPUsmoke__nnUNetPlans__3d_fullres", "fold_all")
+                              "nnUNetTrainerPrimusFinetune_T_CPUsmoke__nnUNetPlans__3d_fullres", "fold_all")
     fine_tuned = torch.load(os.path.join(run_folder, "checkpoint_final.pth"), weights_only=False)
     # the encoder trained on from the pre-trained weights: after two steps its tensors lie far closer to them than to
     # a fresh initialisation
@@ -117,7 +117,7 @@ def test_mim_on_primus_lowers_its_loss_then_fine_tunes_and_predicts_through_stoc
         assert (tuned - start).norm() < 0.2 * (tuned - fresh[key]).norm(), key
     run([nnunet_command("nnUNetv2_predict"), "-i", os.path.join(nnunet_env["nnUNet_raw"], "Dataset991_E2E", "imagesTs"),
          "-o", str(tmp_path), "-d", "991", "-c", "3d_fullres", "-f", "all", "-tr",
-         "nnUNetTrainerPrimusFinetune_CPUsmoke", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
+         "nnUNetTrainerPrimusFinetune_T_CPUsmoke", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
         nnunet_env)
     assert any(name.endswith(".nii.gz") for name in os.listdir(tmp_path))
 
@@ -243,7 +243,7 @@ import sys
 from helpers import trainer_on_test_dataset
 from nnunet_mim import variants
 sys.argv += ["-pretrained_weights", PATH]
-trainer = trainer_on_test_dataset(variants.nnUNetTrainerPrimusFinetune_CPUsmoke)
+trainer = trainer_on_test_dataset(variants.nnUNetTrainerPrimusFinetune_T_CPUsmoke)
 trainer.initialize()
 print(open(trainer.log_file).read())
 """

@@ -14,8 +14,8 @@ MiM's regions are groups of tokens: L2 hides, and L3 magnifies, regions of 2^3 t
 L2 hides and its L3 magnifies (masking.py, ``l3_region_tokens``).
 
 Its state dict is the fine-tuning network's (``Primus`` at the same size and patch, same keys), the decoder and the
-alignment heads and the pretraining record besides: ``nnUNetTrainerPrimusFinetune_<size>`` loads the encoder from it
-and resizes the position table to its own patch.
+alignment heads and the pretraining record besides: ``nnUNetTrainerPrimusFinetune`` (of the same size) loads the
+encoder from it and resizes the position table to its own patch.
 """
 from copy import deepcopy
 from dataclasses import replace
@@ -91,8 +91,8 @@ class PrimusPretrainNetwork(Primus):
         if hidden is None:
             raise RuntimeError(
                 "this is a pre-training network: it reconstructs masked volumes and segments nothing. Fine-tune it "
-                "with nnUNetv2_train DATASET CONFIGURATION FOLD -tr nnUNetTrainerPrimusFinetune_<its size> "
-                "-pretrained_weights .../checkpoint_final.pth")
+                "with nnUNetv2_train DATASET CONFIGURATION FOLD -tr nnUNetTrainerPrimusFinetune (Primus-M; _S, _B, "
+                "_L for the other sizes) -pretrained_weights .../checkpoint_final.pth")
         return self.reconstruction(self.encode_visible(x, ~hidden))
 
 

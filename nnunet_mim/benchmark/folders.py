@@ -52,7 +52,7 @@ class RunFolders:
     def pretraining_name(self, arm: str) -> str:
         """What a pre-trained arm was pre-trained with, as its results folders name it ("" for the other
         arms): nnunet-mim compare never averages runs of two pre-trainings as one arm."""
-        return self.results_name(arm, 0) if arm in self.budget.pretrain else ""
+        return self.results_name(arm, 0) if arm in self.budget.pretrain or arm in self.inputs.given_weights else ""
 
     def results_name(self, arm: str, init_seed: int) -> str:
         """The arm's results folder: a pre-trained arm's names its pre-training (the budget's label, the given
@@ -61,10 +61,10 @@ class RunFolders:
         init = f"_init{init_seed}" if init_seed else ""
         if arm == SCRATCH_DEFAULT:  # its trainer is the one of scratch at the default schedule: runs are shared
             return "scratch" + init
-        if arm not in self.budget.pretrain:
-            return arm + init
         if arm in self.inputs.given_weights:
             return f"{arm}_weights_{self.inputs.given_weights[arm].digest}" + init
+        if arm not in self.budget.pretrain:
+            return arm + init
         name = f"{arm}_{self.budget.pretrain_label}" if self.budget.pretrain_label else arm
         if self.inputs.pretrain_dataset_name != self.inputs.dataset_name:
             name += f"_pretrained_on_{self.inputs.pretrain_dataset_name}"

@@ -5,7 +5,7 @@ from typing import List, Optional, Sequence
 
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from nnunet_mim.benchmark.arms import BUDGETS, SCRATCH_DEFAULT
+from nnunet_mim.benchmark.arms import BUDGETS, GIVEN, GIVEN_SCRATCH, SCRATCH_DEFAULT
 from nnunet_mim.benchmark.plan import plans_file
 from nnunet_mim.benchmark.spec import BenchmarkInputs, BenchmarkSpec
 
@@ -44,4 +44,8 @@ def table_notes(spec: BenchmarkSpec, inputs: BenchmarkInputs, methods: Sequence[
     """Every note, for the pre-trained methods the benchmark pre-trains itself (``methods``)."""
     given = [f"{arm}: fine-tuned from {weights.path} ({weights.description})"
              for arm, weights in inputs.given_weights.items()]
+    if GIVEN in inputs.given_weights:
+        given.append(f"{GIVEN_SCRATCH}: the same network and trainer ({inputs.given_weights[GIVEN].trainer}) from "
+                     f"random weights; both given arms train at their network's own schedule, whatever --schedule "
+                     "says, and their network is not the other arms'")
     return given + pretraining_warnings(spec, inputs, methods) + list(filter(None, [schedule_note(spec, methods)]))

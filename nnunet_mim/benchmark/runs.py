@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Tuple
 
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from nnunet_mim.benchmark.arms import BUDGETS, arm_trainer
+from nnunet_mim.benchmark.arms import BUDGETS, GIVEN, GIVEN_SCRATCH, arm_trainer
 from nnunet_mim.benchmark.folders import RunFolders
 from nnunet_mim.benchmark.notes import table_notes
 from nnunet_mim.benchmark.plan import BenchmarkError, data_loading_note
@@ -28,6 +28,8 @@ class DownstreamBenchmark:
         self.log = open(os.path.join(self.folders.work, "benchmark.log"), "a")
 
     def trainer(self, arm: str) -> str:
+        if arm in (GIVEN, GIVEN_SCRATCH):  # the given weights' own network, at the budget's length
+            return self.inputs.given_weights[GIVEN].trainer
         return arm_trainer(self.budget, self.spec.schedule, arm)
 
     @property

@@ -7,10 +7,10 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from nnunet_mim.benchmark.arms import (ARM_CHOICES, ARMS, BUDGETS, SCHEDULES, SCRATCH_DEFAULT, GivenWeights,
-                                       arm_trainer, given_pretrained_weights)
+from nnunet_mim.benchmark.arms import (ARM_CHOICES, ARMS, BUDGETS, GIVEN, GIVEN_SCRATCH, SCHEDULES,
+                                       SCRATCH_DEFAULT, GivenWeights, arm_trainer, given_pretrained_weights)
 from nnunet_mim.benchmark.plan import (BenchmarkError, check_plans_file, class_names, cross_validation_splits,
-                                       preprocessed_data_folder)
+                                       plans_file, preprocessed_data_folder)
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,10 @@ class BenchmarkSpec:
         if SCRATCH_DEFAULT in self.arms and self.schedule == "default":
             problems.append(f"arms: {SCRATCH_DEFAULT} is scratch at the default schedule: it differs from the "
                             "scratch arm only with another --schedule")
+        wanting = [arm for arm in (GIVEN, GIVEN_SCRATCH) if arm in self.arms]
+        if wanting and GIVEN not in self.pretrained_weights:
+            problems.append(f"arms: {' and '.join(wanting)} need the weights: --pretrained-weights {GIVEN}=FILE (an "
+                            "nnssl checkpoint, or a Primus or ResEnc pre-training)")
         if self.budget not in BUDGETS:
             problems.append(f"budget: {self.budget!r} is not one of {sorted(BUDGETS)}")
         if self.schedule not in SCHEDULES:
@@ -93,6 +97,23 @@ class BenchmarkInputs:
     device: str
 
 
+def check_given_network(weights: GivenWeights, dataset_name: str, spec: BenchmarkSpec) -> None:
+    """The given arms' trainer exists at this budget, and a residual-encoder file meets a plan of that network (the
+    arms share --plans): a BenchmarkError before any run otherwise. Whether the tensors fit is the load's check."""
+    from nnunet_mim import variants
+    if not hasattr(variants, weights.trainer):
+        raise BenchmarkError(f"budget '{spec.budget}' has no trainer for the given weights' network "
+                             f"({weights.trainer} does not exist)")
+    if weights.trainer.startswith("nnUNetTrainerStockCNN"):
+        config = load_json(plans_file(dataset_name, spec.plans))["configurations"].get(spec.configuration, {})
+        network = (config.get("architecture") or {}).get("network_class_name", "")
+        if not network.endswith("ResidualEncoderUNet"):
+            raise BenchmarkError(f"--pretrained-weights {GIVEN}=...: {weights.description} fine-tunes on a plan of "
+                                 f"that network, and {spec.plans} builds {network or 'another network'}: plan one "
+                                 "(nnUNetv2_plan_experiment -d DATASET -pl nnUNetPlannerResEncL) and run the "
+                                 "benchmark with -p nnUNetResEncUNetLPlans")
+
+
 def resolve(spec: BenchmarkSpec) -> BenchmarkInputs:
     """What ``spec`` names, found in nnU-Net's folders; a BenchmarkError naming what is missing."""
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -119,6 +140,8 @@ def resolve(spec: BenchmarkSpec) -> BenchmarkInputs:
                                  f"({arm_trainer(BUDGETS[spec.budget], spec.schedule, arm)} does not exist)")
     given = {arm: given_pretrained_weights(arm, path, spec.arms, BUDGETS[spec.budget])
              for arm, path in spec.pretrained_weights.items()}
+    if GIVEN in given:
+        check_given_network(given[GIVEN], dataset_name, spec)
     device = spec.device
     if device is None:
         import torch

@@ -28,8 +28,10 @@ pretrained_loading.install()  # -pretrained_weights read once, without running c
 
 
 class nnUNetTrainerPrimusFinetune(PlanMatchCheck, RunLengthFromClassAttributes, AbstractPrimus):
-    encoder_preset = "M"  # a size of backbones/primus.PRIMUS_SIZES
-    peak_lr = 1e-4
+    # its own names, not the hybrid's encoder_preset and peak_lr, which the CPU budgets set for the tiny hybrid: a
+    # budget mixed in here sets the run's length only
+    primus_size = "M"  # a size of backbones/primus.PRIMUS_SIZES
+    primus_lr = 1e-4
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -37,11 +39,11 @@ class nnUNetTrainerPrimusFinetune(PlanMatchCheck, RunLengthFromClassAttributes, 
         patch = planned_patch_size(plans, configuration)
         plans["configurations"][configuration]["patch_size"] = round_patch_size(patch, PRIMUS_TOKEN_SIZE)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.initial_lr = self.peak_lr
+        self.initial_lr = self.primus_lr
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> torch.nn.Module:
-        return primus_network(num_input_channels, num_output_channels, cls.encoder_preset,
+        return primus_network(num_input_channels, num_output_channels, cls.primus_size,
                               configuration_manager.patch_size)
