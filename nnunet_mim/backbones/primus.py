@@ -28,7 +28,7 @@ from nnunet_mim.architecture.encoder import (EncodedTokens, gather_tokens, paddi
                                              visible_token_indices)
 from nnunet_mim.masking import LevelConfig
 from nnunet_mim.plans import planned_patch_size, round_patch_size
-from nnunet_mim.pretraining.model import AlignmentHeads, TokenDecoder
+from nnunet_mim.pretraining.model import AlignmentHeads, TokenDecoder, not_a_segmentation_network
 from nnunet_mim.pretraining_record import RECORD_LENGTH
 
 PRIMUS_TOKEN_SIZE = 8
@@ -89,10 +89,9 @@ class PrimusPretrainNetwork(Primus):
         """The masked forward, ``hidden`` (N, *grid) bool on the 8^3 token grid: (voxel prediction (N, T, C*8^3),
         token features (N, T, d)), as the hybrid network's."""
         if hidden is None:
-            raise RuntimeError(
-                "this is a pre-training network: it reconstructs masked volumes and segments nothing. Fine-tune it "
-                "with nnUNetv2_train DATASET CONFIGURATION FOLD -tr nnUNetTrainerPrimusFinetune (Primus-M; _S, _B, "
-                "_L for the other sizes) -pretrained_weights .../checkpoint_final.pth")
+            raise not_a_segmentation_network(
+                "with nnUNetv2_train DATASET CONFIGURATION FOLD -tr nnUNetTrainerPrimusFinetune (Primus-M; _S, _B, _L "
+                "for the other sizes) -pretrained_weights .../checkpoint_final.pth")
         return self.reconstruction(self.encode_visible(x, ~hidden))
 
 

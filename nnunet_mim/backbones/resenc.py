@@ -23,7 +23,7 @@ from nnunet_mim.geometry import TOKEN_SIZE
 from nnunet_mim.losses import patchify
 from nnunet_mim.masking import LevelConfig
 from nnunet_mim.plans import planned_patch_size, round_patch_size
-from nnunet_mim.pretraining.model import AlignmentHeads
+from nnunet_mim.pretraining.model import AlignmentHeads, not_a_segmentation_network
 from nnunet_mim.pretraining_record import RECORD_LENGTH
 
 RESENC_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
@@ -59,8 +59,7 @@ class ResEncPretrainNetwork(ResidualEncoderUNet):
         """The masked forward, ``hidden`` (N, *grid) bool on the 16^3 token grid: (voxel prediction (N, T, C*16^3),
         token features (N, T, d)), as the hybrid network's."""
         if hidden is None:
-            raise RuntimeError(
-                "this is a pre-training network: it reconstructs masked volumes and segments nothing. Fine-tune it "
+            raise not_a_segmentation_network(
                 "with nnU-Net's own trainer on the same ResEnc plans: nnUNetv2_train DATASET CONFIGURATION FOLD -p "
                 "<those plans> -tr nnUNetTrainerStockCNN -pretrained_weights .../checkpoint_final.pth")
         visible = (~hidden)[:, None].to(x.dtype)

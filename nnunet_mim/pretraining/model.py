@@ -30,6 +30,13 @@ from nnunet_mim.geometry import TOKEN_SIZE
 from nnunet_mim.architecture.network import MiMHybridUNet, init_linear_weights
 
 
+def not_a_segmentation_network(how_to_fine_tune: str) -> RuntimeError:
+    """What a pre-training network (of any backbone) says when asked to segment: nnUNetv2_predict on a pre-training
+    run's folder would otherwise write the segmentation of heads that never trained."""
+    return RuntimeError("this is a pre-training network: it reconstructs masked volumes and segments nothing. "
+                        f"Fine-tune it {how_to_fine_tune}")
+
+
 class TokenDecoder(nn.Module):
     """MAE-style decoder: fills hidden positions with a mask token and predicts voxels per token."""
 
@@ -145,8 +152,7 @@ class MiMPretrainNetwork(MiMHybridUNet):
         (N, T, d)). Without a mask it refuses: nnUNetv2_predict on a pre-training run's folder would
         otherwise write the segmentation of decoder and heads that never trained."""
         if hidden is None:
-            raise RuntimeError(
-                "this is a pre-training network: it reconstructs masked volumes and segments nothing. Fine-tune it "
+            raise not_a_segmentation_network(
                 "first (nnUNetv2_train DATASET CONFIGURATION FOLD -tr nnUNetTrainerMiMFinetune, or its variant of the "
                 "same preset, -pretrained_weights .../checkpoint_final.pth) and predict with that run's trainer")
         return self.reconstruction(self.encoder.tokens(x, visible=~hidden))
