@@ -241,8 +241,8 @@ class nnUNetTrainerStockCNN(PlanMatchCheck, RunLengthFromClassAttributes, nnUNet
 # its own trainer (finetuning/primus.py)
 PRIMUS_SIZED = add_variants([nnUNetTrainerPrimusFinetune], {
     size: type(f"PrimusSize{size}", (), {"primus_size": size}) for size in PRIMUS_SIZES})  # _T, _S, _B, _M, _L
-FINETUNING_USER += [nnUNetTrainerStockCNN, nnUNetTrainerPrimusFinetune,
-                    *[t for t in PRIMUS_SIZED if t.primus_size in "SBL"],
+FINETUNING_USER += [nnUNetTrainerStockCNN, nnUNetTrainerPrimusFinetune,  # _M: the default size, named
+                    *[t for t in PRIMUS_SIZED if t.primus_size != "T"],
                     # the gpu budget's lengths: nnU-Net's CNN (the given arm of a ResEnc file) and every Primus size
                     *add_variants([nnUNetTrainerStockCNN, *PRIMUS_SIZED], {"250ep": Finetune250Epochs})]
 # the budgets' encoder preset and lr are the hybrid network's; nnU-Net's CNN keeps its own
@@ -250,7 +250,7 @@ STOCK_CPU_BUDGETS = [*add_variants([nnUNetTrainerStockCNN], {
     "CPUdemo": FinetuneCPUDemoBudget, "CPUsmoke": FinetuneCPUSmokeBudget, "CPUlong": FinetuneCPULongBudget,
     "CPUxlong": FinetuneCPUXLongBudget, "CPUxxlong": FinetuneCPUXXLongBudget}),
     # Primus of every size (T, tiny, for the tests) at every CPU length: the benchmark's given arms
-    *add_variants(PRIMUS_SIZED, {
+    *[t for t in PRIMUS_SIZED if t.primus_size == "T"], *add_variants(PRIMUS_SIZED, {
         "CPUdemo": FinetuneCPUDemoBudget, "CPUsmoke": FinetuneCPUSmokeBudget, "CPUlong": FinetuneCPULongBudget,
         "CPUxlong": FinetuneCPUXLongBudget, "CPUxxlong": FinetuneCPUXXLongBudget})]
 
