@@ -425,7 +425,8 @@ def export_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Write a pre-training checkpoint in nnssl's format: checkpoint_final.pth (loadable with "
                      "torch.load(weights_only=True)), adaptation_plan.json and config.json, as an nnssl model "
                      "repository holds them, for nnU-Net master's nnUNetv2_preprocess_like_nnssl / PretrainedTrainer "
-                     "and nnssl's tools. Residual-encoder pre-training only (nnUNetTrainer*Pretrain_ResEnc).")
+                     "and nnssl's tools. Residual-encoder and Primus pre-training only (nnUNetTrainer*Pretrain_ResEnc, "
+                     "..._Primus).")
     p.add_argument("checkpoint", help="checkpoint_final.pth of a pre-training run")
     p.add_argument("--format", choices=["nnssl"], required=True)
     p.add_argument("-o", "--output", required=True, help="folder to write into (created if missing)")
@@ -475,8 +476,8 @@ COMMANDS = {
                   "fractions", benchmark_arguments),
     "compare": ("one table from several finished benchmarks (e.g. MiM pre-trained two ways, or two label fractions "
                 "run apart)", compare_arguments),
-    "export": ("write a residual-encoder pre-training checkpoint in nnssl's format (nnU-Net master's and nnssl's "
-               "fine-tuning read it)", export_arguments),
+    "export": ("write a residual-encoder or Primus pre-training checkpoint in nnssl's format (nnU-Net master's and "
+               "nnssl's fine-tuning read it)", export_arguments),
     "pretrain-plan": ("predict a pre-training step's GPU memory for a dataset's plan: the micro-batch each GPU size "
                       "gets, or why nothing fits", pretrain_plan_arguments),
     "example-dataset": ("write a labelled example dataset built from a template that installs offline (for trying "

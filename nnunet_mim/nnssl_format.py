@@ -18,6 +18,7 @@ from typing import List
 
 from nnunet_mim.backbones.resenc import RESENC_IN_PROJECTIONS
 from nnunet_mim.checkpointing import save_checkpoint_file, save_json
+from nnunet_mim.finetuning.checkpoint import trained_architecture
 from nnunet_mim.pretrained_loading import PRETRAINING_HEADS
 
 RESENC_NETWORK = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
@@ -32,10 +33,9 @@ def plain(value):
 
 def pretraining_architecture(checkpoint: dict) -> dict:
     """The pre-trained network's entry of the plan that training saved; a ValueError when it cannot be exported."""
-    if not isinstance(checkpoint.get("init_args"), dict) or "plans" not in checkpoint["init_args"]:
+    architecture = trained_architecture(checkpoint)
+    if not architecture:
         raise ValueError("it holds no plan (init_args): export the checkpoint_final.pth a pre-training run wrote")
-    configuration = checkpoint["init_args"]["configuration"]
-    architecture = checkpoint["init_args"]["plans"]["configurations"][configuration]["architecture"]
     if not architecture["network_class_name"].endswith(("ResEncPretrainNetwork", "PrimusPretrainNetwork")):
         raise ValueError(f"its network ({architecture['network_class_name']}) is not one nnssl or nnU-Net master can "
                          "rebuild: only residual-encoder and Primus pre-training "

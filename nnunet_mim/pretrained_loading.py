@@ -163,7 +163,8 @@ def load_pretrained_weights(network: torch.nn.Module, path: str, verbose: bool =
     saved = checkpoint["network_weights"]
     module = unwrap_network(network)
     own = module.state_dict()
-    kept = {k: v for k, v in own.items() if not is_head(k, own_heads(module))}
+    heads = own_heads(module)
+    kept = {k: v for k, v in own.items() if not is_head(k, heads)}
     saved, widened = widened_input_projections(path, saved, own, getattr(module, "keys_to_in_proj", ()))
     saved, resized = resized_position_table(path, checkpoint, saved, own, module)
 
@@ -184,14 +185,14 @@ def load_pretrained_weights(network: torch.nn.Module, path: str, verbose: bool =
     if problem:
         raise RuntimeError(f"{path} holds weights no training can start from: {problem}. Nothing was loaded.")
     module.load_state_dict({**own, **{k: saved[k] for k in kept}})
-    heads = f"; {len(fresh)} tensors of the pre-training heads start fresh: the file has none" if fresh else ""
-    heads += f"; input projections widened to {own[widened[0]].shape[1]} channels: {widened}" if widened else ""
-    heads += f"; {resized}" if resized else ""
+    said = f"; {len(fresh)} tensors of the pre-training heads start fresh: the file has none" if fresh else ""
+    said += f"; input projections widened to {own[widened[0]].shape[1]} channels: {widened}" if widened else ""
+    said += f"; {resized}" if resized else ""
     unused = [k for k in saved if k not in own]
-    heads += f"; {len(unused)} tensors of the file not in this network, skipped (e.g. {unused[0]})" if unused else ""
-    own_parts = " and ".join(OWN_PARTS[part] for part in own_heads(module))
+    said += f"; {len(unused)} tensors of the file not in this network, skipped (e.g. {unused[0]})" if unused else ""
+    own_parts = " and ".join(OWN_PARTS[part] for part in heads)
     print(f"pre-trained weights loaded from {path} ({len(kept)} tensors, read without running code; "
-          f"{own_parts} kept as initialised ({len(own) - len(kept) - len(fresh)} tensors){heads})")
+          f"{own_parts} kept as initialised ({len(own) - len(kept) - len(fresh)} tensors){said})")
 
 
 def install() -> None:

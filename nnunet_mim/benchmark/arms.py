@@ -7,7 +7,7 @@ from typing import Dict, Sequence, Tuple
 
 from nnunet_mim.benchmark.plan import BenchmarkError
 from nnunet_mim.checkpointing import shown
-from nnunet_mim.finetuning.checkpoint import load_checkpoint, pretraining_checkpoint_record
+from nnunet_mim.finetuning.checkpoint import load_checkpoint, pretraining_checkpoint_record, trained_architecture
 from nnunet_mim.methods import METHODS
 
 
@@ -30,28 +30,24 @@ def pretraining_trainers(variant: str) -> Dict[str, str]:
     return {m.name: m.trainer + variant for m in METHODS.values()}
 
 
-def cpu_finetuning_trainers(variant: str) -> Tuple[str, str, str]:
-    """(stock, scratch, fine-tuning) trainers of one CPU fine-tuning budget (nnunet_mim/variants.py), e.g. "CPUlong"."""
-    return (f"nnUNetTrainerStockCNN_{variant}", f"nnUNetTrainerMiMScratch_T_{variant}",
-            f"nnUNetTrainerMiMFinetune_T_{variant}")
+def cpu_budget(length: str, pretraining: str, pretrain_label: str = "") -> Budget:
+    """A CPU budget: the fine-tuning trainers of one CPU length (nnunet_mim/variants.py), e.g. "CPUlong", and the
+    pre-training trainers of one variant suffix, e.g. "_T_CPUbench"."""
+    return Budget(f"nnUNetTrainerStockCNN_{length}", f"nnUNetTrainerMiMScratch_T_{length}",
+                  f"nnUNetTrainerMiMFinetune_T_{length}", pretraining_trainers(pretraining), pretrain_label, length)
 
 
 BUDGETS = {
-    "smoke": Budget(*cpu_finetuning_trainers("CPUsmoke"), pretraining_trainers("_T_CPUsmoke"), length="CPUsmoke"),
-    "cpu": Budget(*cpu_finetuning_trainers("CPUdemo"), pretraining_trainers("_T_CPUbench"), length="CPUdemo"),
-    "cpu-long": Budget(*cpu_finetuning_trainers("CPUlong"), pretraining_trainers("_T_CPUbench"), length="CPUlong"),
-    "cpu-xlong": Budget(*cpu_finetuning_trainers("CPUxlong"), pretraining_trainers("_T_CPUbench"),
-                        length="CPUxlong"),
-    "cpu-xxlong": Budget(*cpu_finetuning_trainers("CPUxxlong"), pretraining_trainers("_T_CPUbench"),
-                         length="CPUxxlong"),
-    "cpu-long-pretrain300": Budget(*cpu_finetuning_trainers("CPUlong"), pretraining_trainers("_T_CPUbench300"),
-                                   pretrain_label="pretrain300ep", length="CPUlong"),
-    "cpu-xlong-pretrain300": Budget(*cpu_finetuning_trainers("CPUxlong"), pretraining_trainers("_T_CPUbench300"),
-                                    pretrain_label="pretrain300ep", length="CPUxlong"),
+    "smoke": cpu_budget("CPUsmoke", "_T_CPUsmoke"),
+    "cpu": cpu_budget("CPUdemo", "_T_CPUbench"),
+    "cpu-long": cpu_budget("CPUlong", "_T_CPUbench"),
+    "cpu-xlong": cpu_budget("CPUxlong", "_T_CPUbench"),
+    "cpu-xxlong": cpu_budget("CPUxxlong", "_T_CPUbench"),
+    "cpu-long-pretrain300": cpu_budget("CPUlong", "_T_CPUbench300", pretrain_label="pretrain300ep"),
+    "cpu-xlong-pretrain300": cpu_budget("CPUxlong", "_T_CPUbench300", pretrain_label="pretrain300ep"),
     # for a plan whose patch is 64^3 or more (e.g. --pretrain-dataset at a finer spacing), where MiM's
     # octants are 2 tokens per axis and a step costs 8-12x a 32^3 one on the CPU
-    "cpu-long-pretrain25": Budget(*cpu_finetuning_trainers("CPUlong"), pretraining_trainers("_T_CPUbench25"),
-                                  pretrain_label="pretrain25ep", length="CPUlong"),
+    "cpu-long-pretrain25": cpu_budget("CPUlong", "_T_CPUbench25", pretrain_label="pretrain25ep"),
     "gpu": Budget("nnUNetTrainer_250epochs", "nnUNetTrainerMiMScratch_250ep", "nnUNetTrainerMiMFinetune_250ep",
                   pretraining_trainers("_100ep"), length="250ep"),
 }
@@ -106,13 +102,9 @@ def given_network(path: str, checkpoint: dict, budget: Budget) -> Tuple[str, str
                 "eva_numheads": kwargs.get("encoder_eva_numheads")}
         origin = f"nnssl checkpoint of {shown(name)}"
     else:
-        init = checkpoint.get("init_args") or {}
-        try:
-            architecture = init["plans"]["configurations"][init["configuration"]]["architecture"]
-        except (KeyError, TypeError):
-            architecture = {}
-        name, size = str(architecture.get("network_class_name", "")), dict(architecture.get("arch_kwargs") or {})
-        size = {k: size.get(k) for k in ("embed_dim", "eva_depth", "eva_numheads")}
+        architecture = trained_architecture(checkpoint)
+        name, kwargs = str(architecture.get("network_class_name", "")), architecture.get("arch_kwargs") or {}
+        size = {k: kwargs.get(k) for k in ("embed_dim", "eva_depth", "eva_numheads")}
         origin = f"{pretraining_checkpoint_record(path, checkpoint).describe()}, {name.rpartition('.')[2]}"
     sizes = [s for s, preset in PRIMUS_SIZES.items() if preset == size]
     if name in ("PrimusS", "PrimusB", "PrimusM", "PrimusL"):

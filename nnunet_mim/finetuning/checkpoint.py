@@ -49,6 +49,17 @@ def load_checkpoint(filename: str, for_loading: bool = False) -> dict:
     return checkpoint
 
 
+def trained_architecture(checkpoint: dict) -> dict:
+    """The ``architecture`` entry (network_class_name, arch_kwargs) of the plan the checkpoint's training saved in
+    ``init_args``; {} when the checkpoint holds none (an nnssl file, a hand-made one)."""
+    init = checkpoint.get("init_args") if isinstance(checkpoint.get("init_args"), dict) else {}
+    try:
+        architecture = init["plans"]["configurations"][init["configuration"]]["architecture"]
+    except (KeyError, TypeError):
+        return {}
+    return architecture if isinstance(architecture, dict) else {}
+
+
 def input_projections(checkpoint: dict) -> Tuple[str, ...]:
     """The weight keys of the input projections of the network a checkpoint holds: an nnssl file's
     ``keys_to_in_proj``, a backbone's (backbones/), or the hybrid's."""
@@ -57,11 +68,7 @@ def input_projections(checkpoint: dict) -> Tuple[str, ...]:
     plan = checkpoint.get("nnssl_adaptation_plan")
     if isinstance(plan, dict):
         return tuple(f"{key}.weight" for key in plan.get("keys_to_in_proj") or ())
-    init = checkpoint.get("init_args") if isinstance(checkpoint.get("init_args"), dict) else {}
-    try:
-        network = init["plans"]["configurations"][init["configuration"]]["architecture"]["network_class_name"]
-    except (KeyError, TypeError):
-        network = ""
+    network = str(trained_architecture(checkpoint).get("network_class_name", ""))
     for suffix, keys in (("ResEncPretrainNetwork", RESENC_IN_PROJECTIONS), ("PrimusPretrainNetwork",
                                                                             PRIMUS_IN_PROJECTIONS)):
         if network.endswith(suffix):
